@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` and `make test` (README).
+# Both create .venv and install everything on first use; later runs skip straight to the work.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.structgen-installed
+DEMO_CONFIG ?= configs/digits.yml
+DEMO_ARGS   ?=
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml .ci/system-deps.sh
+	bash .ci/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -c "import torch, torchvision, ray, ffcv, submitit, sklearn; print('[structgen] environment ready: torch', torch.__version__, 'ray', ray.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/structgen train-tree --config $(DEMO_CONFIG) $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

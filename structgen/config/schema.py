@@ -1,0 +1,181 @@
+"""The one typed schema of every structgen setting.
+
+Defaults are the reference values for MNIST (algorithm.md §3.3 and §5); `configs/*.yml` override
+them per dataset. Sections: run, data, model, training (the TreeVAE phases), evaluation,
+diffusion, ray, tune, slurm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from structgen.config.fields import option
+
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic")
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = option(None, "run folder name; default <timestamp>-<id> under runs_dir/<dataset>")
+    seed: int = option(42, "global seed: weights, data order, sampling", min=0)
+    runs_dir: str = option("runs", "root folder of run folders")
+    device: str = option("auto", "auto picks cuda when present, else cpu", choices=("auto", "cpu", "cuda"))
+    threads: int = option(0, "torch CPU threads; 0 = torch's default", min=0)
+    progress: str = option("auto", "progress bars: auto (only on a terminal), bar or plain lines",
+                           choices=("auto", "bar", "plain"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("mnist", "dataset name", choices=DATASETS)
+    data_dir: Optional[str] = option(None, "folder holding the dataset folders; default ../shared/data if present, else ./data")
+    loader: str = option("memory", "memory = in-RAM tensors (the FFCV loader is not part of this release)",
+                         choices=("memory",))
+    ffcv_dir: Optional[str] = option(None, "where .beton files live; default <data_dir>/../ffcv or ./data/ffcv")
+    num_clusters_data: int = option(0, "keep only this many classes (a seeded subset); 0 = all", min=0)
+    test_fraction: float = option(0.2, "held-out share when a dataset ships a single split", min=0.01, max=0.9)
+    train_subset: int = option(0, "use only this many training images (seeded); 0 = all", min=0)
+    test_subset: int = option(0, "use only this many test images (seeded); 0 = all", min=0)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = option("cnn1", "encoder/decoder family: cnn1 small CNN (28x28), cnn2 ResNet (32x32)",
+                          choices=("cnn1", "cnn2"))
+    representation_dim: int = option(2, "spatial side r of every latent and bottom-up feature", min=1, max=16)
+    latent_channels: list[int] = option(default_factory=lambda: [16] * 7, help="C_z per level (bottom -> root)",
+                                        min=1, min_len=2)
+    bottom_up_channels: list[int] = option(default_factory=lambda: [32] * 7,
+                                           help="C_d per level; its length L sets max depth L-1", min=1, min_len=2)
+    act_function: str = option("swish", "hidden activation", choices=("swish", "leaky_relu", "relu"))
+    activation: str = option("sigmoid", "likelihood: sigmoid = BCE on [0,1] pixels, mse = sum of squares",
+                             choices=("sigmoid", "mse"))
+    res_connections: bool = option(False, "residual connection in Conv blocks whose in/out channels match")
+    spectral_norm: bool = option(False, "spectral norm on the leaf decoders' convolutions")
+    dim_mod_conv: bool = option(False, "cnn2: strided conv / ConvT instead of avg-pool / bilinear")
+    dropout_router: float = option(0.0, "dropout inside routers", min=0.0, max=0.9)
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = option(256, "images per batch (x views with augment)", min=2)
+    lr: float = option(1e-3, "Adam learning rate", min=0.0, max=1.0)
+    weight_decay: float = option(1e-5, "Adam (coupled L2) weight decay", min=0.0)
+    decay_lr: float = option(0.1, "StepLR gamma", min=0.0, max=1.0)
+    decay_stepsize: int = option(100, "StepLR step, in epochs", min=1)
+    num_epochs: int = option(150, "epochs of the initial root + 2-leaf tree", min=0)
+    num_epochs_smalltree: int = option(150, "epochs per sub-tree while growing", min=0)
+    num_epochs_intermediate_fulltrain: int = option(80, "full-tree epochs every 3 splits", min=0)
+    num_epochs_finetuning: int = option(200, "final full-tree epochs after pruning", min=0)
+    intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
+    grow: bool = option(True, "grow the tree beyond the initial depth")
+    prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")
+    num_clusters_tree: int = option(10, "stop growing at this many effective leaves", min=1, max=64)
+    max_depth: int = option(0, "deepest allowed leaf; 0 = len(bottom_up_channels) - 1", min=0)
+    initial_depth: int = option(1, "depth of the initial tree", min=1, max=6)
+    max_grow_iterations: int = option(150, "upper bound on grow-loop iterations", min=0)
+    kl_start: float = option(0.0, "KL weight alpha at the start of each phase", min=0.0, max=1.0)
+    decay_kl: float = option(0.001, "alpha increment per epoch", min=0.0, max=1.0)
+    effective_leaf_threshold: float = option(0.01, "a leaf is effective above this share of probability mass",
+                                             min=0.0, max=0.5)
+    prune_threshold: float = option(0.01, "prune leaves below this share of argmax assignments", min=0.0, max=0.5)
+    kl_clamp_sample: list[float] = option(default_factory=lambda: [-1.0, 1000.0],
+                                          help="per-sample clamp of each node KL (reference values)")
+    kl_clamp_batch: list[float] = option(default_factory=lambda: [-10.0, 1e10],
+                                         help="clamp of the batch-mean non-root KL (reference values)")
+    augment: bool = option(False, "two augmented views per image (CIFAR contrastive extension)")
+    augmentation_method: str = option("simple", "simple, or InfoNCE,instancewise_full for the contrastive losses",
+                                      choices=("simple", "InfoNCE,instancewise_full", "InfoNCE", "instancewise_full"))
+    aug_decisions_weight: float = option(1.0, "weight of the contrastive loss", min=0.0)
+    checkpoint_every: int = option(1, "save a checkpoint every N epochs (and at every phase end)", min=1)
+
+
+@dataclass
+class EvaluationConfig:
+    batch_size: int = option(1000, "batch size for evaluation passes", min=1)
+    compute_ll: bool = option(False, "importance-weighted log-likelihood estimate at the end")
+    ll_samples: int = option(100, "importance samples K for the log-likelihood", min=1)
+    baselines: bool = option(True, "k-means and Ward on pixels, same data and cluster count")
+    samples_per_leaf: int = option(16, "images per leaf in generated grids", min=1)
+    n_generate: int = option(256, "images drawn by `structgen generate`", min=1)
+
+
+@dataclass
+class DiffusionConfig:
+    dim: int = option(64, "UNet base channels", min=8)
+    dim_mults: list[int] = option(default_factory=lambda: [1, 2, 2, 2], help="channel multiplier per level", min=1)
+    n_residual: int = option(2, "residual blocks per level", min=1)
+    attn_resolutions: list[int] = option(default_factory=lambda: [4], help="pixel sizes where attention is used",
+                                         min=1)
+    dropout: float = option(0.3, "UNet dropout", min=0.0, max=0.9)
+    n_heads: int = option(8, "attention heads", min=1)
+    beta1: float = option(1e-4, "first beta of the linear schedule", min=0.0, max=1.0)
+    beta2: float = option(0.02, "last beta of the linear schedule", min=0.0, max=1.0)
+    n_timesteps: int = option(1000, "diffusion steps T", min=1)
+    conditioning: str = option("leaf", "leaf id (Diffuse-TreeVAE), root-to-leaf path (TreeDiffusion) or none",
+                               choices=("none", "leaf", "path"))
+    cfg_rate: float = option(0.0, "condition dropout probability for classifier-free guidance", min=0.0, max=1.0)
+    guidance_weight: float = option(0.0, "classifier-free guidance weight when sampling", min=0.0)
+    lr: float = option(2e-4, "Adam learning rate", min=0.0, max=1.0)
+    warmup_steps: int = option(5000, "linear LR warm-up steps", min=0)
+    grad_clip: float = option(1.0, "gradient norm clip", min=0.0)
+    ema_decay: float = option(0.9999, "EMA decay of the sampling weights", min=0.0, max=1.0)
+    batch_size: int = option(256, "training batch size", min=1)
+    epochs: int = option(1000, "training epochs", min=0)
+    sampler: str = option("ddpm", "ddpm (ancestral, T steps) or ddim", choices=("ddpm", "ddim"))
+    n_steps: int = option(1000, "reverse steps for ddim", min=1)
+    eta: float = option(0.0, "DDIM eta (0 = deterministic)", min=0.0, max=1.0)
+    skip_strategy: str = option("quad", "DDIM timestep spacing", choices=("uniform", "quad"))
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = option(None, "Ray cluster address; None starts or joins a local one")
+    num_workers: int = option(1, "Ray Train workers", min=1)
+    use_gpu: bool = option(False, "one GPU per worker")
+    cpus_per_worker: int = option(1, "CPUs per worker", min=1)
+    storage_path: Optional[str] = option(None, "absolute folder for Ray Train results; default <runs_dir>/ray")
+    max_failures: int = option(0, "worker-group restarts from the latest checkpoint", min=-1)
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = option(4, "trials per sweep", min=1)
+    metric: str = option("elbo", "objective reported by trials")
+    mode: str = option("max", "maximise or minimise the metric", choices=("max", "min"))
+    scheduler: str = option("asha", "trial scheduler", choices=("asha", "fifo"))
+    searcher: str = option("random", "search algorithm", choices=("random", "optuna"))
+    grace_period: int = option(1, "ASHA: reports before a trial may be stopped", min=1)
+    max_concurrent: int = option(1, "trials running at once", min=1)
+
+
+@dataclass
+class SlurmConfig:
+    partition: Optional[str] = option(None, "SLURM partition; env STRUCTGEN_SLURM_PARTITION")
+    account: Optional[str] = option(None, "SLURM account; env STRUCTGEN_SLURM_ACCOUNT")
+    qos: Optional[str] = option(None, "SLURM QOS; env STRUCTGEN_SLURM_QOS")
+    nodes: int = option(1, "nodes per job", min=1)
+    gpus_per_node: int = option(0, "GPUs per node", min=0)
+    cpus_per_task: int = option(2, "CPUs per task", min=1)
+    mem_gb: int = option(8, "memory per node in GB", min=1)
+    timeout_min: int = option(60, "time limit in minutes", min=1)
+    folder: str = option("slurm_logs/%j", "submitit log folder")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    @property
+    def depth_limit(self) -> int:
+        """The deepest leaf allowed: max_depth when set, else the bottom-up chain's limit."""
+        chain = len(self.model.bottom_up_channels) - 1
+        return min(self.training.max_depth, chain) if self.training.max_depth else chain

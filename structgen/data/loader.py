@@ -1,0 +1,130 @@
+"""Batches straight from an in-memory uint8 tensor, sharded across ranks.
+
+Small image sets (MNIST is 47 MB as uint8) fit on any device, so the whole set is held once as
+a uint8 tensor (on ``device``) and each batch is one indexing op plus a float conversion, with
+no worker processes and no per-sample Python.
+
+Order and sharding follow torch's DistributedSampler: the epoch's permutation is a pure
+function of (seed, epoch); it is truncated (``drop_last``) or padded by wrapping around so that
+every rank gets the same number of samples, and rank r takes positions r, r+W, r+2W, ...
+So with ``drop_last`` the ranks' samples are disjoint, without it every index is served at
+least once, and every rank always runs the same number of batches (DDP needs that).
+
+Epochs: ``set_epoch(e)`` picks the order; a pass that runs to its end moves on to the next epoch
+by itself, so ``state_dict()`` taken between epochs names the epoch that comes next.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+_EPOCH_STRIDE = 100003  # generator seed = seed * stride + epoch: distinct per (seed, epoch)
+
+
+def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a if a.flags.writeable else a.copy())
+    t = torch.as_tensor(a)
+    if t.dtype != dtype:
+        if what == "images":
+            raise TypeError(f"TensorLoader: images must be uint8 (got {t.dtype}); convert once, "
+                            "not per batch")
+        t = t.to(dtype)
+    return t
+
+
+class TensorLoader:
+    """In-memory batches from uint8 NCHW arrays.
+
+    Yields (x, y, idx): x float32 in [0,1] (B,C,H,W), y int64 labels, idx int64 dataset indices.
+    ``indices`` restricts the loader to a subset (sub-tree training); ``idx`` still refers to
+    the full arrays.
+    """
+
+    def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
+                 device="cpu"):
+        self.device = torch.device(device)
+        self.images = _as_tensor(images, torch.uint8, "images").to(self.device)
+        self.labels = _as_tensor(labels, torch.int64, "labels").to(self.device)
+        n_total = len(self.images)
+        if self.images.ndim != 4:
+            raise ValueError("TensorLoader: images must be N x C x H x W, got shape "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.shape != (n_total,):
+            raise ValueError(f"TensorLoader: {n_total} images but labels of shape {tuple(self.labels.shape)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"TensorLoader: rank {rank} is outside 0..{world_size - 1} "
+                             f"(world_size {world_size})")
+        if batch_size < 1:
+            raise ValueError(f"TensorLoader: batch_size must be >= 1, got {batch_size}")
+
+        if indices is None:
+            self.indices = torch.arange(n_total, dtype=torch.int64)
+        else:
+            self.indices = _as_tensor(indices, torch.int64, "indices").reshape(-1).cpu()
+            if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n_total):
+                raise ValueError(f"TensorLoader: indices must lie in 0..{n_total - 1}, got range "
+                                 f"{int(self.indices.min())}..{int(self.indices.max())}")
+        n = len(self.indices)
+        if n == 0:
+            raise ValueError("TensorLoader: no samples to serve (empty images or indices)")
+
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        # Samples per rank, equal on every rank (DistributedSampler's rule).
+        self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
+        self.total_size = self.num_samples * world_size
+        n_batches = (self.num_samples // batch_size if drop_last
+                     else math.ceil(self.num_samples / batch_size))
+        if n_batches == 0:
+            raise ValueError(
+                f"TensorLoader: batch_size {batch_size} is larger than this rank's shard of "
+                f"{self.num_samples} samples ({n} samples over world_size {world_size}) and "
+                f"drop_last=True, so there would be no batches"
+            )
+        self._num_batches = n_batches
+        self.epoch = 0
+
+    # ---- epoch order ---------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's dataset indices for an epoch, in serving order (before batching)."""
+        epoch = self.epoch if epoch is None else epoch
+        order = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * _EPOCH_STRIDE + epoch) % 2**63)
+            order = order[torch.randperm(len(order), generator=g)]
+        if self.total_size <= len(order):
+            order = order[: self.total_size]
+        else:  # pad by wrapping around, repeatedly if world_size exceeds the sample count
+            reps = math.ceil(self.total_size / len(order))
+            order = order.repeat(reps)[: self.total_size]
+        return order[self.rank :: self.world_size]
+
+    # ---- iteration -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self):
+        shard = self.epoch_indices().to(self.device)
+        bs = self.batch_size
+        for b in range(self._num_batches):
+            idx = shard[b * bs : (b + 1) * bs]
+            x = self.images[idx].float().div_(255.0)
+            yield x, self.labels[idx], idx
+        self.epoch += 1  # only reached after a complete pass
+
+    # ---- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"epoch", "seed"} - set(state)
+        if missing:
+            raise KeyError(f"TensorLoader.load_state_dict: missing keys {sorted(missing)} in {state}")
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])

@@ -1,0 +1,116 @@
+"""Datasets by name: one call turns a name, a split and a data folder into uint8 arrays.
+
+Nothing is downloaded and nothing is cached on disk. ``digits`` and ``synthetic`` need no
+files; ``mnist``, ``fmnist`` and ``cifar10`` read the standard files under ``data_dir``
+(layouts in README of the shared data folder and in ``idx.py`` / ``cifar10.py``).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import structgen
+from structgen.data import cifar10, digits, idx, synthetic
+from structgen.data.errors import DataError
+from structgen.data.splits import check_fraction, take_split
+from structgen.data.summary import format_summary, summarize
+
+__all__ = ["DATASETS", "SPLITS", "ImageSet", "dataset_shape", "resolve_data_dir", "load_split",
+           "summarize", "format_summary"]
+
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic")
+SPLITS = ("train", "test")
+
+_SHAPES = {"digits": (1, 28, 28), "mnist": (1, 28, 28), "fmnist": (1, 28, 28),
+           "synthetic": (1, 28, 28), "cifar10": (3, 32, 32)}
+_IDX_FOLDERS = {"mnist": "mnist", "fmnist": "fashion-mnist"}
+_CLASS_NAMES = {
+    "digits": [str(d) for d in range(10)],
+    "mnist": [str(d) for d in range(10)],
+    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "synthetic": synthetic.CLASS_NAMES,
+}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray          # uint8, N x C x H x W
+    labels: np.ndarray          # int64, N
+    name: str
+    split: str                  # "train" or "test"
+    class_names: list[str]
+    superclass: np.ndarray | None = None  # synthetic only: coarse label of each image
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"{self.name}/{self.split}: images must be uint8 NCHW, got "
+                            f"{self.images.dtype} {self.images.shape}")
+        if self.labels.shape != (len(self.images),):
+            raise DataError(f"{self.name}/{self.split}: {len(self.images)} images but labels of "
+                            f"shape {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _unknown(kind: str, value: str, valid: tuple[str, ...]) -> DataError:
+    close = difflib.get_close_matches(str(value), valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return DataError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}{hint}")
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise _unknown("dataset", name, DATASETS)
+
+
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of every image of dataset ``name``."""
+    _check_name(name)
+    return _SHAPES[name]
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The folder holding the dataset folders.
+
+    None: the repository's sibling ``../shared/data`` when it exists, else ``./data``.
+    An explicit path must exist.
+    """
+    if data_dir is None:
+        shared = Path(structgen.__file__).resolve().parents[2] / "shared" / "data"
+        return shared if shared.is_dir() else Path.cwd() / "data"
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data_dir {str(path)!r} does not exist or is not a folder")
+    return path
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None, *, seed: int = 0,
+               test_fraction: float = 0.2) -> ImageSet:
+    """One split of one dataset as uint8 arrays.
+
+    ``seed`` and ``test_fraction`` matter only where a split has to be made: digits (one pool of
+    1797 images), a CIFAR-10 copy that holds only one split, and the synthetic generator.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise _unknown("split", split, SPLITS)
+    check_fraction(test_fraction)
+    superclass = None
+    class_names = _CLASS_NAMES.get(name)
+    if name == "digits":
+        images, labels = take_split(*digits.read_digits(), split, test_fraction, seed)
+    elif name == "synthetic":
+        images, labels, superclass = synthetic.read_synthetic(split, seed)
+    elif name == "cifar10":
+        images, labels, class_names = cifar10.read_cifar10(resolve_data_dir(data_dir), split,
+                                                           seed, test_fraction)
+    else:
+        folder = resolve_data_dir(data_dir) / _IDX_FOLDERS[name]
+        _, h, w = _SHAPES[name]
+        images, labels = idx.read_idx_split(folder, split, name, (h, w), len(class_names))
+    return ImageSet(images, labels, name, split, list(class_names), superclass)

@@ -1,0 +1,54 @@
+"""Pixel-space clustering baselines: what a tree has to beat without learning anything.
+
+Both run on flattened pixels scaled to [0,1], the same view the reference's k-means number
+(algorithm.md §10) was measured on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from structgen.eval.clustering import ari, cluster_acc, nmi
+
+
+def _flat_pixels(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim < 2:
+        raise ValueError(f"pixel_baselines expects images shaped (N, C, H, W); got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"pixel_baselines expects uint8 images (0..255); got dtype {images.dtype}")
+    # float32 halves memory versus float64 and k-means is insensitive to the difference.
+    return images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+
+
+def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    return {"acc": cluster_acc(y_true, y_pred), "nmi": nmi(y_true, y_pred), "ari": ari(y_true, y_pred)}
+
+
+def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, max_ward: int = 10000) -> dict:
+    """k-means and Ward agglomerative clustering on raw pixels.
+
+    Ward needs the full pairwise structure (O(N^2) memory), so above ``max_ward`` samples it is
+    fitted on a seeded random subset of ``max_ward`` images and scored on that subset; the
+    returned dict then carries ``"ward_subset": max_ward`` so the number is never mistaken for
+    a full-set score.
+    """
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    x = _flat_pixels(images_uint8_NCHW)
+    y = np.asarray(y_true).astype(np.int64)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y_true has shape {y.shape} but there are {x.shape[0]} images")
+    if not 1 <= n_clusters <= x.shape[0]:
+        raise ValueError(f"n_clusters must be in 1..{x.shape[0]} (the number of images); got {n_clusters}")
+
+    kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(x)
+    result = {"kmeans": _scores(y, kmeans.labels_)}
+
+    x_ward, y_ward = x, y
+    if x.shape[0] > max_ward:
+        keep = np.random.default_rng(seed).choice(x.shape[0], size=max_ward, replace=False)
+        x_ward, y_ward = x[keep], y[keep]
+        result["ward_subset"] = int(max_ward)
+    ward = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit(x_ward)
+    result["ward"] = _scores(y_ward, ward.labels_)
+    return result

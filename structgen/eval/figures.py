@@ -1,0 +1,72 @@
+"""Images a person opens after a run: the tree figure, per-leaf sample and reconstruction
+grids (PNG) with their arrays (.npz)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structgen.eval.clustering import leaf_histograms
+from structgen.models.treevae import TreeVAE
+from structgen.viz.grids import save_grid, save_side_by_side
+from structgen.viz.tree_figure import draw_tree_figure
+
+MODES = ("vae_samples", "vae_recons")
+
+
+@torch.no_grad()
+def leaf_samples(model: TreeVAE, n: int, seed: int):
+    """(n, n_leaves, C, H, W) images and (n, n_leaves) prior leaf probabilities."""
+    model.eval()
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    images, probs, _ = model.generate(n, generator=g)
+    return images.cpu(), probs.cpu()
+
+
+@torch.no_grad()
+def leaf_reconstructions(model: TreeVAE, images_uint8: np.ndarray, device):
+    model.eval()
+    x = torch.from_numpy(images_uint8).to(device).float().div_(255.0)
+    out = model(x)
+    return x.cpu(), model.images(out).cpu(), out.leaf_probs.cpu()
+
+
+def write_generations(model: TreeVAE, mode: str, out_dir: Path, n: int, seed: int, test=None, device="cpu") -> list[Path]:
+    """Per-leaf PNG grids and one .npz for a mode; returns the written paths."""
+    out_dir = Path(out_dir) / mode
+    out_dir.mkdir(parents=True, exist_ok=True)
+    leaves = model.tree.leaves()
+    written = []
+    if mode == "vae_samples":
+        images, probs = leaf_samples(model, n, seed)
+        for i, leaf in enumerate(leaves):
+            written.append(save_grid(images[:, i], out_dir / f"leaf{i:02d}_{leaf}.png"))
+        np.savez_compressed(out_dir / "samples.npz", images=images.numpy(), leaf_probs=probs.numpy(),
+                            leaves=np.array(leaves))
+    elif mode == "vae_recons":
+        if test is None:
+            raise ValueError("vae_recons needs test images")
+        originals, recons, probs = leaf_reconstructions(model, test.images[:n], device)
+        for i, leaf in enumerate(leaves):
+            written.append(save_side_by_side(originals, recons[:, i], out_dir / f"leaf{i:02d}_{leaf}.png"))
+        best = recons[torch.arange(len(recons)), probs.argmax(1)]
+        written.append(save_side_by_side(originals, best, out_dir / "most_probable_leaf.png"))
+        np.savez_compressed(out_dir / "recons.npz", originals=originals.numpy(), images=recons.numpy(),
+                            leaf_probs=probs.numpy(), labels=test.labels[:n], leaves=np.array(leaves))
+    else:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    written.append(out_dir / ("samples.npz" if mode == "vae_samples" else "recons.npz"))
+    return written
+
+
+def write_tree_figure(model: TreeVAE, path: Path, test, leaf_pred: np.ndarray, leaf_mass, num_classes: int,
+                      class_names, samples_per_leaf: int, seed: int, title: str | None = None) -> Path:
+    """The learned tree with each leaf's prior samples, probability mass and class histogram."""
+    images, _ = leaf_samples(model, samples_per_leaf, seed)
+    leaves = model.tree.leaves()
+    hist = leaf_histograms(model.tree, test.labels, leaf_pred, num_classes)
+    return draw_tree_figure(model.tree, {leaf: images[:, i].numpy() for i, leaf in enumerate(leaves)},
+                            {leaf: float(leaf_mass[i]) for i, leaf in enumerate(leaves)},
+                            {leaf: hist[i] for i, leaf in enumerate(leaves)}, path,
+                            class_names=class_names, title=title)

@@ -1,0 +1,61 @@
+"""Diagonal-Gaussian and Bernoulli helpers for the ladder posterior and the ELBO.
+
+Variances, not standard deviations, flow between modules (softplus outputs are variances,
+algorithm.md §0.3). EPS is the reference's 1e-7, added wherever it adds it, so that the
+precision weighting and the KLs stay finite for tiny variances.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-7
+
+
+def precision_weighted(mu_bu, var_bu, mu_prior, var_prior):
+    """Combine a bottom-up and a top-down Gaussian by precision weighting (§1.4)."""
+    prec_bu = 1.0 / (var_bu + EPS)
+    prec_prior = 1.0 / (var_prior + EPS)
+    var = 1.0 / (prec_bu + prec_prior)
+    mu = (mu_bu * prec_bu + mu_prior * prec_prior) * var
+    return mu, var
+
+
+def sample(mu, var, generator=None):
+    """Reparameterised sample with std = sqrt(var + EPS)."""
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + noise * torch.sqrt(var + EPS)
+
+
+def kl_normal(mu_q, var_q, mu_p, var_p):
+    """KL(N(mu_q, var_q+EPS) || N(mu_p, var_p+EPS)) summed over all but the batch dim."""
+    vq, vp = var_q + EPS, var_p + EPS
+    kl = 0.5 * (torch.log(vp) - torch.log(vq) + (vq + (mu_q - mu_p) ** 2) / vp - 1.0)
+    return kl.flatten(1).sum(1)
+
+
+def kl_standard_normal(mu, var):
+    vq = var + EPS
+    kl = 0.5 * (-torch.log(vq) + vq + mu**2 - 1.0)
+    return kl.flatten(1).sum(1)
+
+
+def log_normal(x, mu, var):
+    """log N(x; mu, var+EPS) summed over all but the batch dim."""
+    v = var + EPS
+    lp = -0.5 * (math.log(2 * math.pi) + torch.log(v) + (x - mu) ** 2 / v)
+    return lp.flatten(1).sum(1)
+
+
+def kl_bernoulli_logits(logit_q, logit_p):
+    """KL(Bern(sigmoid(logit_q)) || Bern(sigmoid(logit_p))), exact and stable.
+
+    The reference evaluates q·log(ε + q/(p+ε)) + … on probabilities; working on logits gives
+    the same quantity without the ε bias and without overflow for confident routers.
+    """
+    q = torch.sigmoid(logit_q)
+    log_q, log_1mq = F.logsigmoid(logit_q), F.logsigmoid(-logit_q)
+    log_p, log_1mp = F.logsigmoid(logit_p), F.logsigmoid(-logit_p)
+    return q * (log_q - log_p) + (1 - q) * (log_1mq - log_1mp)

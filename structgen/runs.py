@@ -1,0 +1,55 @@
+"""Run folders: runs/<dataset>/<YYYYmmdd-HHMMSS>-<id>/ with config.yml, checkpoints/,
+metrics.jsonl, tensorboard/, figures/ and samples/ (design.md, "Runs and artefacts")."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+
+class RunError(ValueError):
+    pass
+
+
+def new_run_dir(cfg) -> Path:
+    root = Path(cfg.run.runs_dir) / cfg.data.dataset
+    name = cfg.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
+    run_dir = root / name
+    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+        raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose "
+                       f"another run.name (nothing was overwritten)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def latest_run_dir(cfg) -> Path:
+    """The run --resume continues: run.name when set, else the newest run with a checkpoint."""
+    root = Path(cfg.run.runs_dir) / cfg.data.dataset
+    if cfg.run.name:
+        run_dir = root / cfg.run.name
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
+        return run_dir
+    candidates = sorted((p.parent.parent for p in root.glob("*/checkpoints/last.pt")),
+                        key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+    if not candidates:
+        raise RunError(f"--resume: no run with a checkpoint under {root}")
+    return candidates[-1]
+
+
+def checkpoint_of(run_dir_or_file: str | Path) -> Path:
+    """Accept a run folder or a checkpoint file."""
+    path = Path(run_dir_or_file)
+    if path.is_dir():
+        for name in ("final.pt", "last.pt"):
+            if (path / "checkpoints" / name).exists():
+                return path / "checkpoints" / name
+        raise RunError(f"{path}: no checkpoints/final.pt or checkpoints/last.pt in this run folder")
+    if not path.exists():
+        raise RunError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

@@ -1,0 +1,75 @@
+"""What a training loop may know about where it runs: rank, world size, device, collectives,
+the checkpoint sink and the metrics log. Loops never import Ray or submitit; launchers build
+the context (the single-process one here, a `torch.distributed` one under torchrun / SLURM,
+a Ray one in `ray_jobs`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    run_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    # Called with (checkpoint dict, path written) after every checkpoint; the Ray context
+    # uses it to hand the checkpoint folder to `ray.train.report`.
+    on_checkpoint: Callable[[dict, Path], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate equally sized per-rank tensors along dim 0, in rank order."""
+        if not self.distributed:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's value everywhere: a guard that every rank takes the same decision."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to call for training: DDP when distributed (rebuilt after each attach
+        or prune by simply wrapping the new objective)."""
+        if not self.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device = cuda but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")

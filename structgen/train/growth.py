@@ -1,0 +1,222 @@
+"""The growth schedule (algorithm.md §3.2): initial tree -> grow loop (sub-trees, intermediate
+full-trains) -> prune -> finetune, as a resumable state machine.
+
+`GrowthState` is plain data and goes into every checkpoint; `TreeTrainer.run()` continues from
+whatever state it is given, so a killed run resumes at the same phase and epoch. All decisions
+come from statistics gathered over every rank (`assign.leaf_probabilities`) and are broadcast
+from rank 0 as a guard, so every rank holds the same topology.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structgen.config import config_to_dict
+from structgen.models.treevae import ModelSpec, TreeVAE
+from structgen.train.annealing import finetune_decay
+from structgen.train.assign import leaf_probabilities
+from structgen.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from structgen.train.context import Context
+from structgen.train.phase import Phase, PhaseRunner, PhaseState
+from structgen.tree.topology import Tree
+
+STAGES = ("initial", "grow", "prune", "finetune", "done")
+
+
+@dataclass
+class GrowthState:
+    stage: str = "initial"
+    phases_started: int = 0
+    splits: int = 0
+    grow_iterations: int = 0
+    intermediate_done_at: list[int] = field(default_factory=list)   # split counts already retrained at
+    unexpandable: list[str] = field(default_factory=list)
+    epochs_done: int = 0                                             # across phases: the TensorBoard step
+    phase: dict | None = None
+
+
+class TreeTrainer:
+    def __init__(self, cfg, ctx: Context, data, log, progress, resume: dict | None = None):
+        self.cfg, self.ctx, self.data, self.log, self.progress = cfg, ctx, data, log, progress
+        if resume is None:
+            torch.manual_seed(cfg.run.seed)
+            np.random.seed(cfg.run.seed % 2**32)
+            spec = ModelSpec.from_config(cfg.model, data.image_shape, contrastive=self._contrastive)
+            self.model = TreeVAE(spec, Tree.complete(cfg.training.initial_depth)).to(ctx.device)
+            self.state = GrowthState()
+            self._saved_phase = None
+        else:
+            spec = ModelSpec(**{**resume["spec"], "image_shape": tuple(resume["spec"]["image_shape"])})
+            self.model = TreeVAE(spec, Tree.from_dict(resume["tree"])).to(ctx.device)
+            self.model.load_state_dict(resume["model"])
+            self.state = GrowthState(**resume["growth"])
+            self._saved_phase = resume.get("phase_state")
+            self._resume_rng = resume["rng"]
+            set_rng_state(self._resume_rng)
+        self.runner = PhaseRunner(cfg, ctx, self.model, data.train.images, data.train.labels, log, progress,
+                                  self._checkpoint)
+
+    @property
+    def _contrastive(self) -> bool:
+        t = self.cfg.training
+        return t.augment and "instancewise_full" in t.augmentation_method
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.ctx.run_dir / "checkpoints" / "last.pt"
+
+    # ---- the schedule ----------------------------------------------------------------------
+    def run(self) -> TreeVAE:
+        t = self.cfg.training
+        while self.state.stage != "done":
+            if self.state.phase is not None:
+                self._run_phase()
+            elif self.state.stage == "initial":
+                self._start(Phase("initial", "full", 0, t.num_epochs, t.kl_start, t.decay_kl), next_stage="grow")
+            elif self.state.stage == "grow":
+                self._grow_step()
+            elif self.state.stage == "prune":
+                self._prune()
+                self.state.stage = "finetune"
+                self._checkpoint(None, None)
+            elif self.state.stage == "finetune":
+                e = t.num_epochs_finetuning
+                self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e)), next_stage="done")
+        self._checkpoint(None, None)
+        return self.model
+
+    def _start(self, phase: Phase, next_stage: str | None = None) -> None:
+        phase.index = self.state.phases_started
+        self.state.phases_started += 1
+        if next_stage:
+            self.state.stage = next_stage
+        if phase.epochs <= 0:
+            return
+        self.state.phase = phase.to_dict()
+        if self.ctx.is_main:
+            where = f" below {phase.leaf} on {len(phase.subset)} images" if phase.leaf else ""
+            self.progress.line(f"== phase {phase.name}: {phase.epochs} epochs{where}; tree has "
+                               f"{len(self.model.tree.leaves())} leaves")
+
+    def _run_phase(self) -> None:
+        phase = Phase(**self.state.phase)
+        if self._saved_phase is not None:
+            pstate = self.runner.new_state(phase, self._saved_phase)
+            set_rng_state(self._resume_rng)     # building the sub-tree drew init weights: undo that
+            self._saved_phase = None
+        else:
+            pstate = self.runner.new_state(phase)
+            self._checkpoint(phase, pstate)     # fresh modules and optimiser: resumable from epoch 0
+        self.runner.run(phase, pstate, on_epoch=self._count_epoch)
+        if phase.kind == "subtree":
+            self.model.attach(phase.leaf, pstate.subtree)
+            self.state.splits += 1
+            self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs())
+        self.log_event("phase_end", phase=phase.name, epochs=phase.epochs, n_leaves=len(self.model.tree.leaves()))
+        self.state.phase = None
+        self._checkpoint(None, None)
+
+    def _grow_step(self) -> None:
+        t, s = self.cfg.training, self.state
+        if not t.grow or s.grow_iterations >= t.max_grow_iterations:
+            s.stage = "prune"
+            return
+        if (t.intermediate_fulltrain and s.splits > 0 and s.splits % 3 == 0
+                and s.splits not in s.intermediate_done_at and t.num_epochs_intermediate_fulltrain > 0):
+            s.intermediate_done_at.append(s.splits)
+            self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
+                              t.num_epochs_intermediate_fulltrain, t.kl_start, t.decay_kl))
+            return
+        choice = self.ctx.broadcast_object(self._choose_leaf())
+        if choice is None:
+            s.stage = "prune"
+            return
+        leaf, subset = choice
+        s.grow_iterations += 1
+        self._start(Phase(f"subtree-{s.splits + 1}", "subtree", 0, t.num_epochs_smalltree, t.kl_start, t.decay_kl,
+                          leaf=leaf, subset=subset))
+
+    def _choose_leaf(self):
+        """The expandable leaf with the most assigned training samples, or None (§3.2 step 2).
+
+        Unlike the reference (§8.10), a leaf at the depth limit is marked unexpandable and the
+        next one is tried, and sample counts stay aligned with their leaves.
+        """
+        t, s = self.cfg.training, self.state
+        probs = leaf_probabilities(self.model, self.data.train.images, self.ctx, self.cfg.evaluation.batch_size)
+        leaves = self.model.tree.leaves()
+        n = probs.shape[0]
+        mass = probs.sum(0)
+        n_eff = int((mass >= t.effective_leaf_threshold * n).sum())
+        self.log_event("grow_check", n_effective=n_eff, leaves=leaves, mass=(mass / n).tolist())
+        if n_eff >= t.num_clusters_tree:
+            return None
+        threshold = min(1.0 / max(n_eff, 1), 0.5)
+        ranked = []
+        for i, leaf in enumerate(leaves):
+            if leaf in s.unexpandable:
+                continue
+            members = torch.nonzero(probs[:, i] >= threshold).flatten()
+            ranked.append((len(members), i, leaf, members))
+        ranked.sort(key=lambda item: (-item[0], item[1]))
+        for size, _, leaf, members in ranked:
+            if size < t.batch_size:
+                continue
+            if Tree.depth(leaf) >= self.cfg.depth_limit:
+                s.unexpandable.append(leaf)
+                continue
+            return leaf, members.tolist()
+        return None
+
+    def _prune(self) -> None:
+        t = self.cfg.training
+        if not t.prune:
+            return
+        while len(self.model.tree.leaves()) > 1:
+            probs = leaf_probabilities(self.model, self.data.train.images, self.ctx, self.cfg.evaluation.batch_size)
+            counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
+            smallest = int(torch.argmin(counts))
+            share = counts[smallest].item() / probs.shape[0]
+            if share >= t.prune_threshold:
+                break
+            leaf = self.ctx.broadcast_object(self.model.tree.leaves()[smallest])
+            self.model.prune(leaf)
+            self.log_event("prune", leaf=leaf, share=share, tree=self.model.tree.bfs())
+            if self.ctx.is_main:
+                self.progress.line(f"== pruned {leaf} ({share:.2%} of assignments)")
+
+    # ---- checkpoints and events -------------------------------------------------------------
+    def _count_epoch(self) -> int:
+        """Called after every training epoch; the running count is the TensorBoard step."""
+        self.state.epochs_done += 1
+        return self.state.epochs_done
+
+    def log_event(self, event: str, **fields) -> None:
+        if self.ctx.is_main:
+            self.log.write(event, **fields)
+
+    def _checkpoint(self, phase: Phase | None, pstate: PhaseState | None) -> None:
+        if phase is not None:
+            self.state.phase = phase.to_dict()
+        state = {
+            "config": config_to_dict(self.cfg),
+            "spec": asdict(self.model.spec),
+            "tree": self.model.tree.to_dict(),
+            "model": self.model.state_dict(),
+            "growth": asdict(self.state),
+            "phase_state": None if pstate is None else {
+                "optimizer": pstate.optimizer.state_dict(), "scheduler": pstate.scheduler.state_dict(),
+                "annealer": pstate.annealer.state_dict(),
+                "subtree": pstate.subtree.state_dict() if pstate.subtree is not None else None},
+            "rng": rng_state(),
+            "metrics_lines": self.log.lines,
+            "loader": {"phase_index": phase.index, "epoch": phase.epoch} if phase is not None else None,
+        }
+        if self.ctx.is_main:
+            path = save_checkpoint(state, self.checkpoint_path)
+            if self.ctx.on_checkpoint is not None:
+                self.ctx.on_checkpoint(state, path)
+        self.ctx.barrier()

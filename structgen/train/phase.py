@@ -1,0 +1,174 @@
+"""One training phase: a fresh Adam, StepLR and KL annealer, E epochs over (a subset of) the
+training set, a checkpoint after every `checkpoint_every` epochs (algorithm.md §3.1).
+
+A phase is plain data (`Phase`) so a checkpoint can say exactly where a run stopped; the
+optimiser, scheduler and annealer states travel beside it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from structgen.data import TensorLoader
+from structgen.data.augment import two_views
+from structgen.models.elbo import Clamps, total_loss
+from structgen.models.objective import Contrastive, FullTreeObjective, SubTreeObjective
+from structgen.models.treevae import SubTree, TreeVAE
+from structgen.train.annealing import KLAnnealer
+from structgen.train.context import Context
+
+TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class Phase:
+    name: str                     # "initial", "subtree-3", "intermediate-1", "finetune"
+    kind: str                     # "full" or "subtree"
+    index: int                    # position in the run's sequence of phases (seeds the data order)
+    epochs: int
+    kl_start: float
+    decay_kl: float
+    leaf: str | None = None       # subtree: the leaf being split
+    subset: list[int] | None = field(default=None, repr=False)   # subtree: training indices
+    epoch: int = 0                # epochs completed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PhaseState:
+    """Everything a phase owns that must survive a restart."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    annealer: KLAnnealer
+    subtree: SubTree | None
+
+
+class PhaseRunner:
+    def __init__(self, cfg, ctx: Context, model: TreeVAE, train_images: np.ndarray, train_labels: np.ndarray,
+                 log, progress, checkpoint: Callable[[Phase, PhaseState], None]):
+        self.cfg, self.ctx, self.model = cfg, ctx, model
+        self.train_images, self.train_labels = train_images, train_labels
+        self.log, self.progress, self.checkpoint = log, progress, checkpoint
+        t = cfg.training
+        self.clamps = Clamps.from_config(t)
+        self.contrastive = (Contrastive(t.aug_decisions_weight, t.augmentation_method)
+                            if t.augment and t.augmentation_method != "simple" else None)
+
+    # ---- construction --------------------------------------------------------------------
+    def new_state(self, phase: Phase, saved: dict | None = None) -> PhaseState:
+        t = self.cfg.training
+        subtree = None
+        if phase.kind == "subtree":
+            subtree = SubTree(self.model, phase.leaf).to(self.ctx.device)
+            if saved is not None:
+                subtree.load_state_dict(saved["subtree"])
+            params = list(subtree.parameters())
+        else:
+            params = list(self.model.parameters())
+        optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.decay_stepsize, gamma=t.decay_lr)
+        annealer = KLAnnealer(phase.kl_start, phase.decay_kl)
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            annealer = KLAnnealer.from_state(saved["annealer"])
+        return PhaseState(optimizer, scheduler, annealer, subtree)
+
+    def objective(self, phase: Phase, state: PhaseState) -> torch.nn.Module:
+        if phase.kind == "subtree":
+            return SubTreeObjective(self.model, state.subtree, self.clamps, self.contrastive)
+        return FullTreeObjective(self.model, self.clamps, self.contrastive)
+
+    def loader(self, phase: Phase) -> TensorLoader:
+        t, ctx = self.cfg.training, self.ctx
+        per_rank = t.batch_size // ctx.world_size
+        if t.augment:
+            per_rank //= 2        # the batch holds two views of each image
+        return TensorLoader(self.train_images, self.train_labels, per_rank, shuffle=True,
+                            seed=self.cfg.run.seed * 1000 + phase.index, rank=ctx.rank,
+                            world_size=ctx.world_size, drop_last=True, indices=phase.subset, device=ctx.device)
+
+    # ---- training ------------------------------------------------------------------------
+    def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int]) -> None:
+        """Train the remaining epochs of ``phase``; checkpoints through ``self.checkpoint``."""
+        loader = self.loader(phase)
+        objective = self.objective(phase, state)
+        step_fn = self.ctx.wrap(objective)
+        while phase.epoch < phase.epochs:
+            loader.set_epoch(phase.epoch)
+            self._train_mode(phase, state)
+            alpha, lr = state.annealer.alpha, state.optimizer.param_groups[0]["lr"]
+            sums = self._epoch(phase, state, loader, step_fn)
+            state.scheduler.step()
+            state.annealer.step()
+            phase.epoch += 1
+            self._log_epoch(phase, sums, on_epoch(), alpha=alpha, lr=lr)
+            if phase.epoch % self.cfg.training.checkpoint_every == 0 or phase.epoch == phase.epochs:
+                self.checkpoint(phase, state)
+
+    def _train_mode(self, phase: Phase, state: PhaseState) -> None:
+        if phase.kind == "subtree":
+            self.model.eval()             # frozen: BN uses running stats, as in the reference
+            state.subtree.train()
+        else:
+            self.model.train()
+
+    def _epoch(self, phase: Phase, state: PhaseState, loader: TensorLoader, step_fn) -> dict:
+        alpha = state.annealer.alpha
+        sums = torch.zeros(len(TERMS) + 2, dtype=torch.float64)      # terms, loss, images
+        bar = self.progress.epoch(len(loader), f"{phase.name} {phase.epoch + 1}/{phase.epochs}")
+        for x, _, _ in loader:
+            if self.cfg.training.augment:
+                x = two_views(x)
+            terms = step_fn(x)
+            loss = total_loss(terms, alpha, terms.get("aug"))
+            self._check_finite(phase, loss, terms)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            values = [float(terms[k].detach()) if k in terms else 0.0 for k in TERMS]
+            sums += torch.tensor(values + [float(loss.detach()), 1.0], dtype=torch.float64) * x.shape[0]
+            bar.update(x.shape[0], {"loss": float(loss.detach()), "rec": values[0]})
+        bar.close()
+        self._images_per_s = bar.images_per_s * self.ctx.world_size
+        return sums
+
+    def _check_finite(self, phase: Phase, loss: torch.Tensor, terms: dict) -> None:
+        if torch.isfinite(loss):
+            return
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["loss"]
+        raise NonFiniteLossError(
+            f"non-finite loss in phase '{phase.name}', epoch {phase.epoch + 1}: term(s) {', '.join(bad)} = "
+            f"{', '.join(str(float(terms.get(k, loss).detach())) for k in bad)}. The last good checkpoint is kept; "
+            f"try a lower training.lr or check the data.")
+
+    def _log_epoch(self, phase: Phase, sums: torch.Tensor, step: int, alpha: float, lr: float) -> None:
+        sums = self.ctx.all_reduce_sum(sums)
+        n = max(sums[-1].item(), 1.0)
+        record = {k: sums[i].item() / n for i, k in enumerate(TERMS)}
+        record["loss"] = sums[len(TERMS)].item() / n
+        record.update(phase=phase.name, kind=phase.kind, epoch=phase.epoch, epochs=phase.epochs,
+                      alpha=alpha, lr=lr,
+                      images_per_s=self._images_per_s, n_leaves=len(self.model.tree.leaves()),
+                      images=int(n))
+        if phase.leaf:
+            record["leaf"] = phase.leaf
+        if self.ctx.is_main:
+            self.log.write("epoch", step=step, **record)
+            self.progress.line(
+                f"[{phase.name}] epoch {phase.epoch}/{phase.epochs}  loss {record['loss']:.2f}  "
+                f"rec {record['rec']:.2f}  kl_root {record['kl_root']:.2f}  kl_nodes {record['kl_nodes']:.2f}  "
+                f"kl_dec {record['kl_decisions']:.3f}" + (f"  aug {record['aug']:.3f}" if record["aug"] else "")
+                + f"  alpha {record['alpha']:.3f}  {record['images_per_s']:.0f} img/s")
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLossError(f"non-finite mean loss in phase '{phase.name}', epoch {phase.epoch}")

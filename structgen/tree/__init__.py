@@ -1,0 +1,3 @@
+from structgen.tree.topology import Tree, TopologyError
+
+__all__ = ["Tree", "TopologyError"]

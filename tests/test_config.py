@@ -1,0 +1,113 @@
+"""Every config error path, the shipped profiles, and the resolved-config round trip."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from structgen.config import ConfigError, all_keys, load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ["digits", "mnist", "fmnist", "cifar10"]
+
+
+def write(tmp_path, text, name="c.yml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_key_and_closest(tmp_path):
+    p = write(tmp_path, "training:\n  lr_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "training.lr_rate" in msg and "did you mean 'training.lr'" in msg
+
+
+def test_unknown_section_and_key_in_wrong_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainng'.*did you mean 'training'"):
+        load_config(write(tmp_path, "trainng:\n  lr: 0.1\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'model.batch_size'.*training.batch_size"):
+        load_config(write(tmp_path, "model:\n  batch_size: 3\n"))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("training.lr=abc", "training.lr = 'abc' is not allowed: expected a number"),
+    ("training.batch_size=1.5", "training.batch_size = 1.5 is not allowed: expected an integer"),
+    ("training.grow=yes please", "training.grow = 'yes please' is not allowed: expected true or false"),
+    ("training.batch_size=1", "training.batch_size = 1 is not allowed: expected >= 2"),
+    ("training.lr=-1", "training.lr = -1.0 is not allowed: expected >= 0.0"),
+    ("model.act_function=tanh", "one of swish, leaky_relu, relu"),
+    ("data.dataset=imagenet", "one of digits, mnist, fmnist, cifar10, synthetic"),
+    ("model.latent_channels=16", "expected a list of int"),
+    ("model.latent_channels=[16]", "at least 2 items"),
+    ("model.latent_channels=[16,0]", "model.latent_channels[1] = 0"),
+    ("training.dropout=0.1", "did you mean"),
+])
+def test_wrong_type_or_range_names_key_value_and_allowed(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+    assert f"--set {override}" in str(err.value)
+
+
+def test_cross_key_rules():
+    with pytest.raises(ConfigError, match="latent_channels has 3 levels but .*bottom_up_channels has 7"):
+        load_config(None, ["model.latent_channels=[16,16,16]"])
+    with pytest.raises(ConfigError, match="max_depth = 7 is deeper"):
+        load_config(None, ["training.max_depth=7"])
+    with pytest.raises(ConfigError, match="beta1"):
+        load_config(None, ["diffusion.beta1=0.5", "diffusion.beta2=0.1"])
+    with pytest.raises(ConfigError, match="low <= high"):
+        load_config(None, ["training.kl_clamp_sample=[5, 1]"])
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "training: [\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="'training' is a section"):
+        load_config(write(tmp_path, "training: 3\n"))
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["training.lr"])
+
+
+def test_overrides_beat_the_file_and_scientific_notation_is_a_number(tmp_path):
+    p = write(tmp_path, "training:\n  lr: 1e-3\n  batch_size: 64\n")
+    cfg = load_config(p, ["training.batch_size=32"])
+    assert cfg.training.lr == pytest.approx(1e-3) and cfg.training.batch_size == 32
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_load_and_every_key_has_a_comment(name):
+    path = ROOT / "configs" / f"{name}.yml"
+    load_config(path)
+    data = yaml.safe_load(path.read_text())
+    flat = {f"{s}.{k}" for s, sub in data.items() for k in sub}
+    assert flat == set(all_keys()), "the profile must list every schema key"
+    for line in path.read_text().splitlines():
+        if line.startswith("  ") and not line.lstrip().startswith("#"):
+            assert re.search(r"  # \S", line), f"{name}.yml: key without a comment: {line!r}"
+
+
+def test_profiles_carry_reference_values():
+    mnist, fmnist, cifar = (load_config(ROOT / "configs" / f"{n}.yml") for n in ("mnist", "fmnist", "cifar10"))
+    assert mnist.model.spectral_norm and mnist.training.decay_kl == 0.001 and mnist.training.kl_start == 0
+    assert (mnist.training.num_epochs, mnist.training.num_epochs_smalltree,
+            mnist.training.num_epochs_intermediate_fulltrain, mnist.training.num_epochs_finetuning) == (150, 150, 80, 200)
+    assert fmnist.training.kl_start == 0.5 and fmnist.model.act_function == "leaky_relu"
+    assert cifar.model.encoder == "cnn2" and cifar.model.representation_dim == 4
+    assert cifar.model.latent_channels == [64] * 7 and cifar.model.bottom_up_channels == [128] * 7
+    assert cifar.training.aug_decisions_weight == 100 and cifar.training.num_epochs_finetuning == 0
+    assert cifar.model.activation == "mse" and cifar.training.decay_kl == 0.01
+    assert mnist.diffusion.n_timesteps == 1000 and mnist.diffusion.ema_decay == 0.9999
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "cifar10.yml", ["training.lr=3e-4", "run.name=x"])
+    path = save_config(cfg, tmp_path / "config.yml", header="resolved")
+    assert load_config(path) == cfg

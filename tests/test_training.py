@@ -1,0 +1,128 @@
+"""Growth end to end on `synthetic`, the artefacts of a run, and failure handling."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from structgen.api import load_model, train_tree
+from structgen.config import load_config
+from structgen.runs import RunError
+from structgen.train.checkpoint import CheckpointError, load_checkpoint
+from structgen.train.metrics_log import read_metrics
+from structgen.train.phase import NonFiniteLossError
+
+from conftest import SYNTHETIC_FAST
+
+
+def test_growth_recovers_the_two_level_hierarchy(trained_run):
+    run_dir, report = trained_run
+    model, _ = load_model(run_dir)
+    leaves = model.tree.leaves()
+    assert len(leaves) >= 3
+    assert report["nmi"] > 0.7 and report["acc"] > 0.7, report
+    # The first split is the coarse one: every superclass goes (mostly) one way at the root.
+    from structgen.data import load_split
+    test = load_split("synthetic", "test", seed=42)
+    probs = model.predict(torch.from_numpy(test.images).float() / 255)
+    side = np.array([leaves[i][1] for i in probs.argmax(1).numpy()])       # '0' or '1' below the root
+    for sc in (0, 1):
+        share = max(np.mean(side[test.superclass == sc] == "0"), np.mean(side[test.superclass == sc] == "1"))
+        assert share > 0.9, f"superclass {sc} is split across the root ({share:.2f})"
+
+
+def test_run_folder_has_every_artefact(trained_run):
+    run_dir, report = trained_run
+    assert (run_dir / "config.yml").exists() and (run_dir / "checkpoints" / "final.pt").exists()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    records = read_metrics(run_dir)
+    events = {r["event"] for r in records}
+    assert {"epoch", "phase_end", "split", "grow_check", "evaluation"} <= events
+    epochs = [(r["phase"], r["epoch"]) for r in records if r["event"] == "epoch"]
+    assert len(epochs) == len(set(epochs))
+    ev = [r for r in records if r["event"] == "evaluation"][-1]
+    for key in ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity", "elbo", "leaf_histograms", "baselines"):
+        assert key in ev
+    assert set(ev["baselines"]) >= {"kmeans", "ward"}
+    tree_png = Image.open(run_dir / "figures" / "tree.png")
+    assert tree_png.size[0] > 300 and tree_png.size[1] > 300
+    # the resolved config re-launches as is
+    assert load_config(run_dir / "config.yml").data.dataset == "synthetic"
+
+
+def test_generate_writes_per_leaf_grids_and_arrays(trained_run):
+    from structgen.cli import main
+    run_dir, _ = trained_run
+    n_leaves = len(load_model(run_dir)[0].tree.leaves())
+    for mode in ("vae_samples", "vae_recons"):
+        assert main(["generate", str(run_dir), "--mode", mode, "--n", "8"]) == 0
+        out = run_dir / "samples" / mode
+        assert len(list(out.glob("leaf*.png"))) == n_leaves
+        arrays = np.load(out / ("samples.npz" if mode == "vae_samples" else "recons.npz"))
+        assert arrays["images"].shape[:2] == (8, n_leaves)
+        assert np.allclose(arrays["leaf_probs"].sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_command_prints_table_and_appends_metrics(trained_run, capsys):
+    from structgen.cli import main
+    run_dir, _ = trained_run
+    before = len(read_metrics(run_dir))
+    assert main(["evaluate", str(run_dir), "--set", "evaluation.compute_ll=true", "--set", "evaluation.ll_samples=3"]) == 0
+    out = capsys.readouterr().out
+    assert "CNN-TreeVAE (test)" in out and "kmeans (pixels)" in out and "log-likelihood (IW, K=3)" in out
+    records = read_metrics(run_dir)
+    assert len(records) == before + 1 and records[-1]["ll_samples"] == 3
+    assert records[-1]["log_likelihood"] >= records[-1]["elbo"] - 5
+
+
+def small_cfg(tmp_path, *extra):
+    return load_config(None, SYNTHETIC_FAST + ["data.train_subset=300", "data.test_subset=100",
+                                               "training.num_epochs=2", "training.num_epochs_smalltree=1",
+                                               "training.num_epochs_finetuning=1", "evaluation.baselines=false",
+                                               f"run.runs_dir={tmp_path}", *extra])
+
+
+def test_non_finite_loss_names_phase_epoch_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import structgen.models.objective as objective
+    real = objective.tree_terms
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 4:          # the second epoch (4 batches of 64 per epoch)
+            terms["kl_nodes"] = terms["kl_nodes"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(objective, "tree_terms", poisoned)
+    cfg = small_cfg(tmp_path, "run.name=nan")
+    with pytest.raises(NonFiniteLossError, match=r"phase 'initial', epoch 2: term\(s\) kl_nodes"):
+        train_tree(cfg)
+    kept = load_checkpoint(tmp_path / "synthetic" / "nan" / "checkpoints" / "last.pt")
+    assert kept["growth"]["phase"]["name"] == "initial" and kept["growth"]["phase"]["epoch"] == 1
+
+
+def test_bad_checkpoints_and_run_folders_fail_clearly(tmp_path):
+    cfg = small_cfg(tmp_path, "run.name=a", "training.grow=false", "training.num_epochs_finetuning=0")
+    run_dir, _ = train_tree(cfg, evaluate=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        train_tree(cfg)
+    with pytest.raises(CheckpointError, match=r"config differs .*training.lr"):
+        train_tree(small_cfg(tmp_path, "run.name=a", "training.grow=false", "training.num_epochs_finetuning=0",
+                             "training.lr=0.5"), resume=True)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not a structgen TreeVAE checkpoint"):
+        load_model(foreign)
+    state = torch.load(ckpt, weights_only=False)
+    state["tree"] = {"format": "structgen.tree/1", "nodes": ["r", "r0", "r1", "r00", "r01"]}
+    torch.save(state, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt: incompatible checkpoint"):
+        load_model(tmp_path / "mismatch.pt")
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["event"] == "epoch"

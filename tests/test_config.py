@@ -111,3 +111,10 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(ROOT / "configs" / "cifar10.yml", ["training.lr=3e-4", "run.name=x"])
     path = save_config(cfg, tmp_path / "config.yml", header="resolved")
     assert load_config(path) == cfg
+
+
+def test_profiles_are_generated_from_the_schema():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(ROOT / "configs" / "profiles.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout

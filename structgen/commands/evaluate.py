@@ -1,0 +1,15 @@
+NAME = "evaluate"
+HELP = "test-set metrics, baselines and figures of a trained run"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder or checkpoint file")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override evaluation keys, e.g. --set evaluation.compute_ll=true")
+
+
+def run(args) -> int:
+    from structgen.api import evaluate_run
+
+    evaluate_run(args.run, overrides=args.overrides)
+    return 0

@@ -45,8 +45,14 @@ def _setup_torch(cfg: Config) -> None:
         torch.set_num_threads(cfg.run.threads)
 
 
-def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, evaluate: bool = True):
-    """Grow, prune and finetune a CNN-TreeVAE; returns (run_dir, evaluation report or None)."""
+def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, evaluate: bool = True,
+               run_dir: str | Path | None = None, resume_checkpoint: str | Path | None = None):
+    """Grow, prune and finetune a CNN-TreeVAE; returns (run_dir, evaluation report or None).
+
+    ``resume``: True continues the latest run (or run.name), a path continues that run folder.
+    Launchers that manage their own checkpoints (Ray) pass ``run_dir`` and, after a restart,
+    ``resume_checkpoint``. Only rank 0 of ``ctx`` writes files.
+    """
     from structgen.train.context import Context, resolve_device
     from structgen.train.data import load_run_data
     from structgen.train.growth import TreeTrainer
@@ -54,32 +60,39 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     from structgen.train.progress import Progress
 
     _setup_torch(cfg)
-    device = resolve_device(cfg.run.device)
     data = load_run_data(cfg)                       # data problems surface before any folder is made
+    is_main = ctx is None or ctx.is_main
     saved = None
-    if resume:
+    if resume_checkpoint is not None:
+        saved = load_checkpoint(Path(resume_checkpoint))
+        run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(resume_checkpoint))
+        check_resumable(saved["config"], cfg, Path(resume_checkpoint))
+    elif resume:
         run_dir = latest_run_dir(cfg) if resume is True else Path(resume)
         ckpt_path = run_dir / "checkpoints" / "last.pt"
         saved = load_checkpoint(ckpt_path)
         check_resumable(saved["config"], cfg, ckpt_path)
+    elif run_dir is not None:
+        run_dir = Path(run_dir)
     else:
         run_dir = new_run_dir(cfg)
-    ctx = ctx or Context(run_dir=run_dir, device=device)
+    ctx = ctx or Context(run_dir=run_dir, device=resolve_device(cfg.run.device))
     ctx.run_dir = run_dir
-    log = MetricsLog(run_dir, enabled=ctx.is_main)
-    progress = Progress(cfg.run.progress, enabled=ctx.is_main)
+    log = MetricsLog(run_dir, enabled=is_main)
+    progress = Progress(cfg.run.progress, enabled=is_main)
     if saved is not None:
         log.truncate(saved["metrics_lines"])
-        progress.line(f"resuming {run_dir} at stage {saved['growth']['stage']}"
-                      + (f", phase {saved['growth']['phase']['name']} epoch {saved['growth']['phase']['epoch']}"
-                         if saved["growth"]["phase"] else ""))
-    elif ctx.is_main:
+        growth = saved["growth"]
+        progress.line(f"resuming {run_dir} at stage {growth['stage']}"
+                      + (f", phase {growth['phase']['name']} epoch {growth['phase']['epoch']}" if growth["phase"] else ""))
+    elif is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yml", header=f"resolved config of run {run_dir}\nre-run: structgen "
                     f"train-tree --config {run_dir / 'config.yml'}")
         progress.line(f"run folder: {run_dir}")
     trainer = TreeTrainer(cfg, ctx, data, log, progress, resume=saved)
     model = trainer.run()
-    if ctx.is_main:
+    if is_main:
         shutil.copyfile(trainer.checkpoint_path, run_dir / "checkpoints" / "final.pt")
     report = None
     if evaluate:

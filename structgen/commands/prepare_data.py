@@ -1,19 +1,67 @@
 NAME = "prepare-data"
-HELP = "verify a dataset and print its summary"
+HELP = "verify a dataset and print its summary; --format ffcv also writes its .beton files"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", "-d", required=True, help="digits, mnist, fmnist, cifar10 or synthetic")
+    from structgen.commands import add_config_arguments
+
+    p.add_argument("--dataset", "-d", help="digits, mnist, fmnist, cifar10 or synthetic (default: the config's)")
     p.add_argument("--data-dir", help="folder holding the dataset folders")
-    p.add_argument("--format", choices=("memory",), default="memory",
-                   help="memory: verify and summarise the in-memory arrays")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split for single-split datasets")
+    p.add_argument("--format", choices=("memory", "ffcv"), default="memory",
+                   help="memory: verify and summarise the in-memory arrays; ffcv: also write "
+                        "<ffcv-dir>/<dataset>-{train,test}.beton for data.loader=ffcv")
+    p.add_argument("--seed", type=int,
+                   help="run.seed: the split of single-split datasets and the subsets (default 42)")
+    p.add_argument("--ffcv-dir", help="where to write .beton files (data.ffcv_dir; default ./data/ffcv)")
+    p.add_argument("--image-mode", choices=("raw", "jpg"), help="data.ffcv_image_mode: raw pixels or JPEG")
+    p.add_argument("--workers", type=int, default=0, help="writer processes; 0 = all cores")
+    add_config_arguments(p)
+
+
+def _config(args):
+    from structgen.config import ConfigError, load_config
+
+    if not args.dataset and not args.config:
+        raise ConfigError("prepare-data: give --dataset NAME or --config FILE")
+    if args.dataset:
+        from structgen.data import dataset_shape
+
+        dataset_shape(args.dataset)      # an unknown name fails here, with the closest valid one
+    flags = [("data.dataset", args.dataset), ("data.data_dir", args.data_dir), ("run.seed", args.seed),
+             ("data.ffcv_dir", args.ffcv_dir), ("data.ffcv_image_mode", args.image_mode)]
+    # The flags win over --set, which wins over the file.
+    return load_config(args.config, list(args.overrides) + [f"{k}={v}" for k, v in flags if v is not None])
 
 
 def run(args) -> int:
-    from structgen.data import format_summary, load_split, summarize
+    import time
 
-    for split in ("train", "test"):
-        print(format_summary(summarize(load_split(args.dataset, split, args.data_dir, seed=args.seed))))
-    print(f"{args.dataset}: OK")
+    from structgen.data import format_summary, summarize
+
+    cfg = _config(args)
+    if args.format == "memory":
+        from structgen.data import load_split
+
+        d = cfg.data
+        for split in ("train", "test"):
+            ds = load_split(d.dataset, split, d.data_dir, seed=cfg.run.seed, test_fraction=d.test_fraction)
+            print(format_summary(summarize(ds)))
+        print(f"{d.dataset}: OK")
+        return 0
+
+    from structgen.data.ffcv_loader import beton_path, write_beton
+    from structgen.data.loaders import ffcv_dir, rebuild_command
+    from structgen.train.data import load_run_data
+
+    data = load_run_data(cfg)            # the arrays a run with this config trains on
+    folder, command = ffcv_dir(cfg.data), rebuild_command(cfg)
+    for ds in (data.train, data.test):
+        print(format_summary(summarize(ds)))
+        t0 = time.perf_counter()
+        path = write_beton(ds, beton_path(folder, ds.name, ds.split), cfg.data.ffcv_image_mode,
+                           args.workers or None, rebuild=command)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {cfg.data.ffcv_image_mode}) "
+              f"in {time.perf_counter() - t0:.1f} s")
+    mode = f" --set data.ffcv_image_mode={cfg.data.ffcv_image_mode}" if cfg.data.ffcv_image_mode != "raw" else ""
+    print(f"{cfg.data.dataset}: OK; train with --set data.loader=ffcv --set data.ffcv_dir={folder}{mode}")
     return 0

@@ -43,6 +43,25 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return cfg
 
 
+def config_from_dict(data: dict, source: str = "config dict") -> Config:
+    """Rebuild and validate a Config from `config_to_dict` output (Ray's train_loop_config)."""
+    cfg = Config()
+    _apply_mapping(cfg, data, prefix="", source=source)
+    check_consistency(cfg, source=source)
+    return cfg
+
+
+def apply_overrides(cfg: Config, values: dict, source: str = "overrides") -> Config:
+    """Set dotted keys ({"training.lr": 3e-4, ...}) on a copy of ``cfg``, validated."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        _apply_mapping(cfg, _nest(key, value), prefix="", source=f"{source} {key}")
+    check_consistency(cfg, source=source)
+    return cfg
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. training.lr=3e-4")

@@ -29,9 +29,13 @@ class RunConfig:
 class DataConfig:
     dataset: str = option("mnist", "dataset name", choices=DATASETS)
     data_dir: Optional[str] = option(None, "folder holding the dataset folders; default ../shared/data if present, else ./data")
-    loader: str = option("memory", "memory = in-RAM tensors (the FFCV loader is not part of this release)",
-                         choices=("memory",))
-    ffcv_dir: Optional[str] = option(None, "where .beton files live; default <data_dir>/../ffcv or ./data/ffcv")
+    loader: str = option("memory", "memory = in-RAM uint8 tensors (fastest without augmentation); ffcv = .beton "
+                                   "files from `structgen prepare-data --format ffcv` (faster two-view augmentation "
+                                   "on CPU)", choices=("memory", "ffcv"))
+    ffcv_dir: Optional[str] = option(None, "where .beton files live; default ./data/ffcv")
+    ffcv_image_mode: str = option("raw", "image field of the .beton files: raw pixels (exact) or jpg (quality 90)",
+                                  choices=("raw", "jpg"))
+    ffcv_workers: int = option(0, "FFCV decoding threads; 0 = torch's thread count", min=0)
     num_clusters_data: int = option(0, "keep only this many classes (a seeded subset); 0 = all", min=0)
     test_fraction: float = option(0.2, "held-out share when a dataset ships a single split", min=0.01, max=0.9)
     train_subset: int = option(0, "use only this many training images (seeded); 0 = all", min=0)
@@ -102,30 +106,49 @@ class EvaluationConfig:
 
 @dataclass
 class DiffusionConfig:
+    vae_run: Optional[str] = option(None, "TreeVAE run folder (or checkpoint) to condition on; `train-ddpm --vae` sets it")
     dim: int = option(64, "UNet base channels", min=8)
-    dim_mults: list[int] = option(default_factory=lambda: [1, 2, 2, 2], help="channel multiplier per level", min=1)
-    n_residual: int = option(2, "residual blocks per level", min=1)
-    attn_resolutions: list[int] = option(default_factory=lambda: [4], help="pixel sizes where attention is used",
-                                         min=1)
+    dim_mults: list[int] = option(default_factory=lambda: [1, 2, 2, 2], help="channel multiplier per level", min=1,
+                                  min_len=1)
+    n_residual: int = option(2, "residual blocks per level (the up path has one more)", min=1)
+    attn_resolutions: list[int] = option(default_factory=lambda: [16],
+                                         help="feature-map sizes in pixels (of the input padded to a multiple of "
+                                              "2^(levels-1)) with attention; the middle block always has it", min=1)
     dropout: float = option(0.3, "UNet dropout", min=0.0, max=0.9)
     n_heads: int = option(8, "attention heads", min=1)
     beta1: float = option(1e-4, "first beta of the linear schedule", min=0.0, max=1.0)
     beta2: float = option(0.02, "last beta of the linear schedule", min=0.0, max=1.0)
-    n_timesteps: int = option(1000, "diffusion steps T", min=1)
-    conditioning: str = option("leaf", "leaf id (Diffuse-TreeVAE), root-to-leaf path (TreeDiffusion) or none",
+    n_timesteps: int = option(1000, "diffusion steps T", min=2)
+    conditioning: str = option("leaf", "signal besides the leaf's VAE image: leaf id (Diffuse-TreeVAE), "
+                                       "root-to-leaf path (TreeDiffusion) or none (VAE image only)",
                                choices=("none", "leaf", "path"))
-    cfg_rate: float = option(0.0, "condition dropout probability for classifier-free guidance", min=0.0, max=1.0)
-    guidance_weight: float = option(0.0, "classifier-free guidance weight when sampling", min=0.0)
+    cfg_rate: float = option(0.0, "per-sample condition dropout probability for classifier-free guidance",
+                             min=0.0, max=1.0)
+    guidance_weight: float = option(0.0, "classifier-free guidance weight w when sampling: "
+                                         "(1+w) eps(cond) - w eps(uncond)", min=0.0)
     lr: float = option(2e-4, "Adam learning rate", min=0.0, max=1.0)
     warmup_steps: int = option(5000, "linear LR warm-up steps", min=0)
-    grad_clip: float = option(1.0, "gradient norm clip", min=0.0)
+    grad_clip: float = option(1.0, "gradient norm clip; 0 = off", min=0.0)
     ema_decay: float = option(0.9999, "EMA decay of the sampling weights", min=0.0, max=1.0)
-    batch_size: int = option(256, "training batch size", min=1)
+    ema_warmup: bool = option(True, "EMA decay min(ema_decay, (1+step)/(10+step)): short runs get a usable EMA "
+                                    "(the reference uses the constant decay)")
+    batch_size: int = option(256, "training batch size (all ranks together)", min=1)
     epochs: int = option(1000, "training epochs", min=0)
+    checkpoint_every: int = option(1, "save checkpoints/last.pt every N epochs (and at the end)", min=1)
+    checkpoint_every_steps: int = option(0, "also save it every N optimiser steps; 0 = epoch ends only", min=0)
+    sample_every: int = option(50, "write a preview grid (EMA weights) every N epochs and at the end; 0 = never",
+                              min=0)
+    n_samples: int = option(64, "images in previews and the default --n of `structgen sample`", min=1)
+    sample_batch_size: int = option(256, "images per sampler call (root samples x leaves for *_all_leaves)", min=1)
     sampler: str = option("ddpm", "ddpm (ancestral, T steps) or ddim", choices=("ddpm", "ddim"))
+    variance: str = option("fixedlarge", "DDPM reverse variance: fixedlarge (beta_t, the reference) or "
+                                         "fixedsmall (posterior variance)", choices=("fixedlarge", "fixedsmall"))
     n_steps: int = option(1000, "reverse steps for ddim", min=1)
-    eta: float = option(0.0, "DDIM eta (0 = deterministic)", min=0.0, max=1.0)
-    skip_strategy: str = option("quad", "DDIM timestep spacing", choices=("uniform", "quad"))
+    eta: float = option(0.0, "DDIM eta (0 = deterministic, 1 = ancestral-like)", min=0.0, max=1.0)
+    skip_strategy: str = option("quad", "DDIM timestep spacing, both ending at T-1", choices=("uniform", "quad"))
+    leaf_choice: str = option("max", "leaf of the `recons` and `sample` modes: max = most probable, "
+                                     "sample = drawn from the leaf probabilities (the reference)",
+                              choices=("max", "sample"))
 
 
 @dataclass
@@ -151,15 +174,21 @@ class TuneConfig:
 
 @dataclass
 class SlurmConfig:
+    # Cluster-specific values live here or in STRUCTGEN_SLURM_* variables, never in code;
+    # `slurm/launch.py` flags override both (flag > environment > this section).
     partition: Optional[str] = option(None, "SLURM partition; env STRUCTGEN_SLURM_PARTITION")
     account: Optional[str] = option(None, "SLURM account; env STRUCTGEN_SLURM_ACCOUNT")
     qos: Optional[str] = option(None, "SLURM QOS; env STRUCTGEN_SLURM_QOS")
     nodes: int = option(1, "nodes per job", min=1)
-    gpus_per_node: int = option(0, "GPUs per node", min=0)
-    cpus_per_task: int = option(2, "CPUs per task", min=1)
+    gpus_per_node: int = option(0, "GPUs per node; one task (DDP rank) per GPU, one task per node on CPU", min=0)
+    cpus_per_task: int = option(2, "CPUs per task (also torch's thread count when run.threads = 0)", min=1)
     mem_gb: int = option(8, "memory per node in GB", min=1)
     timeout_min: int = option(60, "time limit in minutes", min=1)
-    folder: str = option("slurm_logs/%j", "submitit log folder")
+    folder: str = option("slurm_logs/%j", "submitit log folder (%j = job id); env STRUCTGEN_SLURM_FOLDER")
+    signal_delay_s: int = option(120, "the time-limit signal (USR2) comes this long before the limit: the job "
+                                      "requeues itself and resumes from its last checkpoint", min=10)
+    max_timeouts: int = option(3, "time-limit requeues allowed per job (preemptions do not count)", min=0)
+    setup: list[str] = option(default_factory=list, help="shell lines run before the job, e.g. module load ...")
 
 
 @dataclass

@@ -6,6 +6,8 @@ files; ``mnist``, ``fmnist`` and ``cifar10`` read the standard files under ``dat
 """
 from __future__ import annotations
 
+import os
+
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,12 +79,18 @@ def dataset_shape(name: str) -> tuple[int, int, int]:
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """The folder holding the dataset folders.
 
-    None: the repository's sibling ``../shared/data`` when it exists, else ``./data``.
-    An explicit path must exist.
+    None: $STRUCTGEN_DATA_DIR when set; else ``../shared/data`` next to the current folder or
+    next to the repository when it exists; else ``./data``. An explicit path must exist.
     """
     if data_dir is None:
-        shared = Path(structgen.__file__).resolve().parents[2] / "shared" / "data"
-        return shared if shared.is_dir() else Path.cwd() / "data"
+        data_dir = os.environ.get("STRUCTGEN_DATA_DIR")
+    if data_dir is None:
+        repo = Path(structgen.__file__).resolve().parents[1]
+        for base in (Path.cwd(), repo):
+            shared = base.parent / "shared" / "data"
+            if shared.is_dir():
+                return shared
+        return Path.cwd() / "data"
     path = Path(data_dir).expanduser()
     if not path.is_dir():
         raise DataError(f"data_dir {str(path)!r} does not exist or is not a folder")

@@ -19,9 +19,14 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
-    # Called with (checkpoint dict, path written) after every checkpoint; the Ray context
-    # uses it to hand the checkpoint folder to `ray.train.report`.
+    # Called on every rank after every checkpoint with (state, path written by rank 0, or None
+    # on other ranks); the Ray launcher uses it to hand the file to `ray.train.report`.
     on_checkpoint: Callable[[dict, Path], None] | None = None
+    # Called on every rank after every epoch with its all-reduced metrics record (Tune uses
+    # it to report intermediate results).
+    on_epoch_end: Callable[[dict], None] | None = None
+    # The model being trained (set by the trainer), for hooks that score it.
+    model: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -54,13 +59,25 @@ class Context:
         return box[0]
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """The module to call for training: DDP when distributed (rebuilt after each attach
-        or prune by simply wrapping the new objective)."""
+        """The module to call for training: DDP with global-batch BatchNorm when distributed.
+
+        Phases wrap a fresh objective, so the DDP wrapper is rebuilt after every attach and
+        prune around exactly the parameters that now train.
+        """
         if not self.distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from structgen.train.global_batchnorm import use_global_batchnorm
+
+        use_global_batchnorm(module)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(module, device_ids=ids)
+
+    def seed_noise(self, seed: int, step: int) -> None:
+        """Reseed the sampling noise: distinct per rank, a pure function of (seed, step, rank),
+        so a resumed run draws exactly what the uninterrupted run drew."""
+        torch.manual_seed((seed * 1_000_003 + step * 7919 + self.rank) % 2**63)
 
     def barrier(self) -> None:
         if self.distributed:

@@ -56,6 +56,7 @@ class TreeTrainer:
             self._saved_phase = resume.get("phase_state")
             self._resume_rng = resume["rng"]
             set_rng_state(self._resume_rng)
+        ctx.model = self.model
         self.runner = PhaseRunner(cfg, ctx, self.model, data.train.images, data.train.labels, log, progress,
                                   self._checkpoint)
 
@@ -215,8 +216,7 @@ class TreeTrainer:
             "metrics_lines": self.log.lines,
             "loader": {"phase_index": phase.index, "epoch": phase.epoch} if phase is not None else None,
         }
-        if self.ctx.is_main:
-            path = save_checkpoint(state, self.checkpoint_path)
-            if self.ctx.on_checkpoint is not None:
-                self.ctx.on_checkpoint(state, path)
+        path = save_checkpoint(state, self.checkpoint_path) if self.ctx.is_main else None
+        if self.ctx.on_checkpoint is not None:     # every rank: Ray's report() is a collective
+            self.ctx.on_checkpoint(state, path)
         self.ctx.barrier()

@@ -13,13 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from structgen.data import TensorLoader
-from structgen.data.augment import two_views
+from structgen.data.loaders import make_loader
 from structgen.models.elbo import Clamps, total_loss
 from structgen.models.objective import Contrastive, FullTreeObjective, SubTreeObjective
 from structgen.models.treevae import SubTree, TreeVAE
 from structgen.train.annealing import KLAnnealer
 from structgen.train.context import Context
+from structgen.train.fault import maybe_die
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
 
@@ -89,14 +89,15 @@ class PhaseRunner:
             return SubTreeObjective(self.model, state.subtree, self.clamps, self.contrastive)
         return FullTreeObjective(self.model, self.clamps, self.contrastive)
 
-    def loader(self, phase: Phase) -> TensorLoader:
+    def loader(self, phase: Phase):
+        """In-memory or FFCV batches per `data.loader`, sharded for this rank, seeded per phase."""
         t, ctx = self.cfg.training, self.ctx
         per_rank = t.batch_size // ctx.world_size
         if t.augment:
             per_rank //= 2        # the batch holds two views of each image
-        return TensorLoader(self.train_images, self.train_labels, per_rank, shuffle=True,
-                            seed=self.cfg.run.seed * 1000 + phase.index, rank=ctx.rank,
-                            world_size=ctx.world_size, drop_last=True, indices=phase.subset, device=ctx.device)
+        return make_loader(self.cfg, self.train_images, self.train_labels, per_rank, split="train", shuffle=True,
+                           seed=self.cfg.run.seed * 1000 + phase.index, rank=ctx.rank, world_size=ctx.world_size,
+                           drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment)
 
     # ---- training ------------------------------------------------------------------------
     def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int]) -> None:
@@ -106,6 +107,7 @@ class PhaseRunner:
         step_fn = self.ctx.wrap(objective)
         while phase.epoch < phase.epochs:
             loader.set_epoch(phase.epoch)
+            self.ctx.seed_noise(self.cfg.run.seed, phase.index * 100_003 + phase.epoch)
             self._train_mode(phase, state)
             alpha, lr = state.annealer.alpha, state.optimizer.param_groups[0]["lr"]
             sums = self._epoch(phase, state, loader, step_fn)
@@ -115,6 +117,7 @@ class PhaseRunner:
             self._log_epoch(phase, sums, on_epoch(), alpha=alpha, lr=lr)
             if phase.epoch % self.cfg.training.checkpoint_every == 0 or phase.epoch == phase.epochs:
                 self.checkpoint(phase, state)
+            maybe_die(phase.name, phase.epoch, self.ctx.rank)
 
     def _train_mode(self, phase: Phase, state: PhaseState) -> None:
         if phase.kind == "subtree":
@@ -123,13 +126,11 @@ class PhaseRunner:
         else:
             self.model.train()
 
-    def _epoch(self, phase: Phase, state: PhaseState, loader: TensorLoader, step_fn) -> dict:
+    def _epoch(self, phase: Phase, state: PhaseState, loader, step_fn) -> dict:
         alpha = state.annealer.alpha
         sums = torch.zeros(len(TERMS) + 2, dtype=torch.float64)      # terms, loss, images
         bar = self.progress.epoch(len(loader), f"{phase.name} {phase.epoch + 1}/{phase.epochs}")
         for x, _, _ in loader:
-            if self.cfg.training.augment:
-                x = two_views(x)
             terms = step_fn(x)
             loss = total_loss(terms, alpha, terms.get("aug"))
             self._check_finite(phase, loss, terms)
@@ -163,6 +164,8 @@ class PhaseRunner:
                       images=int(n))
         if phase.leaf:
             record["leaf"] = phase.leaf
+        if self.ctx.on_epoch_end is not None:
+            self.ctx.on_epoch_end(record)
         if self.ctx.is_main:
             self.log.write("epoch", step=step, **record)
             self.progress.line(

@@ -1,0 +1,36 @@
+"""Arguments shared by the ray_jobs entry points."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# `python ray_jobs/X.py` and `ray job submit --working-dir . -- python ray_jobs/X.py` both run
+# from a copy of the repository: make its package importable without installing it there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", "-c", help="YAML config (configs/*.yml)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (default ray.num_workers)")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (NCCL)")
+    p.add_argument("--cpus-per-worker", type=int, help="CPUs per worker (default ray.cpus_per_worker)")
+    p.add_argument("--storage-path", help="absolute folder for Ray Train results (default <runs_dir>/ray)")
+    p.add_argument("--name", help="run name: the run folder runs/<dataset>/<name> and the Ray run")
+    p.add_argument("--max-failures", type=int, help="worker-group restarts from the latest checkpoint")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local one)")
+    return p
+
+
+def job_spec(args, cfg):
+    from structgen.launch.ray_train import JobSpec
+
+    r = cfg.ray
+    return JobSpec(num_workers=args.num_workers or r.num_workers,
+                   use_gpu=r.use_gpu if args.use_gpu is None else args.use_gpu,
+                   cpus_per_worker=args.cpus_per_worker or r.cpus_per_worker,
+                   storage_path=args.storage_path or r.storage_path,
+                   name=args.name or cfg.run.name,
+                   max_failures=r.max_failures if args.max_failures is None else args.max_failures)

@@ -1,0 +1,21 @@
+from structgen.commands import add_config_arguments
+
+NAME = "train-ddpm"
+HELP = "train the Diffuse-TreeVAE DDPM on a trained TreeVAE run (stage 2)"
+
+
+def add_arguments(p) -> None:
+    add_config_arguments(p)
+    p.add_argument("--vae", metavar="RUN_DIR", help="TreeVAE run folder (or checkpoint) to condition on; "
+                   "default diffusion.vae_run")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the newest ddpm-* run (or RUN_DIR) from its latest checkpoint")
+
+
+def run(args) -> int:
+    from structgen.config import load_config
+    from structgen.diffusion.api import train_ddpm
+
+    run_dir = train_ddpm(load_config(args.config, args.overrides), args.vae, resume=args.resume)
+    print(f"DDPM run: {run_dir}")
+    return 0

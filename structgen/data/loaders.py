@@ -1,0 +1,99 @@
+"""The training loader a config asks for: ``data.loader`` = memory (TensorLoader) or ffcv.
+
+Both kinds take the same arguments, serve the same order for the same seed (see
+ffcv_loader.epoch_order) and yield (x float [0,1] NCHW, y int64, idx int64). With
+``two_views`` both yield [views1; views2] (2B, C, H, W): FFCV augments inside its pipeline, the
+memory loader through ``augment.two_views`` on the batch.
+
+The FFCV path reads ``<ffcv_dir>/<dataset>-<split>.beton`` and checks that it holds exactly the
+arrays handed in (a fingerprint of pixels and labels), so a file written for another seed,
+subset or data folder is refused with the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structgen.data.loader import TensorLoader
+
+
+def ffcv_dir(data_cfg) -> Path:
+    """data.ffcv_dir, or ./data/ffcv (the shared data folder may be read-only)."""
+    if data_cfg.ffcv_dir:
+        return Path(data_cfg.ffcv_dir).expanduser()
+    return Path("data") / "ffcv"
+
+
+def rebuild_command(cfg) -> str:
+    """The prepare-data command that writes the .beton files this config's run reads."""
+    from structgen.config.schema import DataConfig, RunConfig
+
+    d, defaults = cfg.data, DataConfig()
+    parts = ["structgen prepare-data", f"--dataset {d.dataset}", "--format ffcv",
+             f"--ffcv-dir {shlex.quote(str(ffcv_dir(d)))}"]
+    if d.data_dir:
+        parts.append(f"--data-dir {shlex.quote(str(d.data_dir))}")
+    if d.ffcv_image_mode != "raw":
+        parts.append(f"--image-mode {d.ffcv_image_mode}")
+    if cfg.run.seed != RunConfig().seed:
+        parts.append(f"--seed {cfg.run.seed}")
+    for key in ("test_fraction", "num_clusters_data", "train_subset", "test_subset"):
+        if getattr(d, key) != getattr(defaults, key):
+            parts.append(f"--set data.{key}={getattr(d, key)}")
+    return " ".join(parts)
+
+
+def _numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+class _WithViews:
+    """A TensorLoader whose batches are [views1; views2] (augment.two_views, global RNG)."""
+
+    two_views = True
+
+    def __init__(self, loader: TensorLoader):
+        self.loader = loader
+
+    def __getattr__(self, name):          # set_epoch, state_dict, epoch, ... of the inner loader
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        from structgen.data.augment import two_views
+
+        for x, y, idx in self.loader:
+            yield two_views(x), y, idx
+
+
+def make_loader(cfg, images, labels, batch_size: int, *, split: str = "train", shuffle: bool = True,
+                seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
+                device="cpu", two_views: bool = False):
+    """TensorLoader or FFCVLoader per ``cfg.data.loader``, over ``images``/``labels`` of ``split``.
+
+    ``images``/``labels`` are the run's arrays of that split (after the config's subsets); the
+    FFCV loader reads the same images from the split's .beton file and refuses a file that
+    holds anything else.
+    """
+    kind = cfg.data.loader
+    if kind == "memory":
+        loader = TensorLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                              world_size=world_size, drop_last=drop_last, indices=indices, device=device)
+        return _WithViews(loader) if two_views else loader
+    if kind != "ffcv":
+        raise ValueError(f"make_loader: data.loader must be memory or ffcv, got {kind!r}")
+    from structgen.data.ffcv_loader import FFCVLoader, beton_path, fingerprint
+
+    d = cfg.data
+    images, labels = _numpy(images), _numpy(labels)
+    expect = {"dataset": d.dataset, "split": split, "count": len(images), "shape": list(images.shape[1:]),
+              "image_mode": d.ffcv_image_mode, "fingerprint": fingerprint(images, labels),
+              "rebuild": rebuild_command(cfg)}
+    return FFCVLoader(beton_path(ffcv_dir(d), d.dataset, split), batch_size, shuffle=shuffle, seed=seed,
+                      rank=rank, world_size=world_size, drop_last=drop_last, indices=indices, device=device,
+                      num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect)

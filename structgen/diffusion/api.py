@@ -1,0 +1,294 @@
+"""The Python API of stage 2 (what `structgen train-ddpm`, `sample` and `compare-ddpm` call).
+
+    from structgen.config import load_config
+    from structgen.diffusion.api import train_ddpm, sample
+    run_dir = train_ddpm(load_config("configs/digits.yml"), vae_run="runs/digits/<tree run>")
+    paths = sample(run_dir, "sample_all_leaves", n=8, sampler="ddim", steps=50)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structgen.config import Config, ConfigError, config_to_dict, load_config, save_config
+from structgen.diffusion import checkpoint as ddpm_ckpt
+from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, write_outputs
+from structgen.diffusion.network import build_model
+from structgen.diffusion.schedule import NoiseSchedule
+from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
+from structgen.runs import RunError, new_run_dir, run_dir_of
+from structgen.train.checkpoint import CheckpointError
+from structgen.viz.grids import save_side_by_side
+
+# Keys a resumed run may change: where things live, how long to train, how and when to sample.
+RESUME_FREE = ("run.name", "run.device", "run.threads", "run.progress", "run.runs_dir", "data.data_dir",
+               "diffusion.vae_run", "diffusion.epochs", "diffusion.checkpoint_every", "diffusion.sample_every",
+               "diffusion.n_samples", "diffusion.sample_batch_size", "diffusion.sampler", "diffusion.variance",
+               "diffusion.n_steps", "diffusion.eta", "diffusion.skip_strategy", "diffusion.guidance_weight",
+               "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
+# Only these sections shape a DDPM run (the TreeVAE's own keys are frozen inside its checkpoint).
+RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
+    now, then = _flat(config_to_dict(cfg)), _flat(saved)
+    diff = [k for k in sorted(set(now) | set(then)) if k.startswith(RESUME_CHECKED) and not k.startswith(RESUME_FREE)
+            and now.get(k) != then.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
+        raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "
+                              f"Resume with the run's own config ({where.parent.parent / 'config.yml'}) or start a new run.")
+
+
+def _setup(cfg: Config) -> torch.device:
+    from structgen.train.context import resolve_device
+
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    return resolve_device(cfg.run.device)
+
+
+def _with(cfg: Config, section: str, **changes) -> Config:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def _load_vae(vae_run, cfg: Config, device):
+    """The TreeVAE to condition on, checked against the DDPM's data."""
+    from structgen.api import load_model
+    from structgen.runs import checkpoint_of
+
+    ckpt = checkpoint_of(vae_run).resolve()
+    vae, _ = load_model(ckpt, device)
+    vae_cfg_path = run_dir_of(ckpt) / "config.yml"
+    if vae_cfg_path.exists():
+        vae_dataset = load_config(vae_cfg_path).data.dataset
+        if vae_dataset != cfg.data.dataset:
+            raise ConfigError(f"--vae {vae_run}: that TreeVAE was trained on {vae_dataset!r} but data.dataset = "
+                              f"{cfg.data.dataset!r}; use the VAE run's dataset")
+    return vae, ckpt
+
+
+def _validate(cfg: Config, image_shape) -> None:
+    from structgen.diffusion.unet import UNetSpec
+
+    d = cfg.diffusion
+    try:
+        UNetSpec.from_config(d, image_shape).validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if d.sampler == "ddim" and d.n_steps > d.n_timesteps:
+        raise ConfigError(f"diffusion.n_steps = {d.n_steps} exceeds diffusion.n_timesteps = {d.n_timesteps}")
+
+
+def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool | str | Path = False, ctx=None,
+               run_dir: str | Path | None = None, resume_checkpoint: str | Path | None = None) -> Path:
+    """Train a DDPM on the frozen TreeVAE at ``vae_run`` (or diffusion.vae_run); returns the run folder.
+
+    ``resume``: True continues the newest ddpm-* run (or run.name), a path continues that run.
+    Launchers that manage their own checkpoints (Ray) pass ``ctx``, ``run_dir`` (the same on every
+    rank) and, after a restart, ``resume_checkpoint``. Only the main rank writes files.
+    """
+    from structgen.train.context import Context
+    from structgen.train.data import load_run_data
+    from structgen.train.metrics_log import MetricsLog
+    from structgen.train.progress import Progress
+    from structgen.diffusion.loop import DDPMTrainer
+
+    device = _setup(cfg) if ctx is None else ctx.device
+    is_main = ctx is None or ctx.is_main
+    saved = None
+    if resume_checkpoint is not None or resume:
+        if resume_checkpoint is not None:
+            ckpt_path = Path(resume_checkpoint)
+            run_dir = Path(run_dir) if run_dir is not None else run_dir_of(ckpt_path)
+        else:
+            run_dir = ddpm_ckpt.latest_ddpm_run(cfg) if resume is True else Path(resume)
+            ckpt_path = run_dir / "checkpoints" / "last.pt"
+        saved = ddpm_ckpt.load(ckpt_path)
+        _check_resumable(saved["config"], cfg, ckpt_path)
+        vae_blob = saved["vae"]
+        vae = vae_from_state(vae_blob, device)
+        cfg = _with(cfg, "diffusion", vae_run=saved["vae_run"])
+        cfg = _with(cfg, "run", name=saved["config"]["run"]["name"])
+    else:
+        vae_run = vae_run or cfg.diffusion.vae_run
+        if not vae_run:
+            raise ConfigError("train-ddpm needs the TreeVAE to condition on: pass --vae RUN_DIR "
+                              "(or set diffusion.vae_run)")
+        vae, vae_ckpt = _load_vae(vae_run, cfg, device)
+        vae_blob = vae_state(vae, str(vae_ckpt))
+        cfg = _with(cfg, "diffusion", vae_run=str(run_dir_of(vae_ckpt)))
+    data = load_run_data(cfg)                        # data problems surface before any folder is made
+    if tuple(data.image_shape) != tuple(vae.spec.image_shape):
+        raise ConfigError(f"data.dataset {cfg.data.dataset!r} has images {data.image_shape} but the TreeVAE "
+                          f"expects {tuple(vae.spec.image_shape)}")
+    _validate(cfg, data.image_shape)
+    if saved is None:
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            cfg = _with(cfg, "run", name=run_dir.name)
+        else:
+            name = cfg.run.name or f"{ddpm_ckpt.RUN_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
+            cfg = _with(cfg, "run", name=name)
+            run_dir = new_run_dir(cfg)
+    ctx = ctx or Context(run_dir=run_dir, device=device)
+    ctx.run_dir = run_dir
+    log = MetricsLog(run_dir, enabled=is_main)
+    progress = Progress(cfg.run.progress, enabled=is_main)
+    if saved is not None:
+        log.truncate(saved["metrics_lines"])
+        progress.line(f"resuming {run_dir} at step {saved['step']} (epoch {saved['epoch']}, batch "
+                      f"{saved['batch_in_epoch']})")
+    elif is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yml", header=f"resolved config of DDPM run {run_dir}\ncontinue it: "
+                    f"structgen train-ddpm --config {run_dir / 'config.yml'} --resume {run_dir}")
+        progress.line(f"run folder: {run_dir}  (TreeVAE: {cfg.diffusion.vae_run})")
+    conditioner = VAEConditioner(vae, cfg.diffusion.conditioning)
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    options = SamplerOptions.from_config(cfg.diffusion)
+
+    def preview(model, epoch: int) -> Path:
+        sampler = DiffusionSampler(model, conditioner, schedule, options, ctx.device, cfg.diffusion.sample_batch_size)
+        result = sampler.run("sample", cfg.diffusion.n_samples, cfg.run.seed)
+        return save_side_by_side(result["vae"], result["images"], run_dir / "samples" / "train" /
+                                 f"epoch{epoch:05d}.png", titles=("VAE", "DDPM"))
+
+    trainer = DDPMTrainer(cfg, ctx, data.train, conditioner, vae_blob, log, progress, saved=saved, preview=preview)
+    trainer.run()
+    if is_main and cfg.diffusion.sample_every:
+        progress.line(f"samples: {preview(trainer.ema.shadow, trainer.epoch).parent}")
+    log.close()
+    return run_dir
+
+
+def load_ddpm(path: str | Path, device="cpu", ema: bool = True):
+    """(model, conditioner, schedule, state) from a DDPM run folder or checkpoint; EMA weights by default."""
+    state = ddpm_ckpt.load(path)
+    try:
+        model = build_model(state["unet_spec"], state["signal"])
+        model.load_state_dict(state["ema"]["shadow"] if ema else state["model"], strict=True)
+        vae = vae_from_state(state["vae"], device)
+    except (TypeError, KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: incompatible DDPM checkpoint: {err}") from None
+    conditioner = VAEConditioner(vae, state["signal"]["kind"])
+    schedule = NoiseSchedule.from_config(_run_config(path).diffusion)
+    return model.to(device).eval(), conditioner, schedule, state
+
+
+def _run_dir(path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else run_dir_of(path)
+
+
+def _run_config(path, overrides=()) -> Config:
+    cfg_path = _run_dir(path) / "config.yml"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{_run_dir(path)}: no config.yml in this DDPM run folder")
+    return load_config(cfg_path, overrides)
+
+
+def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> SamplerOptions:
+    d = cfg.diffusion
+    opts = SamplerOptions.from_config(d, sampler=sampler, n_steps=steps, eta=eta, guidance=guidance,
+                                      leaf_choice=leaf_choice)
+    if opts.sampler == "ddpm" and steps is not None and steps != d.n_timesteps:
+        raise ConfigError(f"--steps {steps}: the ddpm sampler runs all T = {d.n_timesteps} steps; "
+                          f"use --sampler ddim for fewer")
+    if opts.sampler == "ddim" and not 1 <= (opts.n_steps or d.n_timesteps) <= d.n_timesteps:
+        raise ConfigError(f"--steps {opts.n_steps}: DDIM needs 1 <= steps <= T = {d.n_timesteps}")
+    if not 0 <= opts.eta <= 1 or opts.guidance < 0:
+        raise ConfigError(f"--eta must lie in [0, 1] and --guidance be >= 0 (got {opts.eta}, {opts.guidance})")
+    return opts
+
+
+def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
+           eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
+           seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
+    """Run one generation mode of a trained DDPM; writes PNGs, figures and a .npz, returns their paths."""
+    from structgen.train.data import load_run_data
+    from structgen.train.progress import Progress
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    ddpm_ckpt.load(run)                                     # a bad path is the first thing to report
+    cfg = _run_config(run, overrides)
+    device = _setup(cfg)
+    model, conditioner, schedule, state = load_ddpm(run, device)
+    opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
+    d = cfg.diffusion
+    n = n or d.n_samples
+    test = load_run_data(cfg).test if mode.startswith("recons") else None
+    runner = DiffusionSampler(model, conditioner, schedule, opts, device, d.sample_batch_size,
+                              progress=Progress(cfg.run.progress))
+    seed = cfg.run.seed if seed is None else seed
+    result = runner.run(mode, n, seed, None if test is None else test.images, None if test is None else test.labels)
+    meta = {"mode": mode, "sampler": opts.tag(d.n_timesteps), "guidance": opts.guidance, "eta": opts.eta,
+            "leaf_choice": opts.leaf_choice, "seed": seed, "conditioning": state["signal"]["kind"],
+            "step": state["step"]}
+    out = Path(out_dir) if out_dir else _run_dir(run) / "samples" / f"{mode}-{opts.tag(d.n_timesteps)}"
+    written = write_outputs(result, out, mode, conditioner.leaves, meta)
+    line = f"{mode}: {len(result['images'])} x {conditioner.n_leaves if mode.endswith('_all_leaves') else 1} " \
+           f"images with {opts.tag(d.n_timesteps)} in {float(result['seconds']):.1f} s " \
+           f"({float(result['images_per_s']):.1f} img/s)"
+    if "originals" in result:
+        mse = float(np.mean((result["images"] - (result["originals"][:, None] if result["images"].ndim == 5
+                                                  else result["originals"])) ** 2))
+        line += f"; MSE to the inputs {mse:.4f}"
+    print(line)
+    return written
+
+
+def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None = None, sampler: str | None = None,
+                 steps: int | None = None, eta: float | None = None, guidance: float | None = None,
+                 seed: int | None = None, out: str | Path | None = None) -> Path:
+    """The same TreeVAE root samples and the same noise through several DDPMs (e.g. conditioning
+    none / leaf / path), every leaf side by side: one figure (+ .npz). The runs must share their TreeVAE."""
+    from structgen.diffusion.figures import compare_figure
+
+    if len(runs) < 2:
+        raise RunError("compare-ddpm needs at least two DDPM runs")
+    loaded = [load_ddpm(r, _setup(_run_config(r))) for r in runs]
+    ref_vae = loaded[0][3]["vae"]
+    for r, (_, _, _, st) in zip(runs[1:], loaded[1:]):
+        same = st["vae"]["tree"] == ref_vae["tree"] and all(
+            torch.equal(st["vae"]["model"][k], v) for k, v in ref_vae["model"].items())
+        if not same:
+            raise RunError(f"compare-ddpm: {r} was trained on another TreeVAE ({st['vae']['source']}) than "
+                           f"{runs[0]} ({ref_vae['source']}); the same root samples need the same TreeVAE")
+    kinds = [st["signal"]["kind"] for _, _, _, st in loaded]
+    labels = labels or (kinds if len(set(kinds)) == len(kinds) else [f"{k} ({_run_dir(r).name})"
+                                                                      for k, r in zip(kinds, runs)])
+    cfg0 = _run_config(runs[0])
+    seed = cfg0.run.seed if seed is None else seed
+    by_model, vae, probs = {}, None, None
+    for label, r, (model, conditioner, schedule, state) in zip(labels, runs, loaded):
+        cfg = _run_config(r)
+        opts = _options(cfg, sampler, steps, eta, guidance, None)
+        device = next(model.parameters()).device
+        result = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size).run(
+            "sample_all_leaves", n, seed)
+        by_model[label] = result["images"]
+        vae, probs = (result["vae"], result["leaf_probs"]) if vae is None else (vae, probs)
+        print(f"{label}: {n} x {conditioner.n_leaves} images with {opts.tag(cfg.diffusion.n_timesteps)} "
+              f"({float(result['images_per_s']):.1f} img/s)")
+    out = Path(out) if out else _run_dir(runs[0]) / "figures" / "compare_ddpm.png"
+    leaves = loaded[0][1].leaves
+    path = compare_figure(vae, by_model, probs, leaves, out, n_show=n,
+                          title="same root samples and noise: " + " / ".join(labels))
+    np.savez_compressed(out.with_suffix(".npz"), vae=vae, leaf_probs=probs, leaves=np.array(leaves),
+                        labels=np.array(labels), runs=np.array([str(r) for r in runs]),
+                        **{f"images_{i}": v for i, v in enumerate(by_model.values())})
+    return path

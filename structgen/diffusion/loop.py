@@ -1,0 +1,183 @@
+"""DDPM training: ε-prediction with an L2 loss on images in [-1, 1], conditioned on the frozen
+TreeVAE (algorithm.md §5.1-5.4), with EMA, LR warm-up, gradient clipping and resumable
+checkpoints.
+
+The loop talks only to a `Context`: data are sharded by rank, the module is wrapped by
+`ctx.wrap` (DDP when distributed), metrics are all-reduced, and only the main rank writes.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from structgen.config import config_to_dict
+from structgen.data import TensorLoader
+from structgen.diffusion import checkpoint as ddpm_ckpt
+from structgen.diffusion.ema import EMA
+from structgen.diffusion.network import build_model, signal_spec
+from structgen.diffusion.schedule import NoiseSchedule
+from structgen.diffusion.unet import UNetSpec
+from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_signed
+from structgen.train.checkpoint import rng_state, set_rng_state
+from structgen.train.context import Context
+from structgen.train.phase import NonFiniteLossError
+
+QUARTILES = 4          # loss logged per quarter of the timestep range, as improved-diffusion does
+_RANK_SEED_STRIDE = 7919
+
+
+class DDPMTrainer:
+    def __init__(self, cfg, ctx: Context, train_set, conditioner: VAEConditioner, vae_blob: dict, log, progress,
+                 saved: dict | None = None, preview=None):
+        d = cfg.diffusion
+        self.cfg, self.d, self.ctx, self.log, self.progress = cfg, d, ctx, log, progress
+        self.conditioner, self.vae_blob, self.preview = conditioner, vae_blob, preview
+        per_rank = d.batch_size // ctx.world_size
+        if per_rank < 1:
+            raise ValueError(f"diffusion.batch_size = {d.batch_size} is smaller than the {ctx.world_size} workers")
+        torch.manual_seed(cfg.run.seed)                  # identical initial weights on every rank
+        self.unet_spec = UNetSpec.from_config(d, conditioner.image_shape)
+        self.signal = signal_spec(d.conditioning, conditioner)
+        self.model = build_model(self.unet_spec, self.signal).to(ctx.device)
+        self.ema = EMA(self.model, d.ema_decay, d.ema_warmup)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr)
+        warmup = max(d.warmup_steps, 1)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
+        self.schedule = NoiseSchedule.from_config(d)
+        # Shuffled, unlike the reference (§8 perf 6); sharded by rank with equal batch counts.
+        self.loader = TensorLoader(train_set.images, train_set.labels, per_rank, shuffle=True, seed=cfg.run.seed,
+                                   rank=ctx.rank, world_size=ctx.world_size, drop_last=True, device=ctx.device)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.sums = self._zero_sums()
+        if saved is not None:
+            self._restore(saved)
+        else:
+            torch.manual_seed(cfg.run.seed + 1 + _RANK_SEED_STRIDE * ctx.rank)
+        self.train_module = ctx.wrap(self.model)
+
+    # ---- state ------------------------------------------------------------------------------
+    def _zero_sums(self) -> torch.Tensor:
+        # [loss·n, grad_norm·batches, batches, n, per-quartile loss sums (4), per-quartile counts (4)]
+        return torch.zeros(4 + 2 * QUARTILES, dtype=torch.float64, device=self.ctx.device)
+
+    def _restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_schedule.load_state_dict(saved["lr_schedule"])
+        self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        self.sums = saved["epoch_sums"].to(self.ctx.device)
+        if self.ctx.rank == 0:
+            set_rng_state(saved["rng"])
+        else:
+            torch.manual_seed(self.cfg.run.seed + 1 + _RANK_SEED_STRIDE * self.ctx.rank + self.step)
+
+    def state(self) -> dict:
+        return {"config": config_to_dict(self.cfg), "unet_spec": self.unet_spec.to_dict(), "signal": self.signal,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_sums": self.sums.cpu(), "rng": rng_state(), "metrics_lines": self.log.lines,
+                "vae": self.vae_blob, "vae_run": self.cfg.diffusion.vae_run}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.ctx.run_dir / "checkpoints" / "last.pt"
+
+    def checkpoint(self) -> None:
+        if self.ctx.is_main:
+            state = self.state()
+            path = ddpm_ckpt.save(state, self.checkpoint_path)
+            if self.ctx.on_checkpoint is not None:
+                self.ctx.on_checkpoint(state, path)
+        self.ctx.barrier()
+
+    # ---- training ---------------------------------------------------------------------------
+    def train_step(self, x01: torch.Tensor) -> tuple[float, float]:
+        d = self.d
+        x0 = to_signed(x01)
+        parts = self.conditioner.posterior(x01)
+        leaf = choose_leaf(parts.probs, "sample")                         # ∝ π(x), batched
+        cond = self.conditioner.condition(parts, leaf).with_dropout(d.cfg_rate)
+        t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device)
+        noise = torch.randn_like(x0)
+        eps = self.train_module(self.schedule.q_sample(x0, t, noise), t, cond)
+        per_sample = ((eps - noise) ** 2).flatten(1).mean(1)
+        loss = per_sample.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), d.grad_clip or math.inf)
+        loss_v, norm_v = float(loss.detach()), float(grad_norm)
+        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+            what = f"loss = {loss_v}" if not math.isfinite(loss_v) else f"gradient norm = {norm_v}"
+            raise NonFiniteLossError(
+                f"non-finite DDPM {what} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
+                f"{self.batch_in_epoch + 1}). The last good checkpoint ({self.checkpoint_path}) is kept; "
+                f"try a lower diffusion.lr or check the data.")
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.update(self.model)
+        self.step += 1
+        q = (t * QUARTILES) // self.schedule.T
+        n = len(x0)
+        self.sums[:4] += torch.tensor([loss_v * n, norm_v, 1.0, n], dtype=torch.float64, device=self.sums.device)
+        self.sums[4:4 + QUARTILES].index_add_(0, q, per_sample.detach().double())
+        self.sums[4 + QUARTILES:].index_add_(0, q, torch.ones_like(per_sample, dtype=torch.float64))
+        return loss_v, norm_v
+
+    def run(self) -> torch.nn.Module:
+        d = self.d
+        while self.epoch < d.epochs:
+            self.loader.set_epoch(self.epoch)
+            self.model.train()
+            bar = self.progress.epoch(len(self.loader) - self.batch_in_epoch, f"ddpm epoch {self.epoch + 1}/{d.epochs}")
+            start = self.batch_in_epoch
+            for b, (x01, _, _) in enumerate(self.loader):
+                if b < start:
+                    continue                                  # resumed mid-epoch: same order, skip what was seen
+                loss, _ = self.train_step(x01)
+                self.batch_in_epoch = b + 1
+                bar.update(len(x01), {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
+                if d.checkpoint_every_steps and self.step % d.checkpoint_every_steps == 0:
+                    self.checkpoint()
+            bar.close()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._log_epoch(bar.images_per_s * self.ctx.world_size)
+            if self.epoch % d.checkpoint_every == 0 or self.epoch == d.epochs:
+                self.checkpoint()
+            if self.preview is not None and d.sample_every and self.epoch % d.sample_every == 0:
+                self._preview()
+        if self.ctx.is_main:
+            if not self.checkpoint_path.exists():   # epochs = 0: still leave a loadable run
+                self.checkpoint()
+            shutil.copyfile(self.checkpoint_path, self.checkpoint_path.with_name("final.pt"))
+        self.ctx.barrier()
+        return self.ema.shadow
+
+    def _preview(self) -> None:
+        if self.ctx.is_main:
+            path = self.preview(self.ema.shadow, self.epoch)
+            self.progress.line(f"preview: {path}")
+        self.ctx.barrier()
+
+    def _log_epoch(self, images_per_s: float) -> None:
+        sums = self.ctx.all_reduce_sum(self.sums).cpu()
+        self.sums = self._zero_sums()
+        n, batches = max(sums[3].item(), 1.0), max(sums[2].item(), 1.0)
+        q_loss, q_count = sums[4:4 + QUARTILES], sums[4 + QUARTILES:].clamp(min=1)
+        record = {"epoch": self.epoch, "epochs": self.d.epochs, "steps": self.step, "loss": sums[0].item() / n,
+                  "grad_norm": sums[1].item() / batches, "lr": self.optimizer.param_groups[0]["lr"],
+                  "ema_decay": self.ema.current_decay(), "images_per_s": images_per_s, "images": int(sums[3].item()),
+                  **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTILES)}}
+        if self.ctx.is_main:
+            self.log.write("ddpm_epoch", step=self.step, **record)
+            quartiles = " ".join(f"{record['loss_q' + str(i)]:.3f}" for i in range(QUARTILES))
+            self.progress.line(f"[ddpm] epoch {self.epoch}/{self.d.epochs}  step {self.step}  loss {record['loss']:.4f}  "
+                               f"(by t quartile {quartiles})  "
+                               f"grad {record['grad_norm']:.2f}  lr {record['lr']:.2e}  {images_per_s:.0f} img/s")
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLossError(f"non-finite mean DDPM loss in epoch {self.epoch} (step {self.step})")

@@ -1,0 +1,24 @@
+"""Starting or joining a Ray cluster with safe defaults.
+
+A cluster this module starts listens on loopback only: its dashboard binds 127.0.0.1, and
+Ray's token authentication stays as Ray configures it (on by default since 2.59). Reach the
+dashboard from another machine through an SSH tunnel (README).
+"""
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")       # closed network: no usage pings
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=not quiet, configure_logging=True)
+    return ray

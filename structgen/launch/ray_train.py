@@ -1,0 +1,104 @@
+"""The TreeVAE growth schedule as a Ray Train `TorchTrainer` job (DDP across workers).
+
+The worker function builds a `Context` from Ray's train context and calls the same
+`structgen.api.train_tree` the single-process command calls. Checkpoints are the run folder's
+`checkpoints/last.pt`, handed to `ray.train.report` at every epoch and phase boundary, so a
+restarted worker group (`max_failures`) resumes from the latest one; re-running with the same
+`--name` resumes a stopped run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from structgen.config import Config, config_from_dict, config_to_dict
+from structgen.train.context import Context
+
+CHECKPOINT_FILE = "last.pt"
+
+
+@dataclass
+class JobSpec:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    storage_path: str | None = None
+    name: str | None = None
+    max_failures: int = 0
+
+
+def ray_context(run_dir: Path) -> Context:
+    import ray.train
+    import ray.train.torch
+
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+
+    def report(state: dict, path: Path | None) -> None:
+        metrics = {"stage": state["growth"]["stage"], "epochs_done": state["growth"]["epochs_done"],
+                   "n_leaves": len([n for n in state["tree"]["nodes"]]), "run_dir": str(run_dir)}
+        if path is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    return Context(run_dir=run_dir, device=ray.train.torch.get_device(), rank=rank, world_size=world,
+                   on_checkpoint=report)
+
+
+def tree_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+
+    from structgen.api import train_tree
+
+    cfg = config_from_dict(loop_config["config"], source="ray train_loop_config")
+    torch.set_num_threads(max(1, loop_config.get("threads", 1)))
+    run_dir = Path(loop_config["run_dir"])
+    ctx = ray_context(run_dir)
+    resume_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:                      # a restarted worker group, or a re-run of --name
+        local = Path(tempfile.mkdtemp(prefix="structgen-ckpt-"))
+        with checkpoint.as_directory() as d:
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, local / CHECKPOINT_FILE)
+        resume_from = local / CHECKPOINT_FILE
+    elif loop_config.get("resume_file"):
+        resume_from = Path(loop_config["resume_file"])
+    train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
+               evaluate=loop_config.get("evaluate", True))
+
+
+def run_tree_job(cfg: Config, job: JobSpec, evaluate: bool = True):
+    """Fit the TorchTrainer; returns (run_dir, ray Result)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    name = job.name or cfg.run.name
+    if not name:
+        raise ValueError("a Ray job needs --name (or run.name): it names the run folder and the Ray run")
+    run_dir = (Path(cfg.run.runs_dir) / cfg.data.dataset / name).resolve()
+    storage = Path(job.storage_path or cfg.ray.storage_path or Path(cfg.run.runs_dir) / "ray").resolve()
+    last = run_dir / "checkpoints" / CHECKPOINT_FILE
+    finished = (run_dir / "checkpoints" / "final.pt").exists()
+    if finished:
+        from structgen.runs import RunError
+        raise RunError(f"{run_dir} is a finished run; choose another --name (nothing was overwritten)")
+    loop_config = {"config": config_to_dict(cfg), "run_dir": str(run_dir), "evaluate": evaluate,
+                   "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None}
+    trainer = TorchTrainer(
+        tree_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
+                                     resources_per_worker={"CPU": job.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return run_dir, trainer.fit()

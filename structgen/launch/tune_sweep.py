@@ -1,0 +1,132 @@
+"""A Ray Tune sweep over a sweep file: trials, ASHA or FIFO, random or Optuna search, a summary
+table, the best config as YAML, and PNG plots. Re-running the same command resumes it."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
+from structgen.sweeps import Sweep
+
+STAGE_TRIALS = {"tree": "structgen.launch.tune_trials:tree_trial"}
+
+
+def _tune_space(sweep: Sweep) -> dict:
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search,
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    return {key: make[d.kind](d.values) for key, d in sweep.params.items()}
+
+
+def _trainable(sweep: Sweep, cpus_per_trial: int):
+    import importlib
+
+    from ray import tune
+
+    if sweep.stage not in STAGE_TRIALS:
+        raise ConfigError(f"{sweep.path}: stage {sweep.stage!r} has no Tune trial in this release; "
+                          f"available: {', '.join(STAGE_TRIALS)}")
+    module, name = STAGE_TRIALS[sweep.stage].split(":")
+    return tune.with_resources(getattr(importlib.import_module(module), name), {"cpu": cpus_per_trial})
+
+
+def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cpus_per_trial: int = 1):
+    """Fit (or resume) the sweep; returns (experiment folder, ResultGrid)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.searcher == "optuna" and sweep.grid_keys:
+        raise ConfigError(f"{sweep.path}: the optuna searcher cannot take grid parameters "
+                          f"({', '.join(sweep.grid_keys)}); use choice instead")
+    storage = Path(storage_path).resolve()
+    experiment = storage / name
+    trainable = _trainable(sweep, cpus_per_trial)
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming sweep {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True, resume_unfinished=True)
+        return experiment, tuner.fit()
+    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=sweep.grace_period, reduction_factor=2)
+                 if sweep.scheduler == "asha" else FIFOScheduler())
+    search_alg = None
+    if sweep.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        search_alg = OptunaSearch(seed=cfg.run.seed)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"base": config_to_dict(cfg), "threads": cpus_per_trial, "params": _tune_space(sweep)},
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                                    scheduler=scheduler, search_alg=search_alg,
+                                    max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage)))
+    return experiment, tuner.fit()
+
+
+def summarise(cfg: Config, sweep: Sweep, experiment: Path, results) -> dict:
+    """Print the table, write best.yml, summary.csv and the plots; returns the paths."""
+    rows = []
+    for result in results:
+        params = (result.config or {}).get("params", {})
+        metrics = result.metrics or {}
+        rows.append({"trial": Path(result.path).name.split("_")[0] + "_" + Path(result.path).name.split("_")[1]
+                     if result.path else "?", **params,
+                     **{k: metrics.get(k) for k in (sweep.metric, "n_leaves", "depth", "training_iteration")},
+                     "stopped_early": not metrics.get("final", False),
+                     "error": bool(result.error)})
+    keys = list(sweep.params)
+    header = ["trial", *keys, sweep.metric, "n_leaves", "depth", "training_iteration", "stopped_early"]
+    print(" | ".join(header))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(h)) for h in header))
+    best = results.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="last", filter_nan_and_inf=True)
+    best_cfg = apply_overrides(cfg, best.config["params"], source="best trial")
+    best_cfg.run.name = None
+    best_yaml = save_config(best_cfg, experiment / "best.yml",
+                            header=f"best trial of sweep {sweep.path} ({sweep.metric} {sweep.mode}: "
+                                   f"{best.metrics.get(sweep.metric)})\nrun it: structgen train-tree --config {experiment / 'best.yml'}")
+    import csv
+    with open(experiment / "summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header + ["error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    plots = _plots(sweep, rows, experiment)
+    print(f"best config: {best_yaml}")
+    print(f"plots: {', '.join(map(str, plots))}")
+    return {"best": best_yaml, "plots": plots, "rows": rows}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _plots(sweep: Sweep, rows: list[dict], experiment: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    ok = [r for r in rows if isinstance(r.get(sweep.metric), (int, float)) and math.isfinite(r[sweep.metric])]
+    paths = []
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    ax.scatter([r.get("depth") for r in ok], [r[sweep.metric] for r in ok], c=["tab:red" if r["stopped_early"]
+                                                                                else "tab:blue" for r in ok])
+    ax.set_xlabel("tree depth reached")
+    ax.set_ylabel(sweep.metric)
+    ax.set_title(f"{sweep.metric} against depth (red: stopped early)")
+    paths.append(experiment / "metric_vs_depth.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    keys = list(sweep.params)
+    fig = Figure(figsize=(3.2 * len(keys), 3.2))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        xs = [r.get(key) for r in ok]
+        ax.scatter([str(x) if isinstance(x, list) else x for x in xs], [r[sweep.metric] for r in ok])
+        if sweep.params[key].kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(key, fontsize=8)
+        if i == 0:
+            ax.set_ylabel(sweep.metric)
+    fig.suptitle(f"{sweep.metric} across the searched keys")
+    paths.append(experiment / "metric_by_key.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    return paths

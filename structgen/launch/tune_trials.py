@@ -1,0 +1,81 @@
+"""What one Ray Tune trial runs: the ordinary training on its resolved config, reporting after
+every epoch and phase boundary (with a checkpoint, so ASHA can stop it and an interrupted sweep
+can resume it) and once more with the final evaluation."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structgen.config import apply_overrides, config_from_dict
+from structgen.train.context import Context, resolve_device
+
+CHECKPOINT_FILE = "last.pt"
+HELD_OUT = 1000          # test images scored for the per-epoch held-out ELBO
+
+
+def trial_config(config: dict):
+    base = config_from_dict(config["base"], source="sweep base config")
+    return apply_overrides(base, config.get("params", {}), source="trial")
+
+
+def held_out_elbo(model, images: np.ndarray, batch_size: int, device) -> float:
+    from structgen.eval.evaluate import elbo_and_ll
+
+    was_training = model.training
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(0)                     # the same noise for every report: comparable numbers
+    elbo = elbo_and_ll(model, images[:HELD_OUT], batch_size, device)["elbo"]
+    torch.set_rng_state(torch_state)         # leave training's random stream untouched
+    model.train(was_training)
+    return elbo
+
+
+def tree_trial(config: dict) -> None:
+    from ray import tune
+
+    from structgen.api import train_tree
+    from structgen.train.data import load_run_data
+
+    cfg = trial_config(config)
+    torch.set_num_threads(max(1, config.get("threads", 1)))
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    run_dir = trial_dir / "run"
+    cfg.run.progress = "plain"
+    test_images = load_run_data(cfg).test.images
+    latest: dict = {}
+
+    def on_epoch_end(record: dict) -> None:
+        latest.clear()
+        latest.update(record)
+
+    def on_checkpoint(state: dict, path: Path | None) -> None:
+        model = ctx.model
+        if model is None or path is None or not latest:
+            return
+        growth = state["growth"]
+        metrics = {"loss": latest["loss"], "phase": latest["phase"], "epochs_done": growth["epochs_done"],
+                   "n_leaves": len(model.tree.leaves()), "depth": model.tree.max_depth(),
+                   "elbo": held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device)}
+        latest.clear()                       # one report per completed epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    ctx = Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
+                  on_epoch_end=on_epoch_end)
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume_from = trial_dir / "resume.pt"
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, resume_from)
+    _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from, evaluate=True)
+    model = ctx.model
+    final = {k: report[k] for k in ("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")}
+    final.update(loss=float("nan"), phase="evaluation", n_leaves=report["n_leaves"], depth=model.tree.max_depth(),
+                 elbo=held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device), final=True)
+    tune.report(final)

@@ -1,0 +1,64 @@
+"""Worker functions for the Ray tests (importable by Ray workers, which unpickle by module)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from structgen.models import gaussian as G
+
+
+class GlobalNoise:
+    """Replaces the reparameterisation noise: every call draws the noise of the GLOBAL batch
+    from a counter-seeded generator and returns this rank's slice, so 1 worker on the global
+    batch and W workers on its shards draw identical noise for every sample."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world, self.calls = rank, world, 0
+
+    def __call__(self, mu, var, generator=None):
+        self.calls += 1
+        g = torch.Generator().manual_seed(1000 + self.calls)
+        b = mu.shape[0]
+        noise = torch.randn((b * self.world, *mu.shape[1:]), generator=g)[self.rank * b:(self.rank + 1) * b]
+        return mu + noise * torch.sqrt(var + G.EPS)
+
+
+def one_step(kind: str, rank: int, world: int, ctx=None) -> dict:
+    """One optimiser step of the full tree or a sub-tree on this rank's shard of a fixed batch."""
+    from structgen.models.elbo import Clamps, total_loss
+    from structgen.models.objective import FullTreeObjective, SubTreeObjective
+    from structgen.models.treevae import ModelSpec, SubTree, TreeVAE
+
+    G.sample = GlobalNoise(rank, world)
+    torch.manual_seed(0)
+    model = TreeVAE(ModelSpec((1, 28, 28)))
+    model.attach("r0", SubTree(model, "r0"))
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    shard = x[rank * 16 // world:(rank + 1) * 16 // world]
+    if kind == "full":
+        objective, params = FullTreeObjective(model, Clamps()), model.parameters()
+        model.train()
+    else:
+        sub = SubTree(model, "r01")
+        objective, params = SubTreeObjective(model, sub, Clamps()), sub.parameters()
+        model.eval()
+    trained = ctx.wrap(objective) if ctx is not None else objective
+    opt = torch.optim.Adam(params, lr=1e-2)
+    loss = total_loss(trained(shard), 1.0)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in objective.state_dict().items()}
+
+
+def equivalence_worker(config: dict) -> None:
+    import ray.train
+
+    from structgen.launch.ray_train import ray_context
+
+    ctx = ray_context(Path(config["out"]))
+    state = one_step(config["kind"], ctx.rank, ctx.world_size, ctx)
+    if ctx.rank == 0:
+        torch.save(state, Path(config["out"]) / f"{config['kind']}.pt")
+    ray.train.report({"done": 1})

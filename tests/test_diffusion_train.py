@@ -1,0 +1,189 @@
+"""Stage 2 end to end on `synthetic`: a tiny TreeVAE, tiny DDPMs (dim 16) for a few dozen steps,
+every sampling mode, exact resume, the CLI and its errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from structgen.api import train_tree
+from structgen.cli import main
+from structgen.config import load_config
+from structgen.diffusion import checkpoint as ddpm_ckpt
+from structgen.diffusion.api import load_ddpm, sample, train_ddpm
+from structgen.diffusion.loop import DDPMTrainer
+from structgen.diffusion.schedule import NoiseSchedule
+from structgen.train.phase import NonFiniteLossError
+
+DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subset=32", "run.progress=plain", "run.threads=1"]
+TINY_VAE = DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2", "training.grow=false",
+                   "training.prune=false", "training.num_epochs_finetuning=0"]
+# 128 images / batch 16 = 8 steps per epoch.
+TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
+                    "diffusion.batch_size=16", "diffusion.epochs=2", "diffusion.warmup_steps=4",
+                    "diffusion.n_timesteps=100", "diffusion.sampler=ddim", "diffusion.n_steps=4",
+                    "diffusion.sample_every=0", "diffusion.n_samples=4", "diffusion.cfg_rate=0.2"]
+MODES = ("recons", "recons_all_leaves", "sample", "sample_all_leaves")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads per process spin-wait
+    each other into 10x slowdowns. Restored afterwards for the rest of the session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sets(*overrides):
+    return [a for s in overrides for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ddpm_runs")
+
+
+@pytest.fixture(scope="module")
+def vae_run(runs_dir):
+    run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={runs_dir}", "run.name=vae"]), evaluate=False)
+    return run_dir
+
+
+def ddpm_cfg(runs_dir, *extra):
+    return load_config(None, TINY_DDPM + [f"run.runs_dir={runs_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def leaf_run(vae_run, runs_dir):
+    return train_ddpm(ddpm_cfg(runs_dir, "diffusion.conditioning=leaf", "diffusion.sample_every=2"), vae_run)
+
+
+def test_training_writes_a_complete_run_folder(leaf_run, vae_run):
+    assert leaf_run.name.startswith("ddpm-") and leaf_run.parent.name == "synthetic"
+    cfg = load_config(leaf_run / "config.yml")
+    assert cfg.diffusion.vae_run == str(vae_run.resolve())
+    records = [json.loads(line) for line in (leaf_run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "ddpm_epoch"]
+    assert [(r["epoch"], r["steps"], r["images"]) for r in epochs] == [(1, 8, 128), (2, 16, 128)]
+    for r in epochs:
+        assert 0 < r["loss"] < 1.2 and all(np.isfinite(r[f"loss_q{i}"]) for i in range(4))
+    assert any((leaf_run / "tensorboard").iterdir())
+    assert (leaf_run / "samples" / "train" / "epoch00002.png").exists()
+    state = ddpm_ckpt.load(leaf_run)
+    assert state["step"] == 16 and state["epoch"] == 2 and state["ema"]["updates"] == 16
+    assert state["vae_run"] == str(vae_run.resolve()) and state["signal"]["kind"] == "leaf"
+    assert {"model", "optimizer", "lr_schedule", "rng", "config", "unet_spec", "vae"} <= set(state)
+    # The EMA moved away from the weights it started from, but not all the way to the online ones.
+    ema, online = state["ema"]["shadow"], state["model"]
+    key = "unet.out.2.weight"                                   # zero at initialisation
+    assert ema[key].abs().sum() > 0 and not torch.equal(ema[key], online[key])
+
+
+def test_every_mode_writes_grids_figures_and_arrays(leaf_run):
+    model, conditioner, _, _ = load_ddpm(leaf_run)
+    n_leaves = conditioner.n_leaves
+    results = {}
+    for mode in MODES:
+        written = sample(leaf_run, mode, n=3, sampler="ddim", steps=3)
+        assert all(p.exists() for p in written)
+        data = np.load(written[-1])
+        per = (3, n_leaves, 1, 28, 28) if mode.endswith("_all_leaves") else (3, 1, 28, 28)
+        assert data["images"].shape == per and data["vae"].shape == per
+        assert data["leaf_probs"].shape == (3, n_leaves)
+        assert 0 <= data["images"].min() and data["images"].max() <= 1
+        assert (data["originals"].shape == (3, 1, 28, 28)) if mode.startswith("recons") else "originals" not in data
+        assert str(data["meta_sampler"]) == "ddim3q"
+        if mode.endswith("_all_leaves"):
+            assert (written[0].parent / "all_leaves.png").exists()
+        else:
+            assert data["leaf"].tolist() == data["leaf_probs"].argmax(1).tolist()     # --leaf-choice max
+        results[mode] = data
+    # Leaves share x_T: the single-leaf modes equal the all-leaves modes at the most probable leaf.
+    for single, every in (("sample", "sample_all_leaves"), ("recons", "recons_all_leaves")):
+        best = results[single]["leaf"]
+        assert np.allclose(results[every]["images"][np.arange(3), best], results[single]["images"], atol=1e-4)
+    # Different leaves of one root sample get different conditioning, hence different images.
+    imgs = results["sample_all_leaves"]["images"]
+    assert not np.allclose(imgs[:, 0], imgs[:, 1], atol=1e-3)
+    drawn = sample(leaf_run, "sample", n=3, sampler="ddim", steps=3, leaf_choice="sample", guidance=1.0, seed=7)
+    assert drawn[-1].parent.name == "sample-ddim3q-w1"
+    ancestral = sample(leaf_run, "recons", n=2, sampler="ddpm")
+    assert ancestral[-1].parent.name == "recons-ddpm100" and np.load(ancestral[-1])["images"].shape == (2, 1, 28, 28)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(vae_run, runs_dir, monkeypatch):
+    extra = ("diffusion.checkpoint_every_steps=3",)
+    straight = train_ddpm(ddpm_cfg(runs_dir, *extra, "run.name=straight"), vae_run)
+
+    real_step = DDPMTrainer.train_step
+
+    def crash_at_step_10(self, x01):
+        if self.step == 10:
+            raise KeyboardInterrupt
+        return real_step(self, x01)
+
+    monkeypatch.setattr(DDPMTrainer, "train_step", crash_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        train_ddpm(ddpm_cfg(runs_dir, *extra, "run.name=crashed"), vae_run)
+    crashed = runs_dir / "synthetic" / "crashed"
+    saved = ddpm_ckpt.load(crashed / "checkpoints" / "last.pt")
+    assert (saved["step"], saved["epoch"], saved["batch_in_epoch"]) == (9, 1, 1)    # mid-epoch
+    monkeypatch.setattr(DDPMTrainer, "train_step", real_step)
+    resumed = train_ddpm(ddpm_cfg(runs_dir, *extra), resume=crashed)
+    a, b = ddpm_ckpt.load(straight), ddpm_ckpt.load(resumed)
+    assert b["step"] == a["step"] == 16 and b["ema"]["updates"] == 16
+    for key, value in a["ema"]["shadow"].items():
+        assert torch.allclose(value, b["ema"]["shadow"][key], atol=1e-6), key
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-6), key
+    records = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "ddpm_epoch"] == [1, 2]
+    with pytest.raises(Exception, match="diffusion.dim"):
+        train_ddpm(ddpm_cfg(runs_dir, *extra, "diffusion.dim=32"), resume=crashed)
+
+
+def test_non_finite_loss_stops_with_the_step_and_exit_code_3(vae_run, runs_dir, monkeypatch, capsys):
+    monkeypatch.setattr(NoiseSchedule, "q_sample", lambda self, x0, t, noise: x0 * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="step 1 "):
+        train_ddpm(ddpm_cfg(runs_dir), vae_run)
+    args = ["train-ddpm", "--vae", str(vae_run)] + sets(*TINY_DDPM, f"run.runs_dir={runs_dir}")
+    assert main(args) == 3
+    assert "non-finite DDPM loss = nan at step 1" in capsys.readouterr().err
+
+
+def test_bad_input_fails_with_exit_code_2_and_a_clear_message(vae_run, leaf_run, runs_dir, capsys):
+    base = sets(*TINY_DDPM, f"run.runs_dir={runs_dir}")
+    cases = [
+        (["train-ddpm"] + base, "--vae RUN_DIR"),
+        (["train-ddpm", "--vae", str(vae_run)] + base + sets("diffusion.attn_resolutions=[7]"), "never occur"),
+        (["train-ddpm", "--vae", str(vae_run)] + base + sets("data.dataset=digits"), "trained on 'synthetic'"),
+        (["sample", str(vae_run), "--mode", "sample"], "TreeVAE run: pass it to train-ddpm --vae"),
+        (["sample", str(leaf_run), "--mode", "sample", "--sampler", "ddpm", "--steps", "5"], "--sampler ddim"),
+        (["sample", str(leaf_run), "--mode", "sample", "--steps", "500"], "1 <= steps <= T = 100"),
+        (["compare-ddpm", str(leaf_run)], "at least two"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        assert message in capsys.readouterr().err, args
+
+
+def test_compare_ddpm_shows_none_leaf_and_path_on_the_same_root_samples(vae_run, leaf_run, runs_dir, capsys):
+    one_epoch = sets(*TINY_DDPM, f"run.runs_dir={runs_dir}", "diffusion.epochs=1")
+    assert main(["train-ddpm", "--vae", str(vae_run)] + one_epoch + sets("diffusion.conditioning=none")) == 0
+    none_run = capsys.readouterr().out.strip().splitlines()[-1].split("DDPM run: ")[1]
+    path_run = train_ddpm(ddpm_cfg(runs_dir, "diffusion.conditioning=path", "diffusion.epochs=1"), vae_run)
+    out = runs_dir / "compare.png"
+    assert main(["compare-ddpm", none_run, str(leaf_run), str(path_run), "--n", "2", "--steps", "3",
+                 "--out", str(out)]) == 0
+    assert out.exists()
+    data = np.load(out.with_suffix(".npz"))
+    assert data["labels"].tolist() == ["none", "leaf", "path"]
+    n_leaves = len(data["leaves"])
+    for i in range(3):
+        assert data[f"images_{i}"].shape == (2, n_leaves, 1, 28, 28)
+    assert not np.allclose(data["images_1"], data["images_2"], atol=1e-3)
+    # The sample command draws the same root samples for every run with the same seed.
+    a = np.load(sample(none_run, "sample_all_leaves", n=2, steps=3)[-1])
+    assert np.allclose(a["vae"], data["vae"], atol=1e-6)

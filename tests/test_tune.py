@@ -1,0 +1,87 @@
+"""Ray Tune sweeps on a real local Ray cluster: validation before any trial, a 4-trial ASHA
+sweep on `synthetic`, the best config as YAML that the ordinary command accepts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from structgen.config import ConfigError, load_config
+from structgen.sweeps import expand_trials, load_sweep, trial_overrides
+
+from conftest import SYNTHETIC_FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = SYNTHETIC_FAST + ["data.train_subset=384", "data.test_subset=128", "training.num_epochs=3",
+                         "training.num_epochs_smalltree=2", "training.num_epochs_finetuning=2",
+                         "evaluation.baselines=false", "evaluation.batch_size=256"]
+
+
+def write_sweep(tmp_path, params: dict, **settings) -> Path:
+    path = tmp_path / "sweep.yml"
+    path.write_text(yaml.safe_dump({"stage": "tree", "metric": "elbo", "mode": "max", **settings, "params": params}))
+    return path
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"training.lr_rate": {"uniform": [0.1, 0.2]}}, "unknown config key 'training.lr_rate'; did you mean 'training.lr'"),
+    ({"training.lr": {"normal": [0, 1]}}, "expected one of"),
+    ({"training.lr": {"loguniform": [0, 1]}}, "loguniform bounds must be > 0"),
+    ({"model.act_function": {"choice": ["swish", "tanh"]}}, "value 'tanh' is not valid"),
+    ({"training.batch_size": {"grid": [64, 1]}}, "value 1 is not valid"),
+])
+def test_invalid_sweeps_fail_before_any_trial(tmp_path, params, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_sweep(write_sweep(tmp_path, params))
+
+
+def test_sweep_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="metric = 'fid'"):
+        load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, metric="fid"))
+    with pytest.raises(ConfigError, match="unknown sweep setting 'trials'"):
+        load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, trials=3))
+
+
+def test_grid_times_samples_and_overrides_round_trip(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, {"training.num_epochs": {"grid": [1, 2]},
+                                              "training.lr": {"loguniform": [1e-4, 1e-2]}}, num_samples=3))
+    trials = expand_trials(sweep, seed=1)
+    assert len(trials) == 6 and {t["training.num_epochs"] for t in trials} == {1, 2}
+    assert all(1e-4 <= t["training.lr"] <= 1e-2 for t in trials)
+    cfg = load_config(None, trial_overrides(trials[0]))
+    assert cfg.training.lr == pytest.approx(trials[0]["training.lr"])
+
+
+def test_tune_cli_rejects_a_bad_sweep_without_starting_ray(tmp_path):
+    bad = write_sweep(tmp_path, {"training.nope": {"choice": [1]}})
+    out = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "tune.py"), "--sweep", str(bad),
+                          "--storage-path", str(tmp_path / "tune")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "training.nope" in out.stderr
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.slow
+def test_four_trial_asha_sweep(tmp_path):
+    from structgen.launch.ray_cluster import init_ray
+    from structgen.launch.tune_sweep import run_sweep, summarise
+
+    sweep = load_sweep(write_sweep(tmp_path, {"training.num_clusters_tree": {"choice": [2, 3]},
+                                              "training.lr": {"loguniform": [1e-5, 3e-3]},
+                                              "training.decay_kl": {"uniform": [0.05, 0.2]}},
+                                   num_samples=4, scheduler="asha", grace_period=1))
+    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+    ray = init_ray(num_cpus=2)
+    try:
+        experiment, results = run_sweep(cfg, sweep, "sweep", tmp_path / "tune")
+        info = summarise(cfg, sweep, experiment, results)
+    finally:
+        ray.shutdown()
+    assert len(results) == 4 and not results.errors
+    finished = [r for r in info["rows"] if not r["stopped_early"]]
+    assert 1 <= len(finished) < 4, "ASHA should stop at least one trial early"
+    best = load_config(info["best"])                      # the best YAML loads as an ordinary config
+    assert best.data.dataset == "synthetic" and best.training.num_clusters_tree in (2, 3)
+    for png in info["plots"]:
+        assert png.exists() and png.stat().st_size > 1000
+    assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"

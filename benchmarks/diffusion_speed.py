@@ -32,7 +32,7 @@ from structgen.diffusion.vae_condition import choose_leaf, to_signed
 from structgen.train.data import load_run_data
 
 DATA = ["data.dataset=synthetic", "data.train_subset=512", "data.test_subset=64", "run.progress=plain"]
-VAE = DATA + ["training.batch_size=128", "training.num_epochs=4", "training.initial_depth=2", "training.grow=false",
+VAE = DATA + ["training.batch_size=128", "training.num_epochs=3", "training.initial_depth=2", "training.grow=false",
               "training.prune=false", "training.num_epochs_finetuning=0", "training.kl_start=0.1"]
 DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
                "diffusion.dropout=0.1", "diffusion.batch_size=32", "diffusion.warmup_steps=50", "diffusion.lr=1e-3",
@@ -90,8 +90,8 @@ def reference_size_step(conditioner, batch: int, repeats: int) -> tuple[float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", help="an existing DDPM run (default: train a small one on synthetic)")
-    parser.add_argument("--epochs", type=int, default=10, help="DDPM epochs of the small run (16 steps each)")
-    parser.add_argument("--n", type=int, default=16, help="test images per sampler")
+    parser.add_argument("--epochs", type=int, default=6, help="DDPM epochs of the small run (16 steps each)")
+    parser.add_argument("--n", type=int, default=8, help="test images per sampler")
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[25, 50, 100])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     parser.add_argument("--skip-reference-size", action="store_true")
@@ -131,7 +131,8 @@ def main() -> None:
 
         if not args.skip_reference_size:
             train_rate, step_s = reference_size_step(conditioner, batch=32, repeats=3)
-            print(f"\nreference-size UNet (dim 64, 9.26 M + leaf embedding): train {train_rate:.1f} images/s at batch 32; "
+            print(f"\nreference-size UNet (dim 64, 9.26 M + leaf embedding): train {train_rate:.1f} images/s "
+                  f"at batch 32; "
                   f"one sampling step at batch 16: {step_s:.3f} s (DDPM-1000: {1000 * step_s:.0f} s per 16 images)")
         print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

@@ -14,13 +14,13 @@ def main(argv=None) -> int:
     from structgen.cli import bad_input_errors
     from structgen.config import load_config
     from structgen.launch.ray_cluster import init_ray
-    from structgen.launch.ray_train import run_tree_job
+    from structgen.launch.ray_train import run_job
 
     try:
         cfg = load_config(args.config, args.overrides)
         job = _args.job_spec(args, cfg)
         init_ray(args.address, num_cpus=None)
-        run_dir, result = run_tree_job(cfg, job)
+        run_dir, result = run_job(cfg, job)
     except bad_input_errors() as err:
         print(f"train_treevae: error: {err}", file=sys.stderr)
         return 2

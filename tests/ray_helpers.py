@@ -24,7 +24,7 @@ class GlobalNoise:
         return mu + noise * torch.sqrt(var + G.EPS)
 
 
-def one_step(kind: str, rank: int, world: int, ctx=None) -> dict:
+def one_step(kind: str, rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
     """One optimiser step of the full tree or a sub-tree on this rank's shard of a fixed batch."""
     from structgen.models.elbo import Clamps, total_loss
     from structgen.models.objective import FullTreeObjective, SubTreeObjective
@@ -44,7 +44,9 @@ def one_step(kind: str, rank: int, world: int, ctx=None) -> dict:
         objective, params = SubTreeObjective(model, sub, Clamps()), sub.parameters()
         model.eval()
     trained = ctx.wrap(objective) if ctx is not None else objective
-    opt = torch.optim.Adam(params, lr=1e-2)
+    # SGD: the update is linear in the gradient. (Adam's first step is lr·sign(g), which turns
+    # float-rounding differences of near-zero gradients into full-size steps.)
+    opt = torch.optim.SGD(params, lr=lr)
     loss = total_loss(trained(shard), 1.0)
     opt.zero_grad()
     loss.backward()

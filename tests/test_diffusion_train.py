@@ -19,7 +19,8 @@ DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subset=32"
 TINY_VAE = DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2", "training.grow=false",
                    "training.prune=false", "training.num_epochs_finetuning=0"]
 # 128 images / batch 16 = 8 steps per epoch.
-TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
+TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1",
+                    "diffusion.attn_resolutions=[]",
                     "diffusion.batch_size=16", "diffusion.epochs=2", "diffusion.warmup_steps=4",
                     "diffusion.n_timesteps=100", "diffusion.sampler=ddim", "diffusion.n_steps=4",
                     "diffusion.sample_every=0", "diffusion.n_samples=4", "diffusion.cfg_rate=0.2"]

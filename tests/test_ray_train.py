@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ TINY = SYNTHETIC_FAST + ["data.train_subset=512", "data.test_subset=128", "train
 @pytest.fixture(scope="module")
 def ray_session():
     from structgen.launch.ray_cluster import init_ray
-    ray = init_ray(num_cpus=4)
+    ray = init_ray(num_cpus=4, extra_pythonpath=[str(Path(__file__).parent)])
     yield ray
     ray.shutdown()
 
@@ -43,18 +44,20 @@ def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
     two = torch.load(tmp_path / f"{kind}.pt")
     one = one_step(kind, rank=0, world=1)
     assert two.keys() == one.keys()
-    changed = 0
     for key in one:
-        assert torch.allclose(one[key].float(), two[key].float(), atol=2e-5, rtol=1e-4), key
-        changed += 1
-    assert changed > 10
+        diff = (one[key].float() - two[key].float()).abs().max().item()
+        assert diff < 1e-5, f"{key}: max difference {diff}"
+    assert (one["model.bottom_up.encoder.0.weight" if kind == "full" else "subtree.router.squeeze.weight"]
+            != one_step(kind, rank=0, world=1, lr=0.0)[
+                "model.bottom_up.encoder.0.weight" if kind == "full" else "subtree.router.squeeze.weight"]).any(), \
+        "the step must actually change the parameters"
 
 
 def test_two_worker_growth_matches_one_worker_tree(ray_session, tmp_path):
-    from structgen.launch.ray_train import JobSpec, run_tree_job
+    from structgen.launch.ray_train import JobSpec, run_job
 
     cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
-    run_dir, result = run_tree_job(cfg, JobSpec(num_workers=2, name="two", storage_path=str(tmp_path / "ray")))
+    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="two", storage_path=str(tmp_path / "ray")))
     assert result.error is None
     single_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=one"]), evaluate=False)
     two_tree, one_tree = load_model(run_dir)[0].tree, load_model(single_dir)[0].tree
@@ -64,15 +67,15 @@ def test_two_worker_growth_matches_one_worker_tree(ray_session, tmp_path):
     assert any(r["event"] == "evaluation" for r in records) and (run_dir / "figures" / "tree.png").exists()
 
 
-def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, monkeypatch):
-    from structgen.launch.ray_train import JobSpec, run_tree_job
+def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path):
+    from structgen.launch.ray_train import JobSpec, run_job
 
     marker = tmp_path / "killed.marker"
-    monkeypatch.setenv("STRUCTGEN_FAULT_AT", "subtree-1:1:1")       # rank 1 dies after subtree-1 epoch 1
-    monkeypatch.setenv("STRUCTGEN_FAULT_MARKER", str(marker))
+    fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:1",                  # rank 1 dies after subtree-1 epoch 1
+             "STRUCTGEN_FAULT_MARKER": str(marker)}
     cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", "evaluation.baselines=false"])
-    run_dir, result = run_tree_job(cfg, JobSpec(num_workers=2, name="fault", max_failures=2,
-                                                storage_path=str(tmp_path / "ray")), evaluate=False)
+    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="fault", max_failures=2, env=fault,
+                                           storage_path=str(tmp_path / "ray")), evaluate=False)
     assert marker.exists(), "the fault was never injected"
     assert result.error is None
     assert (run_dir / "checkpoints" / "final.pt").exists()
@@ -95,15 +98,20 @@ def test_ray_job_submit_against_a_started_head(tmp_path):
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         sets = [a for s in TINY + [f"run.runs_dir={tmp_path}"] for a in ("--set", s)]
-        submit = subprocess.run(
-            [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8277", "--working-dir", str(ROOT),
-             "--submission-id", "structgen-test", "--", "python", "ray_jobs/train_treevae.py", "--config",
-             "configs/digits.yml", "--name", "submitted", "--num-workers", "2", *sets],
-            env=env, capture_output=True, text=True, timeout=900)
+        for attempt in range(30):           # the dashboard's job agent comes up a few seconds after the head
+            submit = subprocess.run(
+                [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8277", "--working-dir", str(ROOT),
+                 "--submission-id", f"structgen-test-{attempt}", "--", "python", "ray_jobs/train_treevae.py",
+                 "--config", "configs/digits.yml", "--name", "submitted", "--num-workers", "2", *sets],
+                env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent" not in submit.stderr:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-        status = subprocess.run([ray_bin, "job", "status", "--address", "http://127.0.0.1:8277", "structgen-test"],
+        status = subprocess.run([ray_bin, "job", "status", "--address", "http://127.0.0.1:8277",
+                                 f"structgen-test-{attempt}"],
                                 env=env, capture_output=True, text=True, timeout=60)
-        assert "SUCCEEDED" in status.stdout + status.stderr
+        assert "succeeded" in (status.stdout + status.stderr).lower()
         run_dir = tmp_path / "synthetic" / "submitted"
         assert (run_dir / "checkpoints" / "final.pt").exists()
         assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["event"] == "evaluation"

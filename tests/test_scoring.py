@@ -140,7 +140,7 @@ def test_small_resnet_shape_and_size():
 @pytest.fixture(scope="module")
 def digits_classifier(tmp_path_factory):
     out = tmp_path_factory.mktemp("clf") / "digits.pt"
-    path, acc = train_classifier("digits", epochs=4, out=out, progress=False)
+    path, acc = train_classifier("digits", epochs=2, batch_size=64, out=out, progress=False)
     return path, acc
 
 
@@ -231,3 +231,7 @@ def test_cli_train_classifier_bad_input_writes_nothing(tmp_path, capsys):
     assert main(["train-classifier", "--dataset", "digits", "--epochs", "0", "--out", str(out)]) == EXIT_BAD_INPUT
     assert "--epochs" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train-classifier", "--dataset", "digits", "--out", str(blocker / "x.pt")]) == EXIT_BAD_INPUT
+    assert "cannot write the classifier" in capsys.readouterr().err   # refused before training

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,19 +177,13 @@ def reference(slurm_cluster, tmp_path_factory):
         raise
 
 
-def test_single_job_returns_its_result(reference, capsys):
+def test_single_job_returns_its_result(reference):
     runs, sub, job, result = reference
     run_dir = runs / "synthetic" / "reference"
     assert result["run_dir"] == str(run_dir) and result["job_id"] == job.job_id
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     assert not result["resumed"] and result["restarts"] == 0 and result["world_size"] == 1
     assert result["report"]["n_test"] == 100 and 0.0 <= result["report"]["acc"] <= 1.0
-    launch = load_launch()
-    # the result file comes a moment before SLURM records the job as done
-    wait_for(lambda: launch.main(["--status", job.job_id]) == 0 and "COMPLETED" in capsys.readouterr().out, 30,
-             f"sacct to show job {job.job_id} COMPLETED", poll=1)
-    assert launch.main(["--logs", job.job_id, "--folder", sub.folder]) == 0
-    assert f"run folder: {run_dir}" in capsys.readouterr().out
 
 
 def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_on_failure):
@@ -215,15 +210,22 @@ def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_on_failure):
     assert len({t["training.decay_kl"] for t in sub.trials}) == 3
 
 
-def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel_on_failure):
-    """Requeued twice: killed and requeued by SLURM (the job learns it from SLURM_RESTART_COUNT),
-    then preempted with USR2 (submitit's handler: checkpoint() -> resume=True, scontrol requeue).
-    It ends with the same tree and weights as the uninterrupted reference."""
+def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel_on_failure, monkeypatch):
+    """Requeued twice: its process SIGKILLed mid-run (as on a node failure) and the job requeued
+    by SLURM (it learns that from SLURM_RESTART_COUNT), then preempted with USR2 (submitit's
+    handler: checkpoint() -> resume=True, scontrol requeue). It ends with the same tree and
+    weights as the uninterrupted reference."""
     from structgen.api import load_model
     from structgen.launch.slurm import plan_submission
 
     runs, _, _, _ = reference
     victim = runs / "synthetic" / "victim"
+    # structgen.train.fault: rank 0 SIGKILLs itself once, right after this epoch's checkpoint. A
+    # plain `scontrol requeue` or `scancel` sends SIGTERM first, which submitit ignores, so the run
+    # would train on for SLURM's KillWait seconds; this tiny run could be over by then.
+    marker = runs / "victim.killed"
+    monkeypatch.setenv("STRUCTGEN_FAULT_AT", "subtree-1:1:0")
+    monkeypatch.setenv("STRUCTGEN_FAULT_MARKER", str(marker))     # sbatch hands the job this environment
     sub = plan_submission("tree", None, SMALL + [f"run.runs_dir={runs}"], name="victim", evaluate=False,
                           flags={**TINY_JOB, "folder": str(runs / "logs" / "%j")})
     job, = sub.submit()
@@ -232,11 +234,7 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel
     def log() -> str:
         return "".join(p.read_text() for p in (runs / "logs" / job.job_id).glob("*_log.*"))
 
-    wait_for(lambda: ("subtree-1", 1) in epochs(victim), 120, "subtree-1 epoch 1")
-    # A hard death (as on a node failure: no signal handler runs), then SLURM requeues the job.
-    # (`scontrol requeue` alone sends SIGTERM, which submitit ignores: the run would go on for
-    # KillWait seconds, and this tiny run would be over by then.)
-    subprocess.run(["scancel", "--signal=KILL", job.job_id], check=True)
+    wait_for(marker.exists, 120, "the injected SIGKILL after subtree-1 epoch 1")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     release_requeued(job.job_id)
     wait_for(lambda: "resuming" in log(), 120, "the first resume")
@@ -280,12 +278,47 @@ def test_init_distributed_forms_a_gloo_group_from_two_slurm_tasks(slurm_cluster,
         assert row["backend"] == "gloo" and row["source"] == "slurm"
 
 
+def test_ddpm_stage_job_trains_on_the_tree_run(reference):
+    """The ddpm wiring, called in this process as a job would call it (SLURM itself is covered above)."""
+    from structgen.config import load_config
+    from structgen.launch.slurm import StageJob
+
+    runs, _, _, _ = reference
+    tiny = ["data.dataset=synthetic", "data.train_subset=64", "data.test_subset=32", "run.progress=plain",
+            "run.threads=1", "diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1",
+            "diffusion.attn_resolutions=[]", "diffusion.batch_size=16", "diffusion.epochs=1", "diffusion.warmup_steps=4",
+            "diffusion.n_timesteps=100", "diffusion.sample_every=0", f"run.runs_dir={runs}"]
+    vae = runs / "synthetic" / "reference"
+    result = StageJob("ddpm", None, tiny, name="ddpm", vae=str(vae))()
+    run_dir = runs / "synthetic" / "ddpm"
+    assert result["run_dir"] == str(run_dir) and result["stage"] == "ddpm" and not result["resumed"]
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert load_config(run_dir / "config.yml").diffusion.vae_run == str(vae)
+    events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("ddpm_epoch") == 1
+    # a requeued job (resume=True) continues that run instead of refusing the existing folder
+    longer = [s.replace("diffusion.epochs=1", "diffusion.epochs=2") for s in tiny]
+    again = StageJob("ddpm", None, longer, name="ddpm", vae=str(vae)).checkpoint().function()
+    assert again["resumed"]
+    events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("ddpm_epoch") == 2
+
+
 def test_generate_through_the_local_executor(reference, capsys):
     runs, _, _, _ = reference
     launch = load_launch()
     rc = launch.main(["--stage", "generate", "--run", str(runs / "synthetic" / "reference"), "--n", "4", "--local",
                       "--wait", "--folder", str(runs / "local-logs" / "%j")])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "'stage': 'generate'" in out
-    assert list((runs / "synthetic" / "reference" / "samples").glob("*.npz"))
+    assert "'stage': 'generate'" in capsys.readouterr().out
+    samples = np.load(runs / "synthetic" / "reference" / "samples" / "vae_samples" / "samples.npz")
+    assert samples["images"].shape[0] == 4
+
+
+def test_status_and_logs_of_a_finished_job(reference, capsys):
+    runs, sub, job, _ = reference
+    launch = load_launch()
+    assert launch.main(["--status", job.job_id]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    assert launch.main(["--logs", job.job_id, "--folder", sub.folder]) == 0
+    assert f"run folder: {runs / 'synthetic' / 'reference'}" in capsys.readouterr().out

@@ -11,7 +11,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default diffusion.sampler")
     p.add_argument("--steps", type=int, help="DDIM steps (default diffusion.n_steps)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default diffusion.eta)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (default diffusion.guidance_weight)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance weight w (default diffusion.guidance_weight)")
     p.add_argument("--leaf-choice", choices=("max", "sample"),
                    help="recons / sample: most probable leaf or one drawn from the leaf probabilities")
     p.add_argument("--seed", type=int, help="default run.seed")

@@ -106,7 +106,8 @@ class EvaluationConfig:
 
 @dataclass
 class DiffusionConfig:
-    vae_run: Optional[str] = option(None, "TreeVAE run folder (or checkpoint) to condition on; `train-ddpm --vae` sets it")
+    vae_run: Optional[str] = option(None, "TreeVAE run folder (or checkpoint) to condition on; "
+                                          "`train-ddpm --vae` sets it")
     dim: int = option(64, "UNet base channels", min=8)
     dim_mults: list[int] = option(default_factory=lambda: [1, 2, 2, 2], help="channel multiplier per level", min=1,
                                   min_len=1)

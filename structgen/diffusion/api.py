@@ -49,7 +49,8 @@ def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
     if diff:
         detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
         raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "
-                              f"Resume with the run's own config ({where.parent.parent / 'config.yml'}) or start a new run.")
+                              f"Resume with the run's own config ({where.parent.parent / 'config.yml'}) "
+                              f"or start a new run.")
 
 
 def _setup(cfg: Config) -> torch.device:
@@ -174,17 +175,19 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     return run_dir
 
 
-def load_ddpm(path: str | Path, device="cpu", ema: bool = True):
+def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | None = None):
     """(model, conditioner, schedule, state) from a DDPM run folder or checkpoint; EMA weights by default."""
-    state = ddpm_ckpt.load(path)
+    from structgen.config import config_from_dict
+
+    state = state if state is not None else ddpm_ckpt.load(path)
     try:
         model = build_model(state["unet_spec"], state["signal"])
         model.load_state_dict(state["ema"]["shadow"] if ema else state["model"], strict=True)
         vae = vae_from_state(state["vae"], device)
+        schedule = NoiseSchedule.from_config(config_from_dict(state["config"]).diffusion)
     except (TypeError, KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: incompatible DDPM checkpoint: {err}") from None
     conditioner = VAEConditioner(vae, state["signal"]["kind"])
-    schedule = NoiseSchedule.from_config(_run_config(path).diffusion)
     return model.to(device).eval(), conditioner, schedule, state
 
 
@@ -223,10 +226,10 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
-    ddpm_ckpt.load(run)                                     # a bad path is the first thing to report
+    state = ddpm_ckpt.load(run)                             # a bad path is the first thing to report
     cfg = _run_config(run, overrides)
     device = _setup(cfg)
-    model, conditioner, schedule, state = load_ddpm(run, device)
+    model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
     d = cfg.diffusion
     n = n or d.n_samples
@@ -268,6 +271,8 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
         if not same:
             raise RunError(f"compare-ddpm: {r} was trained on another TreeVAE ({st['vae']['source']}) than "
                            f"{runs[0]} ({ref_vae['source']}); the same root samples need the same TreeVAE")
+    if labels is not None and len(labels) != len(runs):
+        raise RunError(f"compare-ddpm: {len(labels)} labels for {len(runs)} runs")
     kinds = [st["signal"]["kind"] for _, _, _, st in loaded]
     labels = labels or (kinds if len(set(kinds)) == len(kinds) else [f"{k} ({_run_dir(r).name})"
                                                                       for k, r in zip(kinds, runs)])
@@ -278,7 +283,8 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
         cfg = _run_config(r)
         opts = _options(cfg, sampler, steps, eta, guidance, None)
         device = next(model.parameters()).device
-        result = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size).run(
+        # One chunk size for all runs: chunking decides which noise each root sample gets.
+        result = DiffusionSampler(model, conditioner, schedule, opts, device, cfg0.diffusion.sample_batch_size).run(
             "sample_all_leaves", n, seed)
         by_model[label] = result["images"]
         vae, probs = (result["vae"], result["leaf_probs"]) if vae is None else (vae, probs)

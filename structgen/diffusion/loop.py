@@ -176,7 +176,8 @@ class DDPMTrainer:
         if self.ctx.is_main:
             self.log.write("ddpm_epoch", step=self.step, **record)
             quartiles = " ".join(f"{record['loss_q' + str(i)]:.3f}" for i in range(QUARTILES))
-            self.progress.line(f"[ddpm] epoch {self.epoch}/{self.d.epochs}  step {self.step}  loss {record['loss']:.4f}  "
+            self.progress.line(f"[ddpm] epoch {self.epoch}/{self.d.epochs}  step {self.step}  "
+                               f"loss {record['loss']:.4f}  "
                                f"(by t quartile {quartiles})  "
                                f"grad {record['grad_norm']:.2f}  lr {record['lr']:.2e}  {images_per_s:.0f} img/s")
         if not math.isfinite(record["loss"]):

@@ -1,7 +1,8 @@
-"""The TreeVAE growth schedule as a Ray Train `TorchTrainer` job (DDP across workers).
+"""TreeVAE growth and DDPM training as Ray Train `TorchTrainer` jobs (DDP across workers).
 
 The worker function builds a `Context` from Ray's train context and calls the same
-`structgen.api.train_tree` the single-process command calls. Checkpoints are the run folder's
+`structgen.api.train_tree` / `structgen.diffusion.api.train_ddpm` the single-process commands
+call. Checkpoints are the run folder's
 `checkpoints/last.pt`, handed to `ray.train.report` at every epoch and phase boundary, so a
 restarted worker group (`max_failures`) resumes from the latest one; re-running with the same
 `--name` resumes a stopped run.
@@ -30,6 +31,9 @@ class JobSpec:
     storage_path: str | None = None
     name: str | None = None
     max_failures: int = 0
+    stage: str = "tree"              # tree | ddpm
+    vae_run: str | None = None       # ddpm: the TreeVAE run to condition on
+    env: dict | None = None          # extra environment variables for the workers
 
 
 def ray_context(run_dir: Path) -> Context:
@@ -40,8 +44,11 @@ def ray_context(run_dir: Path) -> Context:
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
 
     def report(state: dict, path: Path | None) -> None:
-        metrics = {"stage": state["growth"]["stage"], "epochs_done": state["growth"]["epochs_done"],
-                   "n_leaves": len([n for n in state["tree"]["nodes"]]), "run_dir": str(run_dir)}
+        if "growth" in state:
+            metrics = {"stage": state["growth"]["stage"], "epochs_done": state["growth"]["epochs_done"]}
+        else:
+            metrics = {"step": state.get("step"), "epoch": state.get("epoch")}
+        metrics["run_dir"] = str(run_dir)
         if path is None:
             ray.train.report(metrics)
             return
@@ -53,11 +60,9 @@ def ray_context(run_dir: Path) -> Context:
                    on_checkpoint=report)
 
 
-def tree_worker(loop_config: dict) -> None:
+def stage_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
-
-    from structgen.api import train_tree
 
     cfg = config_from_dict(loop_config["config"], source="ray train_loop_config")
     torch.set_num_threads(max(1, loop_config.get("threads", 1)))
@@ -72,12 +77,17 @@ def tree_worker(loop_config: dict) -> None:
         resume_from = local / CHECKPOINT_FILE
     elif loop_config.get("resume_file"):
         resume_from = Path(loop_config["resume_file"])
-    train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
-               evaluate=loop_config.get("evaluate", True))
+    if loop_config["stage"] == "ddpm":
+        from structgen.diffusion.api import train_ddpm
+        train_ddpm(cfg, loop_config["vae_run"], ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
+    else:
+        from structgen.api import train_tree
+        train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
+                   evaluate=loop_config.get("evaluate", True))
 
 
-def run_tree_job(cfg: Config, job: JobSpec, evaluate: bool = True):
-    """Fit the TorchTrainer; returns (run_dir, ray Result)."""
+def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
+    """Fit the TorchTrainer for ``job.stage``; returns (run_dir, ray Result)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -87,17 +97,22 @@ def run_tree_job(cfg: Config, job: JobSpec, evaluate: bool = True):
     run_dir = (Path(cfg.run.runs_dir) / cfg.data.dataset / name).resolve()
     storage = Path(job.storage_path or cfg.ray.storage_path or Path(cfg.run.runs_dir) / "ray").resolve()
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
-    finished = (run_dir / "checkpoints" / "final.pt").exists()
+    finished = (run_dir / "checkpoints" / "final.pt").exists() and job.stage == "tree"
     if finished:
         from structgen.runs import RunError
         raise RunError(f"{run_dir} is a finished run; choose another --name (nothing was overwritten)")
+    if job.stage == "ddpm" and not (job.vae_run or cfg.diffusion.vae_run or last.exists()):
+        from structgen.config import ConfigError
+        raise ConfigError("a ddpm job needs the TreeVAE run to condition on: --vae RUN_DIR (or diffusion.vae_run)")
     loop_config = {"config": config_to_dict(cfg), "run_dir": str(run_dir), "evaluate": evaluate,
+                   "stage": job.stage, "vae_run": job.vae_run or cfg.diffusion.vae_run,
                    "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None}
     trainer = TorchTrainer(
-        tree_worker, train_loop_config=loop_config,
+        stage_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
                                      resources_per_worker={"CPU": job.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(storage),
+                             worker_runtime_env={"env_vars": job.env} if job.env else None,
                              failure_config=FailureConfig(max_failures=job.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -158,7 +158,7 @@ class StageJob(Checkpointable):
                    + (f" --n {self.n}" if self.n else "") + (f" {sets}" if sets else "")
         command = "train-tree" if self.stage == "tree" else "train-ddpm"
         folder = self.name or "slurm-$SLURM_JOB_ID"
-        return (f"structgen {command} --config {self.config} {sets} (DDP over the job's tasks; run folder "
+        return (f"structgen {command} --config {self.config or '(schema defaults)'} {sets} (DDP over the job's tasks; run folder "
                 f"<runs_dir>/<dataset>/{folder}{'; resume' if self.resume else ''}"
                 f"{'; --vae ' + self.vae if self.vae else ''})").replace("  ", " ")
 
@@ -372,10 +372,9 @@ class Submission:
 
 def _absolute_paths(cfg) -> list[str]:
     """Overrides that pin relative folders to the submitting folder (a job may start elsewhere)."""
-    out = [f"run.runs_dir={Path(cfg.run.runs_dir).expanduser().absolute()}"]
-    if cfg.data.data_dir:
-        out.append(f"data.data_dir={Path(cfg.data.data_dir).expanduser().absolute()}")
-    return out
+    pinned = {"run.runs_dir": cfg.run.runs_dir, "data.data_dir": cfg.data.data_dir}
+    return [f"{key}={Path(value).expanduser().absolute()}" for key, value in pinned.items()
+            if value and not Path(value).is_absolute()]
 
 
 def plan_submission(stage: str | None, config: str | None, overrides: list[str] | None = None, *,

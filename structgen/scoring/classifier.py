@@ -12,7 +12,7 @@ constructor arguments, dataset, class names, image shape, test accuracy and a fo
 """
 from __future__ import annotations
 
-import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,28 +151,17 @@ def load_classifier(path, expect_dataset: str | None = None, expect_shape=None, 
 
 
 def _check_writable(path: Path) -> None:
-    """Fail on an unwritable destination now, not after minutes of training (and write nothing)."""
-    folder = path.parent.resolve()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise CheckpointError(f"cannot write the classifier to {path}: {folder} is not a writable folder")
+    """Fail on an unwritable destination now, not after minutes of training. Runs after the
+    data has loaded, so a bad dataset name still writes nothing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise CheckpointError(f"cannot write the classifier to {path}: {err}") from None
 
 
 # ---- training -----------------------------------------------------------------------------
-@torch.no_grad()
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 500, device="cpu") -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).to(device).float().div_(255.0)
-        y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-        correct += int((model(x).argmax(1) == y).sum())
-    model.train(was_training)
-    return correct / len(images)
-
-
 def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, batch_size: int = 128, seed: int = 0,
                      out=None, progress=True, lr: float = 3e-3, augment: bool | None = None,
                      device="cpu") -> tuple[Path, float]:
@@ -184,6 +173,7 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
     """
     from structgen.data import TensorLoader, load_split
     from structgen.scoring.augment import AUGMENT_BY_DEFAULT, augment_for
+    from structgen.scoring.predict import predict_classes
     from structgen.train.progress import Progress
 
     epochs = DEFAULT_EPOCHS.get(dataset, 10) if epochs is None else int(epochs)
@@ -197,7 +187,8 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
 
     torch.manual_seed(seed)
     pixels = train.images.astype(np.float32) / 255.0
-    mean, std = pixels.mean(axis=(0, 2, 3)), pixels.std(axis=(0, 2, 3)) + 1e-3
+    mean, std = pixels.mean(axis=(0, 2, 3)), pixels.std(axis=(0, 2, 3)) + 1e-3  # +: blank channels
+    del pixels
     model = SmallResNet(train.images.shape[1], len(train.class_names), mean=mean, std=std).to(device)
     loader = TensorLoader(train.images, train.labels, batch_size, shuffle=True, seed=seed, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
@@ -225,7 +216,7 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
         bar.close()
         log.line(f"classifier {dataset} epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}  "
                  f"train acc {hits / seen:.4f}  {bar.images_per_s:.0f} img/s")
-    test_acc = accuracy(model, test.images, test.labels, device=device)
+    test_acc = float((predict_classes(model, test.images) == test.labels).mean())
     seconds = time.perf_counter() - started
     log.line(f"classifier {dataset}: test accuracy {test_acc:.4f} ({len(test)} images), {seconds:.0f} s")
     path = save_classifier(model.cpu(), out, dataset=dataset, class_names=train.class_names,

@@ -12,7 +12,10 @@ import torch
 
 def as_unit_images(images, what: str = "images") -> torch.Tensor:
     """(N, C, H, W) float32 in [0,1] from uint8 (divided by 255) or float (clamped) input."""
-    t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
+    if isinstance(images, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(images))
+    else:  # detached: scores never backpropagate into the generator
+        t = torch.as_tensor(images).detach()
     if t.ndim != 4:
         raise ValueError(f"{what}: expected N x C x H x W, got shape {tuple(t.shape)}")
     if t.dtype == torch.uint8:

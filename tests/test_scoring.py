@@ -16,6 +16,16 @@ from structgen.scoring.purity import generation_purity, leaf_class_histograms
 from structgen.train.checkpoint import CheckpointError
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # These models are tiny; on a 2-core machine shared with other jobs, two spinning OpenMP
+    # threads made this file 2-10x slower than one (measured: 76 s vs 18-35 s).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---- Fréchet distance against closed forms ---------------------------------------------------
 def test_frechet_of_identical_sets_is_zero():
     feats = np.random.default_rng(0).normal(size=(500, 8))

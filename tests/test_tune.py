@@ -25,7 +25,7 @@ def write_sweep(tmp_path, params: dict, **settings) -> Path:
 
 
 @pytest.mark.parametrize("params, fragment", [
-    ({"training.lr_rate": {"uniform": [0.1, 0.2]}}, "unknown config key 'training.lr_rate'; did you mean 'training.lr'"),
+    ({"training.lr_rate": {"uniform": [0.1, 0.2]}}, "unknown config key 'training.lr_rate' in params; did you mean 'training.lr'"),
     ({"training.lr": {"normal": [0, 1]}}, "expected one of"),
     ({"training.lr": {"loguniform": [0, 1]}}, "loguniform bounds must be > 0"),
     ({"model.act_function": {"choice": ["swish", "tanh"]}}, "value 'tanh' is not valid"),

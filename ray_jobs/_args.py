@@ -34,3 +34,24 @@ def job_spec(args, cfg):
                    storage_path=args.storage_path or r.storage_path,
                    name=args.name or cfg.run.name,
                    max_failures=r.max_failures if args.max_failures is None else args.max_failures)
+
+
+def run_training_job(args, stage: str, vae_run: str | None = None, prog: str = "ray_jobs") -> int:
+    """Load the config, start or join Ray, fit the TorchTrainer for ``stage``; an exit code."""
+    from structgen.cli import bad_input_errors
+    from structgen.config import load_config
+    from structgen.launch.ray_cluster import init_ray
+    from structgen.launch.ray_train import run_job
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        job = job_spec(args, cfg)
+        job.stage, job.vae_run = stage, vae_run
+        init_ray(args.address)
+        run_dir, result = run_job(cfg, job)
+    except bad_input_errors() as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"run folder: {run_dir}")
+    print(f"ray result: {result.path}  error: {result.error}")
+    return 0 if result.error is None else 1

@@ -6,7 +6,11 @@ import pytest
 
 from structgen.cli import EXIT_BAD_INPUT, main
 
-SUBCOMMANDS = ["info", "prepare-data", "config", "train-tree", "evaluate", "generate"]
+import importlib
+
+from structgen.commands import COMMANDS
+
+SUBCOMMANDS = [importlib.import_module(f"structgen.commands.{m}").NAME for m in COMMANDS]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

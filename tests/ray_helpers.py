@@ -24,8 +24,33 @@ class GlobalNoise:
         return mu + noise * torch.sqrt(var + G.EPS)
 
 
+def unet_step(rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
+    """One SGD step of the diffusion UNet (with a leaf-signal embedding) on this rank's shard."""
+    import torch.nn.functional as F
+
+    from structgen.diffusion.unet import UNet, UNetSpec
+
+    torch.manual_seed(0)
+    unet = UNet(UNetSpec((1, 28, 28), dim=16, dim_mults=[1, 2, 2], n_residual=1, attn_resolutions=[7], dropout=0.0,
+                         n_heads=4))
+    g = torch.Generator().manual_seed(3)
+    x_t, recon, noise = (torch.randn(8, 1, 28, 28, generator=g) for _ in range(3))
+    t = torch.randint(0, 1000, (8,), generator=g)
+    signal = torch.randn(8, 64, generator=g)
+    part = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    trained = ctx.wrap(unet) if ctx is not None else unet
+    opt = torch.optim.SGD(unet.parameters(), lr=lr)
+    loss = F.mse_loss(trained(x_t[part], t[part], recon[part], signal[part]), noise[part])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
 def one_step(kind: str, rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
-    """One optimiser step of the full tree or a sub-tree on this rank's shard of a fixed batch."""
+    """One optimiser step of the full tree, a sub-tree or the UNet on this rank's shard of a fixed batch."""
+    if kind == "unet":
+        return unet_step(rank, world, ctx, lr)
     from structgen.models.elbo import Clamps, total_loss
     from structgen.models.objective import FullTreeObjective, SubTreeObjective
     from structgen.models.treevae import ModelSpec, SubTree, TreeVAE

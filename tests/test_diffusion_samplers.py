@@ -147,3 +147,19 @@ def test_grouped_sampling_gives_identical_rows_when_the_model_ignores_the_row(sa
     out = sample_loop(dummy_eps, sched, (6, 1, 4, 4), torch.Generator().manual_seed(0), "cpu", group=3)
     assert torch.equal(out[0], out[2]) and torch.equal(out[3], out[5])
     assert not torch.allclose(out[0], out[3])
+
+
+@pytest.mark.parametrize("sampler, steps, eta", [("ddpm", None, 0.0), ("ddim", 10, 0.0), ("ddim", 25, 1.0)])
+@pytest.mark.parametrize("spacing", ["uniform", "quad"])
+def test_an_oracle_noise_predictor_leads_every_sampler_to_the_data_point(sampler, steps, eta, spacing):
+    # Data = one image x*: the exact ε given x_t is (x_t − sqrt(ᾱ_t)·x*) / sqrt(1 − ᾱ_t).
+    schedule = NoiseSchedule(1e-4, 0.02, 100)
+    target = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
+
+    def oracle(x, t):
+        ab = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * target) / (1 - ab).sqrt()
+
+    sched = make_scheduler(schedule, sampler, n_steps=steps, eta=eta, spacing=spacing)
+    out = sample_loop(oracle, sched, (5, 1, 4, 4), torch.Generator().manual_seed(0), "cpu")
+    assert torch.allclose(out, target.expand(5, 1, 4, 4), atol=1e-3)

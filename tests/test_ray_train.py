@@ -33,7 +33,7 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["full", "subtree"])
+@pytest.mark.parametrize("kind", ["full", "subtree", "unet"])
 def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -47,10 +47,10 @@ def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
     for key in one:
         diff = (one[key].float() - two[key].float()).abs().max().item()
         assert diff < 1e-5, f"{key}: max difference {diff}"
-    assert (one["model.bottom_up.encoder.0.weight" if kind == "full" else "subtree.router.squeeze.weight"]
-            != one_step(kind, rank=0, world=1, lr=0.0)[
-                "model.bottom_up.encoder.0.weight" if kind == "full" else "subtree.router.squeeze.weight"]).any(), \
-        "the step must actually change the parameters"
+    before = one_step(kind, rank=0, world=1, lr=0.0)
+    moved = sum(int(not torch.equal(before[k], one[k])) for k in one)
+    # The UNet's output conv starts at zero, so its first step moves only that layer.
+    assert moved >= (2 if kind == "unet" else 10), "the step must actually change the parameters"
 
 
 def test_two_worker_growth_matches_one_worker_tree(ray_session, tmp_path):

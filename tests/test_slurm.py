@@ -66,12 +66,13 @@ def slurm_cluster():
 
 
 @pytest.fixture
-def cancel_on_failure():
-    """Jobs a test submitted are cancelled if it fails, so they do not hold the node for the next."""
-    ids = []
-    yield ids
-    for jid in ids:
-        subprocess.run(["scancel", str(jid)], capture_output=True)
+def cancel_unfinished():
+    """Jobs a test submitted and left unfinished (it failed) are cancelled: the node is for the next test."""
+    jobs = []
+    yield jobs
+    for job in jobs:
+        if not job.done():
+            subprocess.run(["scancel", job.job_id], capture_output=True)
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
@@ -98,11 +99,13 @@ def epochs(run_dir: Path) -> list[tuple[str, int]]:
 
 
 def release_requeued(jid: str) -> None:
-    """A requeued job waits ~2 minutes (SLURM's BeginTime); let it start now."""
+    """A requeued job waits ~2 minutes (SLURM's BeginTime); let it start sooner. Not at once:
+    slurmd refuses a launch in the same second as the old attempt's revoked credential."""
     def pending():
         out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True).stdout
         return out.strip() == "PENDING"
     wait_for(pending, 60, f"job {jid} to be requeued")
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
 
 
@@ -186,7 +189,7 @@ def test_single_job_returns_its_result(reference):
     assert result["report"]["n_test"] == 100 and 0.0 <= result["report"]["acc"] <= 1.0
 
 
-def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_on_failure):
+def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_unfinished):
     from structgen.config import load_config
     from structgen.launch.slurm import plan_submission
 
@@ -199,7 +202,7 @@ def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_on_failure):
     sub = plan_submission(None, None, fast, sweep=str(sweep), evaluate=False,
                           flags={**TINY_JOB, "folder": str(tmp_path / "logs" / "%j")})
     jobs = sub.submit()
-    cancel_on_failure.extend(j.job_id for j in jobs)
+    cancel_unfinished.extend(jobs)
     array_id = jobs[0].job_id.split("_")[0]
     assert [j.job_id for j in jobs] == [f"{array_id}_{i}" for i in range(3)]
     for i, (job, trial) in enumerate(zip(jobs, sub.trials)):
@@ -210,7 +213,7 @@ def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_on_failure):
     assert len({t["training.decay_kl"] for t in sub.trials}) == 3
 
 
-def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel_on_failure, monkeypatch):
+def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel_unfinished, monkeypatch):
     """Requeued twice: its process SIGKILLed mid-run (as on a node failure) and the job requeued
     by SLURM (it learns that from SLURM_RESTART_COUNT), then preempted with USR2 (submitit's
     handler: checkpoint() -> resume=True, scontrol requeue). It ends with the same tree and
@@ -229,7 +232,7 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel
     sub = plan_submission("tree", None, SMALL + [f"run.runs_dir={runs}"], name="victim", evaluate=False,
                           flags={**TINY_JOB, "folder": str(runs / "logs" / "%j")})
     job, = sub.submit()
-    cancel_on_failure.append(job.job_id)
+    cancel_unfinished.append(job)
 
     def log() -> str:
         return "".join(p.read_text() for p in (runs / "logs" / job.job_id).glob("*_log.*"))
@@ -285,7 +288,7 @@ def test_ddpm_stage_job_trains_on_the_tree_run(reference):
 
     runs, _, _, _ = reference
     tiny = ["data.dataset=synthetic", "data.train_subset=64", "data.test_subset=32", "run.progress=plain",
-            "run.threads=1", "diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1",
+            "run.threads=1", "diffusion.dim=8", "diffusion.dim_mults=[1,2]", "diffusion.n_heads=2", "diffusion.n_residual=1",
             "diffusion.attn_resolutions=[]", "diffusion.batch_size=16", "diffusion.epochs=1", "diffusion.warmup_steps=4",
             "diffusion.n_timesteps=100", "diffusion.sample_every=0", f"run.runs_dir={runs}"]
     vae = runs / "synthetic" / "reference"

@@ -33,6 +33,7 @@ def unet_step(rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
     torch.manual_seed(0)
     unet = UNet(UNetSpec((1, 28, 28), dim=16, dim_mults=[1, 2, 2], n_residual=1, attn_resolutions=[7], dropout=0.0,
                          n_heads=4))
+    torch.nn.init.normal_(unet.out[-1].weight, std=0.05)   # zero-initialised output would block every other gradient
     g = torch.Generator().manual_seed(3)
     x_t, recon, noise = (torch.randn(8, 1, 28, 28, generator=g) for _ in range(3))
     t = torch.randint(0, 1000, (8,), generator=g)

@@ -49,8 +49,7 @@ def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
         assert diff < 1e-5, f"{key}: max difference {diff}"
     before = one_step(kind, rank=0, world=1, lr=0.0)
     moved = sum(int(not torch.equal(before[k], one[k])) for k in one)
-    # The UNet's output conv starts at zero, so its first step moves only that layer.
-    assert moved >= (2 if kind == "unet" else 10), "the step must actually change the parameters"
+    assert moved > 10, "the step must actually change the parameters"
 
 
 def test_two_worker_growth_matches_one_worker_tree(ray_session, tmp_path):

@@ -1,7 +1,7 @@
 """Stage-2 speed: DDIM-n against ancestral DDPM-T sampling (images/s, same model, same run) with
 a quality proxy for each, and DDPM training images/s.
 
-    .venv/bin/python benchmarks/diffusion_speed.py                 # ~3 min on 2 shared CPU cores
+    .venv/bin/python benchmarks/diffusion_speed.py                 # ~1.5 min on 2 CPU cores (1 thread)
     .venv/bin/python benchmarks/diffusion_speed.py --run RUN_DIR   # an existing DDPM run instead
 
 Without --run it trains a tiny TreeVAE and a small DDPM (T = 1000) on `synthetic` first; its

@@ -21,6 +21,8 @@ RESOURCE_FLAGS = {"nodes": int, "gpus_per_node": int, "cpus_per_task": int, "mem
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from structgen.launch import slurm
+
     p = argparse.ArgumentParser(prog="slurm/launch.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     what = p.add_argument_group("what to run")
@@ -28,17 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     what.add_argument("--stage", choices=("tree", "ddpm", "generate"), help="default with --sweep: the sweep's stage")
     what.add_argument("--sweep", help="sweep file: one array task per trial (or, with --ray, one Ray Tune run)")
-    what.add_argument("--ray", action="store_true", help="run the sweep with Ray Tune on a Ray cluster inside one allocation")
+    what.add_argument("--ray", action="store_true",
+                      help="run the sweep with Ray Tune on a Ray cluster inside one allocation")
     what.add_argument("--name", help="run folder runs/<dataset>/<name> (default run.name, else slurm-<job id>)")
     what.add_argument("--resume", action="store_true", help="continue the named run from its checkpoints/last.pt")
     what.add_argument("--no-eval", action="store_true", help="tree: skip the final evaluation")
     what.add_argument("--vae", help="ddpm: the TreeVAE run to condition on (default diffusion.vae_run)")
     what.add_argument("--run", help="generate: the run folder (default runs/<dataset>/<name>)")
-    what.add_argument("--mode", default="vae_samples", choices=("vae_samples", "vae_recons"), help="generate: what to draw")
+    what.add_argument("--mode", default="vae_samples", choices=("vae_samples", "vae_recons"),
+                      help="generate: what to draw")
     what.add_argument("--n", type=int, help="generate: number of images")
     where = p.add_argument_group("resources (default: the config's slurm section)")
     for flag, kind in RESOURCE_FLAGS.items():
-        where.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag)
+        env = f" > ${slurm.ENV_PREFIX}{flag.upper()}" if flag in slurm.ENV_KEYS else ""
+        where.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag, help=f"this flag{env} > slurm.{flag}")
     how = p.add_argument_group("how")
     how.add_argument("--local", action="store_true", help="submitit's local executor instead of SLURM")
     how.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")

@@ -274,7 +274,8 @@ def test_init_distributed_forms_a_gloo_group_from_two_slurm_tasks(slurm_cluster,
     out = subprocess.run(["srun", "-n2", "-c1", "--mem=1G", "-t", "3", sys.executable, str(script)], env=env,
                          capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    rows.sort(key=lambda r: r["rank"])
     assert [r["rank"] for r in rows] == [0, 1]
     for row in rows:
         assert row["world"] == 2 and row["total"] == 3.0 and row["ranks"] == [0, 1]
@@ -287,10 +288,11 @@ def test_ddpm_stage_job_trains_on_the_tree_run(reference):
     from structgen.launch.slurm import StageJob
 
     runs, _, _, _ = reference
-    tiny = ["data.dataset=synthetic", "data.train_subset=64", "data.test_subset=32", "run.progress=plain",
-            "run.threads=1", "diffusion.dim=8", "diffusion.dim_mults=[1,2]", "diffusion.n_heads=2", "diffusion.n_residual=1",
-            "diffusion.attn_resolutions=[]", "diffusion.batch_size=16", "diffusion.epochs=1", "diffusion.warmup_steps=4",
-            "diffusion.n_timesteps=100", "diffusion.sample_every=0", f"run.runs_dir={runs}"]
+    # one optimiser step per epoch on a small UNet: this checks the wiring, not the model
+    tiny = ["data.dataset=synthetic", "data.train_subset=16", "data.test_subset=32", "run.progress=plain",
+            "run.threads=1", "diffusion.dim=8", "diffusion.dim_mults=[1,2]", "diffusion.n_heads=2",
+            "diffusion.n_residual=1", "diffusion.attn_resolutions=[]", "diffusion.batch_size=16", "diffusion.epochs=1",
+            "diffusion.warmup_steps=4", "diffusion.n_timesteps=100", "diffusion.sample_every=0", f"run.runs_dir={runs}"]
     vae = runs / "synthetic" / "reference"
     result = StageJob("ddpm", None, tiny, name="ddpm", vae=str(vae))()
     run_dir = runs / "synthetic" / "ddpm"
@@ -305,6 +307,33 @@ def test_ddpm_stage_job_trains_on_the_tree_run(reference):
     assert again["resumed"]
     events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert events.count("ddpm_epoch") == 2
+
+
+def test_ray_tune_sweep_inside_one_allocation(slurm_cluster, tmp_path, monkeypatch, cancel_unfinished):
+    """--ray: a Ray head started with srun inside the job, ray_jobs/tune.py run against it, all stopped."""
+    from structgen.config import load_config
+    from structgen.launch.slurm import plan_submission, ray_port_for_job
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")          # a loopback-only test cluster
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\n"
+                     "params:\n  training.decay_kl: {uniform: [0.05, 0.2]}\n")
+    fast = SYNTHETIC_FAST + ["data.train_subset=200", "data.test_subset=64", "training.num_epochs=1",
+                             "training.grow=false", "training.num_epochs_finetuning=0", "evaluation.baselines=false",
+                             "run.threads=1", f"run.runs_dir={tmp_path}"]
+    sub = plan_submission(None, None, fast, sweep=str(sweep), ray=True, name="raysweep",
+                          flags={**TINY_JOB, "cpus_per_task": 2, "folder": str(tmp_path / "logs" / "%j")})
+    job, = sub.submit()
+    cancel_unfinished.append(job)
+    result = result_of(job, timeout=200)
+    assert result["name"] == "raysweep" and len(result["nodes"]) == 1
+    assert result["address"].endswith(f":{ray_port_for_job(job.job_id)}")
+    assert load_config(result["config"]).data.train_subset == 200         # the --set reached the driver
+    rows = (tmp_path / "tune" / "raysweep" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 and (tmp_path / "tune" / "raysweep" / "best.yml").is_file()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"--port={ray_port_for_job(job.job_id)}" not in ps, "the job's Ray head outlived it"
 
 
 def test_generate_through_the_local_executor(reference, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from structgen.config import config_to_dict
-from structgen.data import TensorLoader
+from structgen.data.loaders import make_loader
 from structgen.diffusion import checkpoint as ddpm_ckpt
 from structgen.diffusion.ema import EMA
 from structgen.diffusion.network import build_model, signal_spec
@@ -48,8 +48,9 @@ class DDPMTrainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.schedule = NoiseSchedule.from_config(d)
         # Shuffled, unlike the reference (§8 perf 6); sharded by rank with equal batch counts.
-        self.loader = TensorLoader(train_set.images, train_set.labels, per_rank, shuffle=True, seed=cfg.run.seed,
-                                   rank=ctx.rank, world_size=ctx.world_size, drop_last=True, device=ctx.device)
+        self.loader = make_loader(cfg, train_set.images, train_set.labels, per_rank, split="train", shuffle=True,
+                                  seed=cfg.run.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
+                                  device=ctx.device)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.sums = self._zero_sums()
         if saved is not None:
@@ -87,12 +88,23 @@ class DDPMTrainer:
     def checkpoint_path(self) -> Path:
         return self.ctx.run_dir / "checkpoints" / "last.pt"
 
+    def _check_ema_agrees(self) -> None:
+        """DDP keeps the online weights identical, so the EMA must be too; a drift would mean a
+        rank skipped an update. Compared through a checksum broadcast from rank 0."""
+        if not self.ctx.distributed:
+            return
+        mine = float(sum(p.double().sum() for p in self.ema.shadow.parameters()))
+        reference = self.ctx.broadcast_object(mine)
+        if abs(mine - reference) > 1e-6 * max(1.0, abs(reference)):
+            raise RuntimeError(f"rank {self.ctx.rank}: EMA weights differ from rank 0's at step {self.step} "
+                               f"(checksum {mine!r} vs {reference!r})")
+
     def checkpoint(self) -> None:
-        if self.ctx.is_main:
-            state = self.state()
-            path = ddpm_ckpt.save(state, self.checkpoint_path)
-            if self.ctx.on_checkpoint is not None:
-                self.ctx.on_checkpoint(state, path)
+        self._check_ema_agrees()
+        state = self.state()
+        path = ddpm_ckpt.save(state, self.checkpoint_path) if self.ctx.is_main else None
+        if self.ctx.on_checkpoint is not None:      # every rank: Ray's report() is a collective
+            self.ctx.on_checkpoint(state, path)
         self.ctx.barrier()
 
     # ---- training ---------------------------------------------------------------------------

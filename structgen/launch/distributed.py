@@ -7,8 +7,9 @@ submitit's local executor, and a plain single process.
 The rank layout is read from the environment, in this order: torchrun's RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR / MASTER_PORT; an srun step's SLURM_PROCID / SLURM_STEP_NUM_TASKS /
 SLURM_LOCALID (submitit starts its tasks that way), with the first host of the node list as
-master and a port derived from the job id; submitit's local executor (SUBMITIT_LOCAL_*). One process in total gives a plain Context and no process group.
-Backend: nccl when the device is a GPU, gloo otherwise.
+master and a port derived from the job id; submitit's local executor (SUBMITIT_LOCAL_*).
+One process in total gives a plain Context and no process group. Backend: nccl when the device
+is a GPU, gloo otherwise.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, log_to_driver=not quiet, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # "local": always a new cluster; never attach to a stray head found in /tmp/ray.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=not quiet, configure_logging=True, runtime_env=runtime_env)
     return ray

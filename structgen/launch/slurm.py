@@ -29,7 +29,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from structgen.config import ConfigError, load_config
-from structgen.runs import RunError
+from structgen.runs import RunError, checkpoint_of
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("tree", "ddpm", "generate")
@@ -147,20 +147,20 @@ class StageJob(Checkpointable):
     resume: bool = False
     evaluate: bool = True
     vae: str | None = None                     # ddpm: the TreeVAE run (else diffusion.vae_run)
-    run: str | None = None                     # generate: the run folder (else runs/<dataset>/<name>)
+    run: str | None = None                     # generate: the run folder
     mode: str = "vae_samples"
     n: int | None = None
 
     def describe(self) -> str:
         sets = " ".join(f"--set {s}" for s in self.overrides)
         if self.stage == "generate":
-            return f"structgen generate {self.run or '<runs/dataset/name>'} --mode {self.mode}" \
+            return f"structgen generate {self.run} --mode {self.mode}" \
                    + (f" --n {self.n}" if self.n else "") + (f" {sets}" if sets else "")
         command = "train-tree" if self.stage == "tree" else "train-ddpm"
-        folder = self.name or "slurm-$SLURM_JOB_ID"
-        return (f"structgen {command} --config {self.config or '(schema defaults)'} {sets} (DDP over the job's tasks; run folder "
-                f"<runs_dir>/<dataset>/{folder}{'; resume' if self.resume else ''}"
-                f"{'; --vae ' + self.vae if self.vae else ''})").replace("  ", " ")
+        notes = [f"run folder <runs_dir>/<dataset>/{self.name or 'slurm-$SLURM_JOB_ID'}", "DDP over the job's tasks"]
+        notes += ["resume"] if self.resume else []
+        notes += [f"--vae {self.vae}"] if self.vae else []
+        return f"structgen {command} --config {self.config or '(schema defaults)'} {sets} ({'; '.join(notes)})"
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """submitit calls this on USR2: requeue the same job, told to resume. The training state
@@ -175,7 +175,7 @@ class StageJob(Checkpointable):
         ctx = init_distributed(cfg.run.device)
         try:
             if self.stage == "generate":
-                return self._generate(cfg) if ctx.is_main else None
+                return self._generate() if ctx.is_main else None
             return self._train(cfg, ctx)
         finally:
             close_distributed()
@@ -201,7 +201,15 @@ class StageJob(Checkpointable):
     def _train(self, cfg, ctx) -> dict | None:
         jid = job_id()
         run_dir = self._run_dir(cfg, jid).absolute()
-        resume = ctx.broadcast_object(self._should_resume(run_dir) if ctx.is_main else None)
+        decision = None
+        if ctx.is_main:
+            try:
+                decision = self._should_resume(run_dir)
+            except RunError as err:                 # every rank must stop, not wait for rank 0
+                decision = err
+        resume = ctx.broadcast_object(decision)
+        if isinstance(resume, RunError):
+            raise resume
         if self.stage == "tree":
             from structgen.api import train_tree
 
@@ -222,14 +230,11 @@ class StageJob(Checkpointable):
         return {"stage": self.stage, "run_dir": str(run_dir), "job_id": jid, "resumed": bool(resume),
                 "restarts": restart_count(), "world_size": ctx.world_size, "report": report}
 
-    def _generate(self, cfg) -> dict:
+    def _generate(self) -> dict:
         from structgen.api import generate
 
-        run = self.run or (Path(cfg.run.runs_dir) / cfg.data.dataset / self.name if self.name else None)
-        if run is None:
-            raise ConfigError("--stage generate needs --run RUN_DIR (or --name / run.name of a run under runs_dir)")
-        paths = generate(run, self.mode, self.n)
-        return {"stage": "generate", "run_dir": str(run), "job_id": job_id(), "paths": [str(p) for p in paths]}
+        paths = generate(self.run, self.mode, self.n, self.overrides)
+        return {"stage": "generate", "run_dir": self.run, "job_id": job_id(), "paths": [str(p) for p in paths]}
 
 
 @dataclass
@@ -262,10 +267,6 @@ class RayTuneJob:
                 f"  (that config file is written by the job: {self.config} {sets})")
 
     def __call__(self) -> dict:
-        from structgen.launch.distributed import port_for_job
-
-        if not Path(self.driver).is_file():
-            raise RunError(f"the Ray Tune driver {self.driver} does not exist (yet); nothing was started")
         from structgen.config import save_config
 
         jid = job_id()
@@ -277,37 +278,64 @@ class RayTuneJob:
         in_slurm = "SLURM_JOB_NODELIST" in os.environ
         hosts = (subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], check=True,
                                 capture_output=True, text=True).stdout.split() if in_slurm else ["127.0.0.1"])
-        head = hosts[0]
-        head_ip = _ip_of(head)
-        address = f"{head_ip}:{port_for_job(jid) + 1}"        # +1: never the DDP rendezvous port of this job
+        head, head_ip = hosts[0], _ip_of(hosts[0])
+        address = f"{head_ip}:{ray_port_for_job(jid)}"
         ray = str(Path(sys.executable).with_name("ray"))
-        node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--block"]
+        node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--disable-usage-stats",
+                "--block"]
         srun = ["srun", "--overlap", "--ntasks-per-node=1", f"--cpus-per-task={self.cpus_per_node}",
                 *([f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else [])]
+        head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",
+                    "--include-dashboard=false", *node]
         steps = []
         try:
-            head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",
-                        "--include-dashboard=false", *node]
-            steps.append(subprocess.Popen([*srun, "-N1", "-n1", f"--nodelist={head}", *head_cmd] if in_slurm
-                                          else head_cmd))
+            steps.append(_start([*srun, "-N1", "-n1", f"--nodelist={head}", *head_cmd] if in_slurm else head_cmd))
             _wait_for_nodes(ray, address, 1, self.start_timeout_s, steps)
             if len(hosts) > 1:
                 k = len(hosts) - 1
-                steps.append(subprocess.Popen([*srun, f"-N{k}", f"-n{k}", f"--exclude={head}", ray, "start",
-                                               f"--address={address}", *node]))
+                steps.append(_start([*srun, f"-N{k}", f"-n{k}", f"--exclude={head}", ray, "start",
+                                     f"--address={address}", *node]))
                 _wait_for_nodes(ray, address, len(hosts), self.start_timeout_s, steps)
-            rc = subprocess.run(self.driver_command(address, name), env={**os.environ, "RAY_ADDRESS": address}).returncode
+            command = self.driver_command(address, name)
+            rc = subprocess.run(command, env={**os.environ, "RAY_ADDRESS": address}).returncode
         finally:
-            subprocess.run([ray, "stop", "--force"], capture_output=True)
-            for step in reversed(steps):       # `ray start --block` does not return after `ray stop`
-                step.terminate()
-                try:
-                    step.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    step.kill()
+            for step in reversed(steps):
+                _stop(step)
         if rc != 0:
-            raise RuntimeError(f"the Tune driver exited with status {rc}: {' '.join(self.driver_command(address, name))}")
-        return {"stage": "tune", "name": name, "address": address, "nodes": hosts, "job_id": jid}
+            raise RuntimeError(f"the Tune driver exited with status {rc}: {' '.join(command)}")
+        return {"stage": "tune", "name": name, "address": address, "nodes": hosts, "job_id": jid,
+                "config": str(resolved)}
+
+
+def ray_port_for_job(jid: str) -> int:
+    """The head's GCS port: below Linux's ephemeral ports and above Ray's default worker ports
+    (10002-19999) and this job's DDP rendezvous range."""
+    digits = "".join(ch for ch in str(jid) if ch.isdigit()) or "0"
+    return 30000 + int(digits) % 2000
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    # A session of its own: stopping it reaches every Ray process it started and nothing else.
+    return subprocess.Popen(command, start_new_session=True)
+
+
+def _stop(step: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop one `ray start --block` (or the srun running it) and its process group. Not `ray
+    stop`: that stops every Ray on the node, other jobs' too. `ray start --block` ignores SIGTERM
+    and SIGKILL leaves its children behind, so: TERM, then KILL the whole group. Under SLURM the
+    step's remote tasks end with the job, right after this function returns."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(step.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            step.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _ip_of(host: str) -> str:
@@ -355,7 +383,8 @@ class Submission:
         lines += [f"task {i}: {job.describe()}" for i, job in enumerate(self.jobs)]
         if self.trials:
             lines.append(f"trials ({len(self.trials)}; trial i runs as array task i):")
-            lines += [f"  trial {i}: " + ", ".join(f"{k}={v!r}" for k, v in t.items()) for i, t in enumerate(self.trials)]
+            lines += [f"  trial {i}: " + ", ".join(f"{k}={v!r}" for k, v in trial.items())
+                      for i, trial in enumerate(self.trials)]
         if self.search_space:
             lines.append("trials: drawn by Ray Tune from")
             lines += [f"  {k}: {v}" for k, v in self.search_space.items()]
@@ -399,8 +428,16 @@ def plan_submission(stage: str | None, config: str | None, overrides: list[str] 
             raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
         if stage == "generate" and mode not in GENERATE_MODES:
             raise ConfigError(f"--mode {mode!r}: expected one of {', '.join(GENERATE_MODES)}")
-        job = StageJob(stage, config, base, name=name, resume=resume, evaluate=evaluate, vae=vae,
-                       run=str(Path(run).absolute()) if run else None, mode=mode, n=n)
+        if stage == "generate":
+            if not run and not name:
+                raise ConfigError("--stage generate needs --run RUN_DIR (or --name / run.name of a run under runs_dir)")
+            run = run or str(Path(cfg.run.runs_dir) / cfg.data.dataset / name)
+        for given in (run if stage == "generate" else None, vae if stage == "ddpm" else None):
+            if given:
+                checkpoint_of(given)           # a missing run fails here, not in the queue
+        # generate reads the run's own config.yml; the user's --set go there, the pinned folders do not
+        job = StageJob(stage, config, overrides if stage == "generate" else base, name=name, resume=resume,
+                       evaluate=evaluate, vae=vae, run=str(Path(run).absolute()) if run else None, mode=mode, n=n)
         if stage == "generate":        # one process, one node
             res = dataclasses.replace(res, nodes=1, gpus_per_node=min(res.gpus_per_node, 1))
         params = executor_parameters(res, name=f"structgen-{stage}", local=local)

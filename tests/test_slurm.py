@@ -1,6 +1,8 @@
 """The SLURM launcher against a real single-node SLURM (slurm-local.sh, started here as root):
-one job, a job array from a sweep, a job requeued twice mid-run that ends with the same tree and
-weights as an uninterrupted one, and a 2-task gloo group formed from SLURM's variables."""
+one job, a job array from a sweep, a job killed and preempted mid-run that ends with the same
+tree and weights as an uninterrupted one, 2 srun tasks forming a gloo group and training one
+tree, a Ray Tune sweep on a Ray cluster inside one allocation, status and logs; without SLURM:
+precedence of settings, rank detection, the dry run, the ddpm wiring, the local executor."""
 import importlib.util
 import json
 import os
@@ -94,7 +96,8 @@ def epochs(run_dir: Path) -> list[tuple[str, int]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]          # a line being appended right now is not one yet
+    rows = [json.loads(line) for line in complete if line.strip()]
     return [(r["phase"], r["epoch"]) for r in rows if r["event"] == "epoch"]
 
 
@@ -258,21 +261,28 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel
     assert epochs(victim) == epochs(runs / "synthetic" / "reference")      # no epoch lost or logged twice
 
 
-def test_init_distributed_forms_a_gloo_group_from_two_slurm_tasks(slurm_cluster, tmp_path):
-    script = tmp_path / "allreduce.py"
+def test_two_slurm_tasks_form_a_gloo_group_and_train_one_tree(slurm_cluster, tmp_path):
+    """init_distributed in an `srun -n2` step: a gloo group whose collectives add up, then the
+    tree stage job trained as 2 DDP ranks that agree on one run folder."""
+    fast = SYNTHETIC_FAST + ["data.train_subset=200", "data.test_subset=50", "training.num_epochs=2",
+                             "training.grow=false", "training.num_epochs_finetuning=1", "run.threads=1",
+                             f"run.runs_dir={tmp_path}"]
+    script = tmp_path / "two_ranks.py"
     script.write_text(
-        "import json, torch, torch.distributed as dist\n"
-        "from structgen.launch.distributed import close_distributed, detect_layout, init_distributed\n"
+        "import json, sys, torch, torch.distributed as dist\n"
+        "from structgen.launch.distributed import detect_layout, init_distributed\n"
+        "from structgen.launch.slurm import StageJob\n"
         "layout = detect_layout()\n"
         "ctx = init_distributed('cpu')\n"
         "total = ctx.all_reduce_sum(torch.tensor([float(ctx.rank + 1)]))\n"
         "ranks = ctx.all_gather_cat(torch.tensor([ctx.rank]))\n"
         "print(json.dumps({'rank': ctx.rank, 'world': ctx.world_size, 'total': total.item(), 'ranks': ranks.tolist(),\n"
-        "                  'backend': dist.get_backend(), 'source': layout.source}))\n"
-        "close_distributed()\n")
+        "                  'backend': dist.get_backend(), 'source': layout.source}), flush=True)\n"
+        f"result = StageJob('tree', None, {fast!r}, name='ddp', evaluate=False)()\n"
+        "if result: print('RESULT ' + json.dumps(result))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    out = subprocess.run(["srun", "-n2", "-c1", "--mem=1G", "-t", "3", sys.executable, str(script)], env=env,
-                         capture_output=True, text=True, timeout=150)
+    out = subprocess.run(["srun", "-n2", "-c1", "--mem=2G", "-t", "5", sys.executable, str(script)], env=env,
+                         capture_output=True, text=True, timeout=200)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     rows.sort(key=lambda r: r["rank"])
@@ -280,6 +290,9 @@ def test_init_distributed_forms_a_gloo_group_from_two_slurm_tasks(slurm_cluster,
     for row in rows:
         assert row["world"] == 2 and row["total"] == 3.0 and row["ranks"] == [0, 1]
         assert row["backend"] == "gloo" and row["source"] == "slurm"
+    results = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 1 and results[0]["world_size"] == 2               # rank 0 alone reports
+    assert (tmp_path / "synthetic" / "ddp" / "checkpoints" / "final.pt").is_file()
 
 
 def test_ddpm_stage_job_trains_on_the_tree_run(reference):

@@ -85,3 +85,31 @@ def test_four_trial_asha_sweep(tmp_path):
     for png in info["plots"]:
         assert png.exists() and png.stat().st_size > 1000
     assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"
+
+
+@pytest.mark.slow
+def test_ddpm_sweep_over_conditioning_and_width(tmp_path):
+    from structgen.api import train_tree
+    from structgen.launch.ray_cluster import init_ray
+    from structgen.launch.tune_sweep import run_sweep, summarise
+
+    vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae", "training.grow=false",
+                                                      "training.num_epochs_finetuning=0"]), evaluate=False)
+    sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
+                                              "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
+                                   stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
+    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "diffusion.dim=16",
+                                    "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
+                                    "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
+                                    "diffusion.batch_size=64", "diffusion.sample_every=0"])
+    ray = init_ray(num_cpus=2)
+    try:
+        experiment, results = run_sweep(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
+        info = summarise(cfg, sweep, experiment, results)
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and not results.errors
+    assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}
+    assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final
+    best = load_config(info["best"])
+    assert best.diffusion.conditioning in ("leaf", "path") and best.diffusion.vae_run == str(vae_dir.resolve())

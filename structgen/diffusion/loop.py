@@ -185,6 +185,8 @@ class DDPMTrainer:
                   "grad_norm": sums[1].item() / batches, "lr": self.optimizer.param_groups[0]["lr"],
                   "ema_decay": self.ema.current_decay(), "images_per_s": images_per_s, "images": int(sums[3].item()),
                   **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTILES)}}
+        if self.ctx.on_epoch_end is not None:
+            self.ctx.on_epoch_end(record)
         if self.ctx.is_main:
             self.log.write("ddpm_epoch", step=self.step, **record)
             quartiles = " ".join(f"{record['loss_q' + str(i)]:.3f}" for i in range(QUARTILES))

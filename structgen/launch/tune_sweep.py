@@ -8,7 +8,8 @@ from pathlib import Path
 from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
 from structgen.sweeps import Sweep
 
-STAGE_TRIALS = {"tree": "structgen.launch.tune_trials:tree_trial"}
+STAGE_TRIALS = {"tree": "structgen.launch.tune_trials:tree_trial",
+                "ddpm": "structgen.launch.tune_trials:ddpm_trial"}
 
 
 def _tune_space(sweep: Sweep) -> dict:
@@ -31,6 +32,18 @@ def _trainable(sweep: Sweep, cpus_per_trial: int):
     return tune.with_resources(getattr(importlib.import_module(module), name), {"cpu": cpus_per_trial})
 
 
+def _absolute_paths(cfg: Config) -> Config:
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.run.runs_dir = str(Path(cfg.run.runs_dir).resolve())
+    for section, key in (("data", "data_dir"), ("data", "ffcv_dir"), ("diffusion", "vae_run")):
+        value = getattr(getattr(cfg, section), key)
+        if value:
+            setattr(getattr(cfg, section), key, str(Path(value).resolve()))
+    return cfg
+
+
 def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cpus_per_trial: int = 1):
     """Fit (or resume) the sweep; returns (experiment folder, ResultGrid)."""
     from ray import tune
@@ -39,6 +52,10 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
     if sweep.searcher == "optuna" and sweep.grid_keys:
         raise ConfigError(f"{sweep.path}: the optuna searcher cannot take grid parameters "
                           f"({', '.join(sweep.grid_keys)}); use choice instead")
+    if sweep.stage == "ddpm" and not cfg.diffusion.vae_run:
+        raise ConfigError(f"{sweep.path}: a ddpm sweep needs diffusion.vae_run (the TreeVAE run to condition on); "
+                          f"pass --set diffusion.vae_run=RUN_DIR")
+    cfg = _absolute_paths(cfg)             # trials run in their own working folders
     storage = Path(storage_path).resolve()
     experiment = storage / name
     trainable = _trainable(sweep, cpus_per_trial)
@@ -71,6 +88,7 @@ def summarise(cfg: Config, sweep: Sweep, experiment: Path, results) -> dict:
         rows.append({"trial": Path(result.path).name.split("_")[0] + "_" + Path(result.path).name.split("_")[1]
                      if result.path else "?", **params,
                      **{k: metrics.get(k) for k in (sweep.metric, "n_leaves", "depth", "training_iteration")},
+                     **({k: metrics.get(k) for k in ("generation_purity", "cfd")} if sweep.stage == "ddpm" else {}),
                      "stopped_early": not metrics.get("final", False),
                      "error": bool(result.error)})
     keys = list(sweep.params)

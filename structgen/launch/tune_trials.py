@@ -79,3 +79,70 @@ def tree_trial(config: dict) -> None:
     final.update(loss=float("nan"), phase="evaluation", n_leaves=report["n_leaves"], depth=model.tree.max_depth(),
                  elbo=held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device), final=True)
     tune.report(final)
+
+
+def score_generations(run_dir: Path, cfg, n: int = 32) -> dict:
+    """Generation purity and classifier-Fréchet distance of a DDPM run's samples, when the
+    dataset's classifier exists (structgen train-classifier); an empty dict otherwise."""
+    from structgen.diffusion.api import load_ddpm
+    from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
+    from structgen.scoring.classifier import default_classifier_path, load_classifier
+    from structgen.scoring.frechet import classifier_frechet_distance
+    from structgen.scoring.purity import generation_purity, leaf_class_histograms
+
+    path = default_classifier_path(cfg.data.dataset, cfg.run.runs_dir)
+    if not Path(path).exists():
+        return {}
+    clf, meta = load_classifier(path, expect_dataset=cfg.data.dataset)
+    device = resolve_device(cfg.run.device)
+    model, conditioner, schedule, _ = load_ddpm(run_dir, device)
+    sampler = DiffusionSampler(model, conditioner, schedule, SamplerOptions.from_config(cfg.diffusion), device,
+                               cfg.diffusion.sample_batch_size)
+    leaves = sampler.run("sample_all_leaves", max(2, n // conditioner.n_leaves), cfg.run.seed)
+    hist = leaf_class_histograms(clf, torch.from_numpy(leaves["images"]), clf.num_classes)
+    purity = generation_purity(hist, leaves["leaf_probs"].mean(0))
+    samples = sampler.run("sample", n, cfg.run.seed)
+    cfd = classifier_frechet_distance(clf, torch.from_numpy(samples["images"]), cfg.data.dataset,
+                                      data_dir=cfg.data.data_dir)
+    return {"generation_purity": float(purity), "cfd": float(cfd)}
+
+
+def ddpm_trial(config: dict) -> None:
+    from ray import tune
+
+    from structgen.diffusion.api import train_ddpm
+
+    cfg = trial_config(config)
+    if not cfg.diffusion.vae_run:
+        raise ValueError("a ddpm sweep needs diffusion.vae_run: the TreeVAE run every trial conditions on")
+    torch.set_num_threads(max(1, config.get("threads", 1)))
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    run_dir = trial_dir / "run"
+    cfg.run.progress = "plain"
+    latest: dict = {}
+
+    def on_epoch_end(record: dict) -> None:
+        latest.clear()
+        latest.update(record)
+
+    def on_checkpoint(state: dict, path: Path | None) -> None:
+        if path is None or not latest:
+            return
+        metrics = {"loss": latest["loss"], "ema_loss": latest["loss"], "step": state["step"], "epoch": state["epoch"]}
+        latest.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    ctx = Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
+                  on_epoch_end=on_epoch_end)
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume_from = trial_dir / "resume.pt"
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, resume_from)
+    train_ddpm(cfg, cfg.diffusion.vae_run, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
+    from structgen.train.metrics_log import read_metrics
+    last = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"][-1]
+    tune.report({"loss": last["loss"], "ema_loss": last["loss"], "final": True, **score_generations(run_dir, cfg)})

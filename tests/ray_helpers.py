@@ -52,6 +52,14 @@ def one_step(kind: str, rank: int, world: int, ctx=None, lr: float = 0.1) -> dic
     """One optimiser step of the full tree, a sub-tree or the UNet on this rank's shard of a fixed batch."""
     if kind == "unet":
         return unet_step(rank, world, ctx, lr)
+    real_sample = G.sample
+    try:
+        return tree_step(kind, rank, world, ctx, lr)
+    finally:
+        G.sample = real_sample           # the replacement must not leak into other tests
+
+
+def tree_step(kind: str, rank: int, world: int, ctx, lr: float) -> dict:
     from structgen.models.elbo import Clamps, total_loss
     from structgen.models.objective import FullTreeObjective, SubTreeObjective
     from structgen.models.treevae import ModelSpec, SubTree, TreeVAE

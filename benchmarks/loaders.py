@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from structgen.data import TensorLoader, load_split, resolve_data_dir  # noqa: E402
 from structgen.data.augment import two_views  # noqa: E402
-from structgen.data.ffcv_loader import FFCVLoader, write_beton  # noqa: E402
+from structgen.data.ffcv_files import write_beton  # noqa: E402
+from structgen.data.ffcv_loader import FFCVLoader  # noqa: E402
 
 
 def measure(batches, batch_size: int, seconds: float, warmup: int = 2) -> float:

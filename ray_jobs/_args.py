@@ -52,6 +52,14 @@ def run_training_job(args, stage: str, vae_run: str | None = None, prog: str = "
     except bad_input_errors() as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        import ray.train
+        if not isinstance(err, ray.train.TrainingFailedError):
+            raise
+        # The run folder keeps its last checkpoint: the same command with the same --name resumes.
+        print(f"{prog}: the job failed ({type(err).__name__}: {str(err).splitlines()[0]}); run the same "
+              f"command again with --name {job.name} to resume from its last checkpoint", file=sys.stderr)
+        return 1
     print(f"run folder: {run_dir}")
     print(f"ray result: {result.path}  error: {result.error}")
     return 0 if result.error is None else 1

@@ -7,13 +7,20 @@ import uuid
 from pathlib import Path
 
 
+DDPM_PREFIX = "ddpm-"          # DDPM runs share runs/<dataset>/ with TreeVAE runs; the prefix tells them apart
+
+
 class RunError(ValueError):
     pass
 
 
+def default_run_name(prefix: str = "") -> str:
+    return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
+
+
 def new_run_dir(cfg) -> Path:
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
-    name = cfg.run.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
+    name = cfg.run.name or default_run_name()
     run_dir = root / name
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
         raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose "
@@ -22,18 +29,21 @@ def new_run_dir(cfg) -> Path:
     return run_dir
 
 
-def latest_run_dir(cfg) -> Path:
-    """The run --resume continues: run.name when set, else the newest run with a checkpoint."""
+def latest_run_dir(cfg, kind: str = "tree") -> Path:
+    """The run --resume continues: run.name when set, else the newest run of ``kind`` (tree or
+    ddpm, told apart by DDPM_PREFIX) with a checkpoint."""
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
     if cfg.run.name:
         run_dir = root / cfg.run.name
         if not (run_dir / "checkpoints" / "last.pt").exists():
             raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
         return run_dir
-    candidates = sorted((p.parent.parent for p in root.glob("*/checkpoints/last.pt")),
+    candidates = sorted((p.parent.parent for p in root.glob("*/checkpoints/last.pt")
+                         if p.parent.parent.name.startswith(DDPM_PREFIX) == (kind == "ddpm")),
                         key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
     if not candidates:
-        raise RunError(f"--resume: no run with a checkpoint under {root}")
+        what = f"DDPM run ({DDPM_PREFIX}*)" if kind == "ddpm" else "TreeVAE run"
+        raise RunError(f"--resume: no {what} with a checkpoint under {root}")
     return candidates[-1]
 
 

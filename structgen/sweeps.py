@@ -32,7 +32,7 @@ from structgen.config.load import _closest
 KINDS = ("choice", "uniform", "loguniform", "grid")
 STAGES = ("tree", "ddpm")
 METRICS = {"tree": ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity"),
-           "ddpm": ("loss", "ema_loss", "generation_purity", "cfd")}
+           "ddpm": ("loss", "generation_purity", "cfd")}
 
 
 @dataclass

@@ -13,6 +13,18 @@ SYNTHETIC_FAST = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine two OpenMP threads per process
+    spin-wait each other into 10x slowdowns. Restored afterwards for the rest of the session."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     from structgen.api import train_tree

@@ -61,6 +61,9 @@ def test_cross_key_rules():
         load_config(None, ["diffusion.beta1=0.5", "diffusion.beta2=0.1"])
     with pytest.raises(ConfigError, match="low <= high"):
         load_config(None, ["training.kl_clamp_sample=[5, 1]"])
+    with pytest.raises(ConfigError, match="num_epochs_smalltree = 0 with training.grow = true"):
+        load_config(None, ["training.num_epochs_smalltree=0"])
+    assert load_config(None, ["training.num_epochs_smalltree=0", "training.grow=false"]).training.grow is False
 
 
 def test_file_problems(tmp_path):

@@ -10,14 +10,7 @@ from structgen.models import ModelSpec, SubTree, TreeVAE
 from structgen.tree import Tree
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads per process spin-wait
-    each other into 10x slowdowns. Restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # r ─ r0 (leaf), r1 ─ r10, r11: paths of different lengths. BFS ids: r 0, r0 1, r1 2, r10 3, r11 4.
 TREE = Tree(["r", "r0", "r1", "r10", "r11"])

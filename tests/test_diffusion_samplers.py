@@ -8,14 +8,7 @@ from structgen.diffusion.samplers import DDIMScheduler, DDPMScheduler, make_sche
 from structgen.diffusion.schedule import NoiseSchedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads per process spin-wait
-    each other into 10x slowdowns. Restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 T = 10
 BETAS = [0.1 + 0.1 * i / (T - 1) for i in range(T)]

@@ -27,14 +27,7 @@ TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_resi
 MODES = ("recons", "recons_all_leaves", "sample", "sample_all_leaves")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads per process spin-wait
-    each other into 10x slowdowns. Restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sets(*overrides):
@@ -188,3 +181,35 @@ def test_compare_ddpm_shows_none_leaf_and_path_on_the_same_root_samples(vae_run,
     # The sample command draws the same root samples for every run with the same seed.
     a = np.load(sample(none_run, "sample_all_leaves", n=2, steps=3)[-1])
     assert np.allclose(a["vae"], data["vae"], atol=1e-6)
+
+
+def test_score_ddpm_compares_vae_and_diffusion_samples(leaf_run, runs_dir, tmp_path, capsys):
+    clf = tmp_path / "synthetic.pt"
+    assert main(["train-classifier", "--dataset", "synthetic", "--epochs", "1", "--out", str(clf)]) == 0
+    out = tmp_path / "scores"
+    assert main(["score-ddpm", str(leaf_run), "--classifier", str(clf), "--n", "16", "--per-leaf", "3",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "TreeVAE samples" in printed and "diffusion samples" in printed and "training images" in printed
+    scores = json.loads((out / "scores.json").read_text())
+    n_leaves = len(scores["leaves"])
+    assert scores["n"] == 16 and scores["conditioning"] == "leaf" and scores["step"] == 16
+    for model in ("vae", "diffusion"):
+        assert np.isfinite(scores[model]["cfd"]) and scores[model]["cfd"] >= 0
+        assert 0.25 - 1e-9 <= scores[model]["purity"] <= 1.0           # synthetic has 4 classes
+        assert np.allclose(np.sum(scores[model]["histograms"], axis=1), 1.0)
+        assert len(scores[model]["histograms"]) == n_leaves
+        assert (out / f"generation_{model}.png").stat().st_size > 1000
+    assert scores["vae"]["histograms"] != scores["diffusion"]["histograms"] or \
+        scores["vae"]["cfd"] != scores["diffusion"]["cfd"], "the two columns must come from different images"
+    assert 0 <= scores["train_floor_cfd"] < max(scores["vae"]["cfd"], scores["diffusion"]["cfd"])
+
+
+def test_score_ddpm_rejects_bad_input_before_sampling(leaf_run, vae_run, tmp_path, capsys):
+    assert main(["score-ddpm", str(leaf_run), "--classifier", str(tmp_path / "none.pt")]) == 2
+    assert "classifier checkpoint not found" in capsys.readouterr().err
+    assert main(["score-ddpm", str(leaf_run), "--n", "1"]) == 2
+    assert "--n must be >= 2" in capsys.readouterr().err
+    assert main(["score-ddpm", str(vae_run)]) == 2
+    assert "not a structgen DDPM checkpoint" in capsys.readouterr().err
+    assert not (leaf_run / "scores").exists()

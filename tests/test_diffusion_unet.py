@@ -7,14 +7,7 @@ from structgen.diffusion.conditioning import mlp
 from structgen.diffusion.unet import Attention, UNet, UNetSpec, timestep_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads per process spin-wait
-    each other into 10x slowdowns. Restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(module):

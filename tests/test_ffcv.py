@@ -13,7 +13,8 @@ import torch
 
 from structgen.config import load_config
 from structgen.data import DataError, ImageSet, TensorLoader, load_split
-from structgen.data.ffcv_loader import FFCVLoader, beton_path, sidecar_path, write_beton
+from structgen.data.ffcv_files import beton_path, sidecar_path, write_beton
+from structgen.data.ffcv_loader import FFCVLoader
 from structgen.data.loaders import make_loader
 
 BS = 32
@@ -251,6 +252,6 @@ def test_ddp_ranks_read_disjoint_shards_under_gloo(files, tmp_path):
 
 
 def test_importing_structgen_data_does_not_import_ffcv():
-    code = ("import sys, structgen.data, structgen.data.loaders, structgen.data.ffcv_loader;"
+    code = ("import sys, structgen.data, structgen.data.loaders, structgen.data.ffcv_loader, structgen.data.ffcv_files;"
             "assert 'ffcv' not in sys.modules and 'numba' not in sys.modules, 'ffcv imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

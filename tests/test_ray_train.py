@@ -103,3 +103,32 @@ def test_ddpm_trains_on_two_workers_with_identical_ema(ray_session, tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").exists()
     steps = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"]
     assert steps, "the DDPM job logged no epoch"
+
+
+def test_rerun_with_the_same_name_resumes_a_stopped_run(ray_session, tmp_path):
+    """A job that dies with no restarts left (max_failures=0) leaves its run folder; running the
+    same job again under the same --name continues from its last checkpoint instead of
+    starting over, and the finished metrics.jsonl reads like one uninterrupted run."""
+    import ray.train
+
+    from structgen.launch.ray_train import JobSpec, run_job
+
+    marker = tmp_path / "stopped.marker"
+    fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:0", "STRUCTGEN_FAULT_MARKER": str(marker)}
+    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+    spec = dict(num_workers=2, name="stopped", storage_path=str(tmp_path / "ray"))
+    with pytest.raises(ray.train.TrainingFailedError):
+        run_job(cfg, JobSpec(**spec, env=fault), evaluate=False)
+    assert marker.exists(), "the fault was never injected"
+    run_dir = tmp_path / "synthetic" / "stopped"
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+    before = [(r["phase"], r["epoch"]) for r in read_metrics(run_dir) if r["event"] == "epoch"]
+    assert ("subtree-1", 1) in before and ("subtree-1", 2) not in before
+
+    _, resumed = run_job(cfg, JobSpec(**spec), evaluate=False)
+    assert resumed.error is None, resumed.error
+    assert (run_dir / "checkpoints" / "final.pt").exists()
+    after = [(r["phase"], r["epoch"]) for r in read_metrics(run_dir) if r["event"] == "epoch"]
+    assert after[:len(before)] == before, "the re-run rewrote epochs the stopped run had finished"
+    assert len(after) == len(set(after)), "duplicate epochs in metrics.jsonl"
+    assert ("subtree-1", 2) in after and after.count(("initial", 1)) == 1

@@ -58,3 +58,26 @@ def test_kill_and_resume_gives_the_same_tree(tmp_path):
         assert torch.allclose(ref_state[key].float(), got_state[key].float(), atol=1e-5), key
     # metrics.jsonl: no duplicate and no missing epochs
     assert epochs(victim) == epochs(reference)
+
+
+def test_resume_without_a_name_picks_the_newest_run_of_its_own_kind(tmp_path):
+    """TreeVAE and DDPM runs share runs/<dataset>/: `train-tree --resume` must not pick a newer
+    DDPM run, nor `train-ddpm --resume` a TreeVAE run. (Folders with a checkpoint file stand in
+    for runs: this checks the lookup only; the real resume is the test above.)"""
+    import pytest
+
+    from structgen.config import load_config
+    from structgen.runs import DDPM_PREFIX, RunError, latest_run_dir
+
+    cfg = load_config(None, ["data.dataset=synthetic", f"run.runs_dir={tmp_path}"])
+    with pytest.raises(RunError, match="no TreeVAE run with a checkpoint"):
+        latest_run_dir(cfg)
+    for i, name in enumerate(["20260101-000000-aaaaa", f"{DDPM_PREFIX}20260101-000001-bbbbb",
+                              "20260101-000002-ccccc", f"{DDPM_PREFIX}20260101-000003-ddddd"]):
+        ckpt = tmp_path / "synthetic" / name / "checkpoints" / "last.pt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"x")
+        os.utime(ckpt, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "synthetic" / "20260101-000002-ccccc" / "checkpoints" / "last.pt").touch()   # newest of all
+    assert latest_run_dir(cfg).name == "20260101-000002-ccccc"
+    assert latest_run_dir(cfg, "ddpm").name == f"{DDPM_PREFIX}20260101-000003-ddddd"

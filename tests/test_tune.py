@@ -9,6 +9,7 @@ import yaml
 
 from structgen.config import ConfigError, load_config
 from structgen.sweeps import expand_trials, load_sweep, trial_overrides
+from structgen.train.metrics_log import read_metrics
 
 from conftest import SYNTHETIC_FAST
 
@@ -113,3 +114,62 @@ def test_ddpm_sweep_over_conditioning_and_width(tmp_path):
     assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final
     best = load_config(info["best"])
     assert best.diffusion.conditioning in ("leaf", "path") and best.diffusion.vae_run == str(vae_dir.resolve())
+
+
+def _trials_started(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.glob("*") if p.is_dir() and (p / "result.json").exists())
+
+
+def _iterations(trial_dir: Path) -> list[int]:
+    import json
+    return [json.loads(line)["training_iteration"] for line in (trial_dir / "result.json").read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
+    """Ctrl-C (SIGINT) on `python ray_jobs/tune.py` while the second of three trials runs; the
+    same command again finishes the sweep: the first trial is not repeated, the interrupted one
+    continues from its checkpoint, and the summary covers all three."""
+    import json
+    import os
+    import signal
+    import time
+
+    sweep = write_sweep(tmp_path, {"training.lr": {"grid": [1e-3, 2e-3, 3e-3]}}, num_samples=1, scheduler="fifo")
+    sets = [a for s in TINY + [f"run.runs_dir={tmp_path}", "training.num_clusters_tree=3"] for a in ("--set", s)]
+    command = [sys.executable, str(ROOT / "ray_jobs" / "tune.py"), "--sweep", str(sweep), "--name", "resumable",
+               "--storage-path", str(tmp_path / "tune"), *sets]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    experiment = tmp_path / "tune" / "resumable"
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.poll() is None:
+            started = _trials_started(experiment) if experiment.exists() else []
+            if len(started) >= 2 and _iterations(started[1]):      # the second trial has reported once
+                break
+            time.sleep(1)
+        assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + first.stdout.read()[-3000:]
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done_before = {p.name: _iterations(p) for p in _trials_started(experiment)}
+    assert len(done_before) == 2
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming sweep" in again.stdout
+    trials = _trials_started(experiment)
+    assert len(trials) == 3
+    for trial in trials:
+        seen = _iterations(trial)
+        assert seen == list(range(1, len(seen) + 1)), f"{trial.name} repeated or skipped reports: {seen}"
+        assert json.loads((trial / "result.json").read_text().splitlines()[-1]).get("final"), trial.name
+        epochs = [(r["phase"], r["epoch"]) for r in read_metrics(trial / "run") if r["event"] == "epoch"]
+        assert epochs and len(epochs) == len(set(epochs)), f"{trial.name} trained some epochs twice"
+    finished_first = sorted(done_before)[0]
+    assert _iterations(experiment / finished_first) == done_before[finished_first], "the finished trial ran again"
+    assert load_config(experiment / "best.yml").training.lr in (1e-3, 2e-3, 3e-3)

@@ -49,7 +49,7 @@ def run(args) -> int:
         print(f"{d.dataset}: OK")
         return 0
 
-    from structgen.data.ffcv_loader import beton_path, write_beton
+    from structgen.data.ffcv_files import beton_path, write_beton
     from structgen.data.loaders import ffcv_dir, rebuild_command
     from structgen.train.data import load_run_data
 

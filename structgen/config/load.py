@@ -188,6 +188,11 @@ def check_consistency(cfg: Config, source: str) -> None:
     if t.initial_depth > cfg.depth_limit:
         raise ConfigError(f"{source}: training.initial_depth = {t.initial_depth} exceeds the depth limit "
                           f"{cfg.depth_limit}")
+    if t.grow and t.num_epochs_smalltree == 0:
+        # a sub-tree phase of 0 epochs trains the new children not at all, so the split it
+        # attached is never judged and growth repeats its selection until max_grow_iterations
+        raise ConfigError(f"{source}: training.num_epochs_smalltree = 0 with training.grow = true: growing needs "
+                          f"at least 1 sub-tree epoch per split (or set training.grow=false)")
     for name in ("kl_clamp_sample", "kl_clamp_batch"):
         lo_hi = getattr(t, name)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:

@@ -87,7 +87,8 @@ def make_loader(cfg, images, labels, batch_size: int, *, split: str = "train", s
         return _WithViews(loader) if two_views else loader
     if kind != "ffcv":
         raise ValueError(f"make_loader: data.loader must be memory or ffcv, got {kind!r}")
-    from structgen.data.ffcv_loader import FFCVLoader, beton_path, fingerprint
+    from structgen.data.ffcv_files import beton_path, fingerprint
+    from structgen.data.ffcv_loader import FFCVLoader
 
     d = cfg.data
     images, labels = _numpy(images), _numpy(labels)

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, w
 from structgen.diffusion.network import build_model
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
-from structgen.runs import RunError, new_run_dir, run_dir_of
+from structgen.runs import DDPM_PREFIX, RunError, default_run_name, latest_run_dir, new_run_dir, run_dir_of
 from structgen.train.checkpoint import CheckpointError
 from structgen.viz.grids import save_side_by_side
 
@@ -115,7 +113,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
             ckpt_path = Path(resume_checkpoint)
             run_dir = Path(run_dir) if run_dir is not None else run_dir_of(ckpt_path)
         else:
-            run_dir = ddpm_ckpt.latest_ddpm_run(cfg) if resume is True else Path(resume)
+            run_dir = latest_run_dir(cfg, "ddpm") if resume is True else Path(resume)
             ckpt_path = run_dir / "checkpoints" / "last.pt"
         saved = ddpm_ckpt.load(ckpt_path)
         _check_resumable(saved["config"], cfg, ckpt_path)
@@ -141,7 +139,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
             run_dir = Path(run_dir)
             cfg = _with(cfg, "run", name=run_dir.name)
         else:
-            name = cfg.run.name or f"{ddpm_ckpt.RUN_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
+            name = cfg.run.name or default_run_name(DDPM_PREFIX)
             cfg = _with(cfg, "run", name=name)
             run_dir = new_run_dir(cfg)
     ctx = ctx or Context(run_dir=run_dir, device=device)
@@ -252,6 +250,41 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
         line += f"; MSE to the inputs {mse:.4f}"
     print(line)
     return written
+
+
+def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int = 500, per_leaf: int = 50,
+               sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+               guidance: float | None = None, seed: int | None = None, overrides=(),
+               out_dir: str | Path | None = None) -> tuple[dict, list[Path]]:
+    """Score a DDPM run's generations against its TreeVAE's (structgen.diffusion.score) with the
+    dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files)."""
+    from structgen.diffusion.score import format_table, score_generations, write_scores
+    from structgen.scoring.classifier import default_classifier_path, load_classifier
+    from structgen.train.progress import Progress
+
+    if n < 2 or per_leaf < 1:
+        raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
+                          f"(got {n}, {per_leaf})")
+    state = ddpm_ckpt.load(run)                             # bad paths first, before any sampling
+    cfg = _run_config(run, overrides)
+    dataset = cfg.data.dataset
+    clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
+    device = _setup(cfg)
+    model, conditioner, schedule, state = load_ddpm(run, device, state=state)
+    clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,
+                                    device=device)
+    opts = _options(cfg, sampler, steps, eta, guidance, None)
+    runner = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size,
+                              progress=Progress(cfg.run.progress))
+    seed = cfg.run.seed if seed is None else seed
+    scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed)
+    meta = {"run": str(_run_dir(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
+            "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "seed": seed, "n": n,
+            "per_leaf": per_leaf, "classifier": str(clf_path), "classifier_test_accuracy": clf_meta["test_accuracy"]}
+    out = Path(out_dir) if out_dir else _run_dir(run) / "scores" / opts.tag(cfg.diffusion.n_timesteps)
+    written = write_scores(scores, conditioner.tree, out, meta, class_names=clf_meta["class_names"])
+    print(format_table(scores))
+    return scores, written
 
 
 def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None = None, sampler: str | None = None,

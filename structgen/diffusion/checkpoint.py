@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
-from structgen.runs import RunError, checkpoint_of
+from structgen.runs import checkpoint_of
 from structgen.train.checkpoint import CheckpointError, save_checkpoint
 
 FORMAT = "structgen.ddpm-checkpoint/1"
-RUN_PREFIX = "ddpm-"
 
 
 def save(state: dict, path: Path) -> Path:
@@ -32,17 +31,3 @@ def load(path: str | Path) -> dict:
         hint = " (a TreeVAE run: pass it to train-ddpm --vae)" if str(found).startswith("structgen.treevae") else ""
         raise CheckpointError(f"{path}: not a structgen DDPM checkpoint (format {found!r}, expected {FORMAT!r}){hint}")
     return state
-
-
-def latest_ddpm_run(cfg) -> Path:
-    """The run `--resume` continues: run.name when set, else the newest ddpm-* run with a checkpoint."""
-    root = Path(cfg.run.runs_dir) / cfg.data.dataset
-    if cfg.run.name:
-        run_dir = root / cfg.run.name
-        if not (run_dir / "checkpoints" / "last.pt").exists():
-            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
-        return run_dir
-    found = sorted(root.glob(f"{RUN_PREFIX}*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise RunError(f"--resume: no DDPM run ({RUN_PREFIX}*) with a checkpoint under {root}")
-    return found[-1].parent.parent

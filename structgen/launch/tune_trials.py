@@ -34,6 +34,45 @@ def held_out_elbo(model, images: np.ndarray, batch_size: int, device) -> float:
     return elbo
 
 
+def reporting_context(run_dir: Path, cfg, epoch_metrics) -> Context:
+    """A training Context whose checkpoints become Tune reports: one per completed epoch, with
+    ``epoch_metrics(epoch record, checkpoint state)`` (None: not yet) and the checkpoint, so
+    ASHA can stop the trial and an interrupted sweep can resume it."""
+    from ray import tune
+
+    latest: dict = {}
+
+    def on_epoch_end(record: dict) -> None:
+        latest.clear()
+        latest.update(record)
+
+    def on_checkpoint(state: dict, path: Path | None) -> None:
+        if path is None or not latest:
+            return
+        metrics = epoch_metrics(latest, state)
+        if metrics is None:
+            return
+        latest.clear()                       # one report per completed epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    return Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
+                   on_epoch_end=on_epoch_end)
+
+
+def resume_file(trial_dir: Path) -> Path | None:
+    """The checkpoint Tune restored this trial with (a resumed sweep or trial), copied out; or None."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, trial_dir / "resume.pt")
+    return trial_dir / "resume.pt"
+
+
 def tree_trial(config: dict) -> None:
     from ray import tune
 
@@ -46,33 +85,17 @@ def tree_trial(config: dict) -> None:
     run_dir = trial_dir / "run"
     cfg.run.progress = "plain"
     test_images = load_run_data(cfg).test.images
-    latest: dict = {}
 
-    def on_epoch_end(record: dict) -> None:
-        latest.clear()
-        latest.update(record)
-
-    def on_checkpoint(state: dict, path: Path | None) -> None:
+    def epoch_metrics(record: dict, state: dict) -> dict | None:
         model = ctx.model
-        if model is None or path is None or not latest:
-            return
-        growth = state["growth"]
-        metrics = {"loss": latest["loss"], "phase": latest["phase"], "epochs_done": growth["epochs_done"],
-                   "n_leaves": len(model.tree.leaves()), "depth": model.tree.max_depth(),
-                   "elbo": held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device)}
-        latest.clear()                       # one report per completed epoch
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if model is None:
+            return None
+        return {"loss": record["loss"], "phase": record["phase"], "epochs_done": state["growth"]["epochs_done"],
+                "n_leaves": len(model.tree.leaves()), "depth": model.tree.max_depth(),
+                "elbo": held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device)}
 
-    ctx = Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
-                  on_epoch_end=on_epoch_end)
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume_from = trial_dir / "resume.pt"
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, resume_from)
+    ctx = reporting_context(run_dir, cfg, epoch_metrics)
+    resume_from = resume_file(trial_dir)
     _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from, evaluate=True)
     model = ctx.model
     final = {k: report[k] for k in ("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")}
@@ -81,30 +104,25 @@ def tree_trial(config: dict) -> None:
     tune.report(final)
 
 
-def score_generations(run_dir: Path, cfg, n: int = 32) -> dict:
-    """Generation purity and classifier-Fréchet distance of a DDPM run's samples, when the
+def score_trial(run_dir: Path, cfg, n: int = 32) -> dict:
+    """Generation purity and classifier-Fréchet distance of a DDPM trial's samples, when the
     dataset's classifier exists (structgen train-classifier); an empty dict otherwise."""
     from structgen.diffusion.api import load_ddpm
     from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
+    from structgen.diffusion.score import score_generations
     from structgen.scoring.classifier import default_classifier_path, load_classifier
-    from structgen.scoring.frechet import classifier_frechet_distance
-    from structgen.scoring.purity import generation_purity, leaf_class_histograms
 
     path = default_classifier_path(cfg.data.dataset, cfg.run.runs_dir)
     if not Path(path).exists():
         return {}
-    clf, meta = load_classifier(path, expect_dataset=cfg.data.dataset)
+    clf, _ = load_classifier(path, expect_dataset=cfg.data.dataset)
     device = resolve_device(cfg.run.device)
     model, conditioner, schedule, _ = load_ddpm(run_dir, device)
     sampler = DiffusionSampler(model, conditioner, schedule, SamplerOptions.from_config(cfg.diffusion), device,
                                cfg.diffusion.sample_batch_size)
-    leaves = sampler.run("sample_all_leaves", max(2, n // conditioner.n_leaves), cfg.run.seed)
-    hist = leaf_class_histograms(clf, torch.from_numpy(leaves["images"]), clf.num_classes)
-    purity = generation_purity(hist, leaves["leaf_probs"].mean(0))
-    samples = sampler.run("sample", n, cfg.run.seed)
-    cfd = classifier_frechet_distance(clf, torch.from_numpy(samples["images"]), cfg.data.dataset,
-                                      data_dir=cfg.data.data_dir)
-    return {"generation_purity": float(purity), "cfd": float(cfd)}
+    scores = score_generations(sampler, clf, cfg.data.dataset, cfg.data.data_dir, n=n,
+                               per_leaf=max(2, n // conditioner.n_leaves), seed=cfg.run.seed, floor=False)
+    return {"generation_purity": float(scores["diffusion"]["purity"]), "cfd": float(scores["diffusion"]["cfd"])}
 
 
 def ddpm_trial(config: dict) -> None:
@@ -119,30 +137,13 @@ def ddpm_trial(config: dict) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     run_dir = trial_dir / "run"
     cfg.run.progress = "plain"
-    latest: dict = {}
 
-    def on_epoch_end(record: dict) -> None:
-        latest.clear()
-        latest.update(record)
+    def epoch_metrics(record: dict, state: dict) -> dict:
+        return {"loss": record["loss"], "step": state["step"], "epoch": state["epoch"]}
 
-    def on_checkpoint(state: dict, path: Path | None) -> None:
-        if path is None or not latest:
-            return
-        metrics = {"loss": latest["loss"], "ema_loss": latest["loss"], "step": state["step"], "epoch": state["epoch"]}
-        latest.clear()
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    ctx = Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
-                  on_epoch_end=on_epoch_end)
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume_from = trial_dir / "resume.pt"
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, resume_from)
+    ctx = reporting_context(run_dir, cfg, epoch_metrics)
+    resume_from = resume_file(trial_dir)
     train_ddpm(cfg, cfg.diffusion.vae_run, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
     from structgen.train.metrics_log import read_metrics
     last = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"][-1]
-    tune.report({"loss": last["loss"], "ema_loss": last["loss"], "final": True, **score_generations(run_dir, cfg)})
+    tune.report({"loss": last["loss"], "final": True, **score_trial(run_dir, cfg)})

@@ -1,0 +1,28 @@
+NAME = "score-ddpm"
+HELP = "classifier-Fréchet distance and per-leaf purity of a DDPM run's samples next to its TreeVAE's"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", metavar="RUN", help="DDPM run folder or checkpoint file")
+    p.add_argument("--classifier", metavar="PT",
+                   help="classifier from `structgen train-classifier` (default runs/classifiers/<dataset>.pt)")
+    p.add_argument("--n", type=int, default=500, help="root samples scored by CFD (default 500)")
+    p.add_argument("--per-leaf", type=int, default=50, help="images per leaf for purity (default 50)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default diffusion.sampler")
+    p.add_argument("--steps", type=int, help="DDIM steps (default diffusion.n_steps)")
+    p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default diffusion.eta)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default diffusion.guidance_weight)")
+    p.add_argument("--seed", type=int, help="default run.seed")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN/scores/<sampler>)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args) -> int:
+    from structgen.diffusion.api import score_ddpm
+
+    _, written = score_ddpm(args.run, classifier=args.classifier, n=args.n, per_leaf=args.per_leaf,
+                            sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
+                            seed=args.seed, overrides=args.overrides, out_dir=args.out)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,139 @@
+"""A Ray cluster over one allocation's nodes with the Ray Tune driver run against it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from structgen.config import load_config
+from structgen.launch.slurm.stage_job import job_id
+
+TUNE_DRIVER = Path(__file__).resolve().parents[3] / "ray_jobs" / "tune.py"
+
+
+@dataclass
+class RayTuneJob:
+    """A Ray cluster over the allocation's nodes (head on the first, workers through srun), the
+    Tune driver run against it, then everything stopped. Runs once, in the batch step."""
+    config: str | None
+    overrides: list[str]
+    sweep: str
+    name: str | None = None
+    cpus_per_node: int = 1
+    gpus_per_node: int = 0
+    driver: str = str(TUNE_DRIVER)
+    start_timeout_s: int = 180
+
+    def resolved_config(self, name: str) -> Path:
+        """The driver takes one config file: this job writes the config plus its --set overrides there."""
+        runs_dir = load_config(self.config, self.overrides).run.runs_dir
+        return Path(runs_dir) / "slurm-configs" / f"{name}.yml"
+
+    def driver_command(self, address: str, name: str) -> list[str]:
+        return [sys.executable, self.driver, "--config", str(self.resolved_config(name)), "--sweep", self.sweep,
+                "--address", address, "--name", name]
+
+    def describe(self) -> str:
+        name = self.name or "tune-slurm-$SLURM_JOB_ID"
+        sets = " ".join(f"--set {s}" for s in self.overrides)
+        return (f"ray start --head on the first node, ray start --address on the others (srun --overlap); then "
+                f"{' '.join(self.driver_command('<head>:<port>', name))}\n"
+                f"  (that config file is written by the job: {self.config} {sets})")
+
+    def __call__(self) -> dict:
+        from structgen.config import save_config
+
+        jid = job_id()
+        name = self.name or f"tune-slurm-{jid}"
+        resolved = self.resolved_config(name)
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        save_config(load_config(self.config, self.overrides), resolved,
+                    header=f"config of the Ray Tune sweep {name} ({self.sweep}), written by the SLURM job {jid}")
+        in_slurm = "SLURM_JOB_NODELIST" in os.environ
+        hosts = (subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], check=True,
+                                capture_output=True, text=True).stdout.split() if in_slurm else ["127.0.0.1"])
+        head, head_ip = hosts[0], _ip_of(hosts[0])
+        address = f"{head_ip}:{ray_port_for_job(jid)}"
+        ray = str(Path(sys.executable).with_name("ray"))
+        node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--disable-usage-stats",
+                "--block"]
+        srun = ["srun", "--overlap", "--ntasks-per-node=1", f"--cpus-per-task={self.cpus_per_node}",
+                *([f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else [])]
+        head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",
+                    "--include-dashboard=false", *node]
+        steps = []
+        try:
+            steps.append(_start([*srun, "-N1", "-n1", f"--nodelist={head}", *head_cmd] if in_slurm else head_cmd))
+            _wait_for_nodes(ray, address, 1, self.start_timeout_s, steps)
+            if len(hosts) > 1:
+                k = len(hosts) - 1
+                steps.append(_start([*srun, f"-N{k}", f"-n{k}", f"--exclude={head}", ray, "start",
+                                     f"--address={address}", *node]))
+                _wait_for_nodes(ray, address, len(hosts), self.start_timeout_s, steps)
+            command = self.driver_command(address, name)
+            rc = subprocess.run(command, env={**os.environ, "RAY_ADDRESS": address}).returncode
+        finally:
+            for step in reversed(steps):
+                _stop(step)
+        if rc != 0:
+            raise RuntimeError(f"the Tune driver exited with status {rc}: {' '.join(command)}")
+        return {"stage": "tune", "name": name, "address": address, "nodes": hosts, "job_id": jid,
+                "config": str(resolved)}
+
+
+def ray_port_for_job(jid: str) -> int:
+    """The head's GCS port: below Linux's ephemeral ports and above Ray's default worker ports
+    (10002-19999) and this job's DDP rendezvous range."""
+    digits = "".join(ch for ch in str(jid) if ch.isdigit()) or "0"
+    return 30000 + int(digits) % 2000
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    # A session of its own: stopping it reaches every Ray process it started and nothing else.
+    return subprocess.Popen(command, start_new_session=True)
+
+
+def _stop(step: subprocess.Popen, grace_s: float = 10) -> None:
+    """Stop one `ray start --block` (or the srun running it) and its process group. Not `ray
+    stop`: that stops every Ray on the node, other jobs' too. `ray start --block` ignores SIGTERM
+    and SIGKILL leaves its children behind, so: TERM, then KILL the whole group. Under SLURM the
+    step's remote tasks end with the job, right after this function returns."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(step.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            step.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _ip_of(host: str) -> str:
+    import socket
+
+    try:
+        return socket.gethostbyname(host)
+    except OSError as err:
+        raise RuntimeError(f"cannot resolve the Ray head node {host!r}: {err}") from None
+
+
+def _wait_for_nodes(ray: str, address: str, want: int, timeout_s: int, steps) -> None:
+    """Until `ray status` lists ``want`` active nodes, or a start step died, or the time is up."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        dead = [s for s in steps if s.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a Ray node step exited with status {dead[0].returncode}: {' '.join(dead[0].args)}")
+        out = subprocess.run([ray, "status", f"--address={address}"], capture_output=True, text=True).stdout
+        active = out.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in out else ""
+        if sum("node_" in line for line in active.splitlines()) >= want:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"the Ray cluster at {address} did not reach {want} node(s) in {timeout_s} s")

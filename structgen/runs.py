@@ -18,9 +18,9 @@ def default_run_name(prefix: str = "") -> str:
     return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
 
 
-def new_run_dir(cfg) -> Path:
+def new_run_dir(cfg, prefix: str = "") -> Path:
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
-    name = cfg.run.name or default_run_name()
+    name = cfg.run.name or default_run_name(prefix)
     run_dir = root / name
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
         raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose "
@@ -45,6 +45,17 @@ def latest_run_dir(cfg, kind: str = "tree") -> Path:
         what = f"DDPM run ({DDPM_PREFIX}*)" if kind == "ddpm" else "TreeVAE run"
         raise RunError(f"--resume: no {what} with a checkpoint under {root}")
     return candidates[-1]
+
+
+def choose_run_dir(cfg, resume, kind: str = "tree") -> tuple[Path, bool]:
+    """(run folder, whether to resume it) for a command's --resume value: True continues the
+    latest run of ``kind`` (or run.name), a path continues that folder, False makes a new one."""
+    if resume:
+        run_dir = latest_run_dir(cfg, kind) if resume is True else Path(resume)
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
+        return run_dir, True
+    return new_run_dir(cfg, DDPM_PREFIX if kind == "ddpm" else ""), False
 
 
 def checkpoint_of(run_dir_or_file: str | Path) -> Path:

@@ -41,6 +41,10 @@ def test_run_folder_has_every_artefact(trained_run):
     assert {"epoch", "phase_end", "split", "grow_check", "evaluation"} <= events
     epochs = [(r["phase"], r["epoch"]) for r in records if r["event"] == "epoch"]
     assert len(epochs) == len(set(epochs))
+    cfg = load_config(run_dir / "config.yml")
+    finetune = [epoch for phase, epoch in epochs if phase == "finetune"]
+    assert finetune == list(range(1, cfg.training.num_epochs_finetuning + 1)), "the final finetuning must run"
+    assert epochs[-1][0] == "finetune"
     ev = [r for r in records if r["event"] == "evaluation"][-1]
     for key in ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity", "elbo", "leaf_histograms", "baselines"):
         assert key in ev

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,36 @@ def init_distributed(device: str = "auto") -> Context:
                                 rank=layout.rank, world_size=layout.world_size,
                                 **({"device_id": dev} if dev.type == "cuda" else {}))
     return Context(run_dir=Path("."), device=dev, rank=layout.rank, world_size=layout.world_size)
+
+
+@contextmanager
+def process_group(device: str = "auto"):
+    """init_distributed ... close_distributed around a block: ``with process_group() as ctx:``."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        close_distributed()
+
+
+def several_processes() -> bool:
+    """Whether this process is one of several started together (torchrun, an srun step)."""
+    return detect_layout().world_size > 1
+
+
+def decided_on_rank0(ctx: Context, decide):
+    """``decide()`` run on rank 0 only, its result handed to every rank. An exception raised
+    there is raised on every rank, so no rank waits forever for a decision that never comes."""
+    outcome = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", decide())
+        except Exception as err:           # noqa: BLE001 (re-raised on every rank just below)
+            outcome = ("error", err)
+    kind, value = ctx.broadcast_object(outcome)
+    if kind == "error":
+        raise value
+    return value
 
 
 def close_distributed() -> None:

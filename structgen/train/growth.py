@@ -72,7 +72,7 @@ class TreeTrainer:
     # ---- the schedule ----------------------------------------------------------------------
     def run(self) -> TreeVAE:
         t = self.cfg.training
-        while self.state.stage != "done":
+        while self.state.stage != "done" or self.state.phase is not None:   # "done" is set when finetuning starts
             if self.state.phase is not None:
                 self._run_phase()
             elif self.state.stage == "initial":

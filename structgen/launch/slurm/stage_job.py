@@ -78,17 +78,14 @@ class StageJob(Checkpointable):
         return DelayedSubmission(dataclasses.replace(self, resume=True))
 
     def __call__(self) -> dict | None:
-        from structgen.launch.distributed import close_distributed, init_distributed
+        from structgen.launch.distributed import process_group
 
         cfg = load_config(self.config, self.overrides)
         _use_task_cpus(cfg)
-        ctx = init_distributed(cfg.run.device)
-        try:
+        with process_group(cfg.run.device) as ctx:
             if self.stage == "generate":
                 return self._generate() if ctx.is_main else None
             return self._train(cfg, ctx)
-        finally:
-            close_distributed()
 
     def _run_dir(self, cfg, jid: str) -> Path:
         return Path(cfg.run.runs_dir) / cfg.data.dataset / (self.name or f"slurm-{jid}")
@@ -109,17 +106,11 @@ class StageJob(Checkpointable):
         return False
 
     def _train(self, cfg, ctx) -> dict | None:
+        from structgen.launch.distributed import decided_on_rank0
+
         jid = job_id()
         run_dir = self._run_dir(cfg, jid).absolute()
-        decision = None
-        if ctx.is_main:
-            try:
-                decision = self._should_resume(run_dir)
-            except RunError as err:                 # every rank must stop, not wait for rank 0
-                decision = err
-        resume = ctx.broadcast_object(decision)
-        if isinstance(resume, RunError):
-            raise resume
+        resume = decided_on_rank0(ctx, lambda: self._should_resume(run_dir))
         if self.stage == "tree":
             from structgen.api import train_tree
 

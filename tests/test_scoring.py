@@ -7,7 +7,7 @@ from torch import nn
 
 from structgen.cli import EXIT_BAD_INPUT, main
 from structgen.data import load_split
-from structgen.scoring.augment import random_crop
+from structgen.scoring.augment import degrade, gaussian_blur, random_crop
 from structgen.scoring.classifier import SPLIT_SEED, SmallResNet, load_classifier, train_classifier
 from structgen.scoring.frechet import (FeatureStats, classifier_features, classifier_frechet_distance,
                                        frechet_distance, frechet_distance_from_stats, reference_stats)
@@ -136,6 +136,30 @@ def test_random_crop_shifts_each_image_by_at_most_pad():
     assert len(set(zip(dy.tolist(), dx.tolist()))) > 5   # offsets differ between images
 
 
+def test_gaussian_blur_spreads_a_point_by_each_images_own_sigma():
+    x = torch.zeros(3, 2, 15, 15)
+    x[:, :, 7, 7] = 1.0
+    out = gaussian_blur(x, torch.tensor([0.0, 0.8, 2.0]))
+    assert torch.allclose(out.sum((2, 3)), torch.ones(3, 2), atol=1e-5)     # mass kept (point far from edges)
+    assert torch.allclose(out[0], x[0], atol=1e-6)                          # sigma 0: unchanged
+    peaks = out[:, 0, 7, 7]
+    assert peaks[0] > peaks[1] > peaks[2]                                   # wider sigma, lower peak
+    assert torch.allclose(out[:, 0], out[:, 1])                             # every channel alike
+
+
+def test_degrade_blurs_and_hazes_some_images_and_stays_in_range():
+    x = torch.zeros(400, 1, 12, 12)
+    x[:, :, 4:8, 4:8] = 1.0
+    out = degrade(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    hazed = out[:, 0, 0, 0] > 0.01                                          # grey background
+    blurred = (out[:, 0, 4, 4] < 0.99 * out[:, 0, 5:7, 5:7].amax((1, 2))) & ~hazed
+    untouched = (out == x).flatten(1).all(1)
+    assert 0.35 < hazed.float().mean() < 0.6                                # about a half
+    assert 0.15 < untouched.float().mean() < 0.35                           # neither: about a quarter
+    assert blurred.any()
+
+
 # ---- the classifier ------------------------------------------------------------------------------
 def test_small_resnet_shape_and_size():
     for channels, side in ((1, 28), (3, 32)):
@@ -231,7 +255,10 @@ def test_cli_train_classifier_writes_the_checkpoint(tmp_path, capsys):
     assert main(["train-classifier", "--dataset", "digits", "--epochs", "1", "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     _, ckpt = load_classifier(out, expect_dataset="digits")
-    assert ckpt["epochs"] == 1 and 0.0 <= ckpt["test_accuracy"] <= 1.0
+    assert ckpt["epochs"] == 1 and 0.0 <= ckpt["test_accuracy"] <= 1.0 and ckpt["degrade"] is False
+    robust = tmp_path / "c" / "digits-degrade.pt"
+    assert main(["train-classifier", "--dataset", "digits", "--epochs", "1", "--degrade", "--out", str(robust)]) == 0
+    assert load_classifier(robust, expect_dataset="digits")[1]["degrade"] is True
 
 
 def test_cli_train_classifier_bad_input_writes_nothing(tmp_path, capsys):

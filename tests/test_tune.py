@@ -142,20 +142,26 @@ def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
                "--storage-path", str(tmp_path / "tune"), *sets]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     experiment = tmp_path / "tune" / "resumable"
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(tmp_path / "first.log", "w")               # a file, not a pipe: a full pipe would block the driver
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and first.poll() is None:
             started = _trials_started(experiment) if experiment.exists() else []
-            if len(started) >= 2 and _iterations(started[1]):      # the second trial has reported once
-                break
+            try:
+                if len(started) >= 2 and _iterations(started[1]):  # the second trial has reported once
+                    break
+            except ValueError:                                      # a line half written: look again
+                pass
             time.sleep(1)
-        assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + first.stdout.read()[-3000:]
+        assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + \
+            (tmp_path / "first.log").read_text()[-3000:]
         first.send_signal(signal.SIGINT)
         first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
+        log.close()
     done_before = {p.name: _iterations(p) for p in _trials_started(experiment)}
     assert len(done_before) == 2
 

@@ -164,15 +164,17 @@ def _check_writable(path: Path) -> None:
 # ---- training -----------------------------------------------------------------------------
 def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, batch_size: int = 128, seed: int = 0,
                      out=None, progress=True, lr: float = 3e-3, augment: bool | None = None,
-                     device="cpu") -> tuple[Path, float]:
+                     degrade: bool = False, device="cpu") -> tuple[Path, float]:
     """Train, test and save a SmallResNet on ``dataset``; returns (checkpoint path, test accuracy).
 
     ``epochs=None`` takes DEFAULT_EPOCHS[dataset]; ``out=None`` saves to runs/classifiers/<dataset>.pt;
     ``augment=None`` crops (and for CIFAR flips) where that pays off within the default epochs
-    (see augment.AUGMENT_BY_DEFAULT).
+    (see augment.AUGMENT_BY_DEFAULT). ``degrade`` also blurs and hazes training images
+    (augment.degrade), for judging blurry generations by their shapes.
     """
     from structgen.data import TensorLoader, load_split
     from structgen.scoring.augment import AUGMENT_BY_DEFAULT, augment_for
+    from structgen.scoring.augment import degrade as degrade_images
     from structgen.scoring.predict import predict_classes
     from structgen.train.progress import Progress
 
@@ -203,7 +205,8 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
         bar = log.epoch(len(loader), f"classifier {dataset} epoch {epoch + 1}/{epochs}")
         loss_sum, hits, seen = 0.0, 0, 0
         for x, y, _ in loader:
-            logits = model(augment_for(dataset, x, g) if augment else x)
+            x = augment_for(dataset, x, g) if augment else x
+            logits = model(degrade_images(x, g) if degrade else x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -221,5 +224,6 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
     log.line(f"classifier {dataset}: test accuracy {test_acc:.4f} ({len(test)} images), {seconds:.0f} s")
     path = save_classifier(model.cpu(), out, dataset=dataset, class_names=train.class_names,
                            image_shape=train.images.shape[1:], test_accuracy=test_acc, epochs=epochs, seed=seed,
-                           batch_size=batch_size, augment=augment, train_seconds=seconds, split_seed=SPLIT_SEED)
+                           batch_size=batch_size, augment=augment, degrade=degrade, train_seconds=seconds,
+                           split_seed=SPLIT_SEED)
     return path, test_acc

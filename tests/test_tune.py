@@ -126,6 +126,13 @@ def _iterations(trial_dir: Path) -> list[int]:
             if line.strip()]
 
 
+def _run_of(experiment: Path, trial_dir: Path) -> Path:
+    """The run folder of a trial: <experiment>/runs/<trial name>, the trial folder's name up to its index."""
+    runs = [p for p in (experiment / "runs").iterdir() if trial_dir.name.startswith(p.name + "_")]
+    assert len(runs) == 1, f"no single run folder for {trial_dir.name}: {runs}"
+    return runs[0]
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
     """Ctrl-C (SIGINT) on `python ray_jobs/tune.py` while the second of three trials runs; the
@@ -174,8 +181,11 @@ def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
         seen = _iterations(trial)
         assert seen == list(range(1, len(seen) + 1)), f"{trial.name} repeated or skipped reports: {seen}"
         assert json.loads((trial / "result.json").read_text().splitlines()[-1]).get("final"), trial.name
-        epochs = [(r["phase"], r["epoch"]) for r in read_metrics(trial / "run") if r["event"] == "epoch"]
-        assert epochs and len(epochs) == len(set(epochs)), f"{trial.name} trained some epochs twice"
+        epochs = [(r["phase"], r["epoch"]) for r in read_metrics(_run_of(experiment, trial))
+                  if r["event"] == "epoch"]
+        assert len(epochs) == len(set(epochs)), f"{trial.name} trained some epochs twice"
+        assert epochs[:1] == [("initial", 1)], f"{trial.name}: the run folder lost its first epochs: {epochs}"
+        assert len(epochs) == len(seen) - 1, f"{trial.name}: one metrics.jsonl epoch per Tune report"
     finished_first = sorted(done_before)[0]
     assert _iterations(experiment / finished_first) == done_before[finished_first], "the finished trial ran again"
     assert load_config(experiment / "best.yml").training.lr in (1e-3, 2e-3, 3e-3)

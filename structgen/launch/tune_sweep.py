@@ -71,7 +71,8 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
         search_alg = OptunaSearch(seed=cfg.run.seed)
     tuner = tune.Tuner(
         trainable,
-        param_space={"base": config_to_dict(cfg), "threads": cpus_per_trial, "params": _tune_space(sweep)},
+        param_space={"base": config_to_dict(cfg), "threads": cpus_per_trial, "params": _tune_space(sweep),
+                     "runs_root": str(experiment / "runs")},
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                     scheduler=scheduler, search_alg=search_alg,
                                     max_concurrent_trials=sweep.max_concurrent),

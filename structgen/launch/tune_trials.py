@@ -61,16 +61,26 @@ def reporting_context(run_dir: Path, cfg, epoch_metrics) -> Context:
                    on_epoch_end=on_epoch_end)
 
 
-def resume_file(trial_dir: Path) -> Path | None:
+def trial_run_dir(config: dict) -> Path:
+    """This trial's run folder: <experiment>/runs/<trial name>. Not Tune's trial working folder:
+    that one is new in every Ray session, so a resumed sweep would start the run folder (its
+    metrics.jsonl history) afresh and then sync the stub over the stored one."""
+    from ray import tune
+
+    return Path(config["runs_root"]) / tune.get_context().get_trial_name()
+
+
+def resume_file(run_dir: Path) -> Path | None:
     """The checkpoint Tune restored this trial with (a resumed sweep or trial), copied out; or None."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as d:
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, trial_dir / "resume.pt")
-    return trial_dir / "resume.pt"
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, run_dir / "resume.pt")
+    return run_dir / "resume.pt"
 
 
 def tree_trial(config: dict) -> None:
@@ -81,8 +91,7 @@ def tree_trial(config: dict) -> None:
 
     cfg = trial_config(config)
     torch.set_num_threads(max(1, config.get("threads", 1)))
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    run_dir = trial_dir / "run"
+    run_dir = trial_run_dir(config)
     cfg.run.progress = "plain"
     test_images = load_run_data(cfg).test.images
 
@@ -95,7 +104,7 @@ def tree_trial(config: dict) -> None:
                 "elbo": held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device)}
 
     ctx = reporting_context(run_dir, cfg, epoch_metrics)
-    resume_from = resume_file(trial_dir)
+    resume_from = resume_file(run_dir)
     _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from, evaluate=True)
     model = ctx.model
     final = {k: report[k] for k in ("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")}
@@ -134,15 +143,14 @@ def ddpm_trial(config: dict) -> None:
     if not cfg.diffusion.vae_run:
         raise ValueError("a ddpm sweep needs diffusion.vae_run: the TreeVAE run every trial conditions on")
     torch.set_num_threads(max(1, config.get("threads", 1)))
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    run_dir = trial_dir / "run"
+    run_dir = trial_run_dir(config)
     cfg.run.progress = "plain"
 
     def epoch_metrics(record: dict, state: dict) -> dict:
         return {"loss": record["loss"], "step": state["step"], "epoch": state["epoch"]}
 
     ctx = reporting_context(run_dir, cfg, epoch_metrics)
-    resume_from = resume_file(trial_dir)
+    resume_from = resume_file(run_dir)
     train_ddpm(cfg, cfg.diffusion.vae_run, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
     from structgen.train.metrics_log import read_metrics
     last = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"][-1]

@@ -144,7 +144,8 @@ def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
     import time
 
     sweep = write_sweep(tmp_path, {"training.lr": {"grid": [1e-3, 2e-3, 3e-3]}}, num_samples=1, scheduler="fifo")
-    sets = [a for s in TINY + [f"run.runs_dir={tmp_path}", "training.num_clusters_tree=3"] for a in ("--set", s)]
+    short = ["training.num_clusters_tree=3", "training.num_epochs=2", "training.num_epochs_finetuning=1"]
+    sets = [a for s in TINY + short + [f"run.runs_dir={tmp_path}"] for a in ("--set", s)]
     command = [sys.executable, str(ROOT / "ray_jobs" / "tune.py"), "--sweep", str(sweep), "--name", "resumable",
                "--storage-path", str(tmp_path / "tune"), *sets]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -62,22 +62,27 @@ def test_tune_cli_rejects_a_bad_sweep_without_starting_ray(tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
-@pytest.mark.slow
-def test_four_trial_asha_sweep(tmp_path):
+def sweep_on_local_ray(cfg, sweep, name: str, storage):
+    """Run a sweep on a fresh local Ray (2 CPUs) and summarise it: (experiment, results, summary)."""
     from structgen.launch.ray_cluster import init_ray
     from structgen.launch.tune_sweep import run_sweep, summarise
 
+    ray = init_ray(num_cpus=2)
+    try:
+        experiment, results = run_sweep(cfg, sweep, name, storage)
+        return experiment, results, summarise(cfg, sweep, experiment, results)
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_four_trial_asha_sweep(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, {"training.num_clusters_tree": {"choice": [2, 3]},
                                               "training.lr": {"loguniform": [1e-5, 3e-3]},
                                               "training.decay_kl": {"uniform": [0.05, 0.2]}},
                                    num_samples=4, scheduler="asha", grace_period=1))
     cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
-    ray = init_ray(num_cpus=2)
-    try:
-        experiment, results = run_sweep(cfg, sweep, "sweep", tmp_path / "tune")
-        info = summarise(cfg, sweep, experiment, results)
-    finally:
-        ray.shutdown()
+    experiment, results, info = sweep_on_local_ray(cfg, sweep, "sweep", tmp_path / "tune")
     assert len(results) == 4 and not results.errors
     finished = [r for r in info["rows"] if not r["stopped_early"]]
     assert 1 <= len(finished) < 4, "ASHA should stop at least one trial early"
@@ -91,9 +96,6 @@ def test_four_trial_asha_sweep(tmp_path):
 @pytest.mark.slow
 def test_ddpm_sweep_over_conditioning_and_width(tmp_path):
     from structgen.api import train_tree
-    from structgen.launch.ray_cluster import init_ray
-    from structgen.launch.tune_sweep import run_sweep, summarise
-
     vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae", "training.grow=false",
                                                       "training.num_epochs_finetuning=0"]), evaluate=False)
     sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
@@ -103,12 +105,7 @@ def test_ddpm_sweep_over_conditioning_and_width(tmp_path):
                                     "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
                                     "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
                                     "diffusion.batch_size=64", "diffusion.sample_every=0"])
-    ray = init_ray(num_cpus=2)
-    try:
-        experiment, results = run_sweep(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
-        info = summarise(cfg, sweep, experiment, results)
-    finally:
-        ray.shutdown()
+    experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
     assert len(results) == 2 and not results.errors
     assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}
     assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final

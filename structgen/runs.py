@@ -2,6 +2,7 @@
 metrics.jsonl, tensorboard/, figures/ and samples/ (design.md, "Runs and artefacts")."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -14,19 +15,33 @@ class RunError(ValueError):
     pass
 
 
+# A run name becomes one folder under runs_dir/<dataset>: no separators, no "..", no leading
+# dot or dash (hidden files, command-line flags), nothing a shell or a SLURM job name mangles.
+RUN_NAME_RULE = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str | None, what: str = "run.name") -> str | None:
+    """``name`` unchanged when it is one safe path component, else a RunError with the rule."""
+    if name is not None and not _RUN_NAME.fullmatch(str(name)):
+        raise RunError(f"{what} = {name!r} is not a valid run name: use {RUN_NAME_RULE} (it names one folder "
+                       f"under runs_dir/<dataset>)")
+    return name
+
+
 def default_run_name(prefix: str = "") -> str:
     return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:5]}"
 
 
 def new_run_dir(cfg, prefix: str = "") -> Path:
+    """The folder a new run will use (not created yet)."""
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
-    name = cfg.run.name or default_run_name(prefix)
+    name = check_run_name(cfg.run.name) or default_run_name(prefix)
     run_dir = root / name
     if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
         raise RunError(f"run folder {run_dir} already holds a run; pass --resume to continue it, or choose "
                        f"another run.name (nothing was overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir                  # created and claimed by run_lock.claim_run_dir before any write
 
 
 def latest_run_dir(cfg, kind: str = "tree") -> Path:

@@ -37,7 +37,8 @@ def test_unknown_section_and_key_in_wrong_section(tmp_path):
     ("training.batch_size=1.5", "training.batch_size = 1.5 is not allowed: expected an integer"),
     ("training.grow=yes please", "training.grow = 'yes please' is not allowed: expected true or false"),
     ("training.batch_size=1", "training.batch_size = 1 is not allowed: expected >= 2"),
-    ("training.lr=-1", "training.lr = -1.0 is not allowed: expected >= 0.0"),
+    ("training.weight_decay=-1", "training.weight_decay = -1.0 is not allowed: expected >= 0.0"),
+    ("training.lr=-1", "training.lr = -1.0 is not allowed: expected > 0.0"),
     ("model.act_function=tanh", "one of swish, leaky_relu, relu"),
     ("data.dataset=imagenet", "one of digits, mnist, fmnist, cifar10, synthetic"),
     ("model.latent_channels=16", "expected a list of int"),
@@ -99,15 +100,32 @@ def test_shipped_profiles_load_and_every_key_has_a_comment(name):
 
 def test_profiles_carry_reference_values():
     mnist, fmnist, cifar = (load_config(ROOT / "configs" / f"{n}.yml") for n in ("mnist", "fmnist", "cifar10"))
-    assert mnist.model.spectral_norm and mnist.training.decay_kl == 0.001 and mnist.training.kl_start == 0
+    assert mnist.model.spectral_norm == "reference"
+    assert mnist.training.decay_kl == 0.001 and mnist.training.kl_start == 0
     assert (mnist.training.num_epochs, mnist.training.num_epochs_smalltree,
             mnist.training.num_epochs_intermediate_fulltrain, mnist.training.num_epochs_finetuning) == (150, 150, 80, 200)
     assert fmnist.training.kl_start == 0.5 and fmnist.model.act_function == "leaky_relu"
+    assert fmnist.model.spectral_norm == "reference"        # deliberately not the reference's FMNIST value (off)
     assert cifar.model.encoder == "cnn2" and cifar.model.representation_dim == 4
     assert cifar.model.latent_channels == [64] * 7 and cifar.model.bottom_up_channels == [128] * 7
     assert cifar.training.aug_decisions_weight == 100 and cifar.training.num_epochs_finetuning == 0
     assert cifar.model.activation == "mse" and cifar.training.decay_kl == 0.01
     assert mnist.diffusion.n_timesteps == 1000 and mnist.diffusion.ema_decay == 0.9999
+
+
+def test_spectral_norm_is_a_placement_and_old_bools_keep_their_meaning(tmp_path):
+    from structgen.models.treevae import ModelSpec
+    for text, placement in (("reference", "reference"), ("decoders", "decoders"), ("none", "none"),
+                            ("true", "decoders"), ("false", "none")):
+        cfg = load_config(write(tmp_path, f"model:\n  spectral_norm: {text}\n"))
+        assert ModelSpec.from_config(cfg.model, (1, 28, 28)).spectral_norm == placement
+    with pytest.raises(ConfigError, match="model.spectral_norm = 'encoder' is not allowed: expected one of none, "
+                                          "decoders, reference"):
+        load_config(None, ["model.spectral_norm=encoder"])
+    # An old run's config keeps its bool: resuming compares it with the checkpoint's config.
+    old = load_config(write(tmp_path, "model:\n  spectral_norm: true\n"))
+    assert old.model.spectral_norm is True
+    assert load_config(save_config(old, tmp_path / "config.yml")) == old
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -196,6 +196,25 @@ def test_spectral_norm_only_where_asked():
         assert not any(parametrize.is_parametrized(m) for m in module.modules())
 
 
+def test_reference_spectral_norm_in_the_bottom_up_chain():
+    """The reference normalises every encoder conv but cnn2's stride-2 down-samplers, and conv0 /
+    conv1 of each ConvBlock, never conv2 (algorithm.md §8.8); other placements leave it plain."""
+    from structgen.nn.spectral import apply_to_bottom_up
+    for cfg in (MNIST, {**CIFAR, "c_d": 16}):
+        for placement in ("none", "decoders"):
+            plain = apply_to_bottom_up(placement, bottom_up(cfg))
+            assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+        chain = apply_to_bottom_up("reference", bottom_up(cfg))
+        convs = {n: m for n, m in chain.named_modules() if isinstance(m, nn.Conv2d)}
+        normalised = {n for n, m in convs.items() if parametrize.is_parametrized(m, "weight")}
+        encoder = {n for n in convs if n.startswith("encoder.")}
+        down_samplers = {"cnn1": set(), "cnn2": {"encoder.2", "encoder.4", "encoder.6"}}[cfg["kind"]]
+        assert all(convs[n].stride == (2, 2) for n in down_samplers)
+        blocks = {f"levels.{level}.body.{i}" for level in range(LEVELS - 1) for i in (0, 3)}
+        assert normalised == (encoder - down_samplers) | blocks
+        assert n_params(chain) == n_params(bottom_up(cfg))
+
+
 # ---- blocks and heads -----------------------------------------------------------------------------
 def _twins(make):
     a, b = make(True), make(False)

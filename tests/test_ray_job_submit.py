@@ -21,10 +21,13 @@ TINY = SYNTHETIC_FAST + ["data.train_subset=512", "data.test_subset=128", "train
 
 
 def test_ray_job_submit_against_a_started_head(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    # Token authentication on, as the README says: the ray CLI sends the token `ray start` saved
+    # for this user when RAY_AUTH_MODE=token.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "start", "--head", "--num-cpus", "3", "--dashboard-host", "127.0.0.1",
+                    "--node-ip-address", "127.0.0.1",
                     "--disable-usage-stats", "--port", "6390", "--dashboard-port", "8277"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:

@@ -30,6 +30,25 @@ def ray_session():
     ray.shutdown()
 
 
+def test_a_local_cluster_binds_its_dashboard_to_loopback_and_demands_the_token(ray_session):
+    """What ray_cluster.py and the README promise: the dashboard (job API) on 127.0.0.1 only,
+    and token authentication on, so a request without the token is refused."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    node = ray_session._private.worker._global_node
+    host, port = node.webui_url.rsplit(":", 1)
+    assert host == "127.0.0.1"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://{node.webui_url}/api/jobs/", timeout=30)
+    assert err.value.code == 401
+    if node.node_ip_address != "127.0.0.1":        # not reachable on the machine's own address
+        with socket.socket() as s:
+            s.settimeout(5)
+            assert s.connect_ex((node.node_ip_address, int(port))) != 0
+
+
 @pytest.mark.parametrize("kind", ["full", "subtree", "unet"])
 def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
     from ray.train import RunConfig, ScalingConfig

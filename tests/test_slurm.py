@@ -327,7 +327,7 @@ def test_ray_tune_sweep_inside_one_allocation(slurm_cluster, tmp_path, monkeypat
     from structgen.config import load_config
     from structgen.launch.slurm import plan_submission, ray_port_for_job
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")          # a loopback-only test cluster
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")             # token authentication on, as the README says
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     sweep = tmp_path / "sweep.yml"
     sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\n"

@@ -124,9 +124,62 @@ def test_bad_checkpoints_and_run_folders_fail_clearly(tmp_path):
     torch.save({"weights": 1}, foreign)
     with pytest.raises(CheckpointError, match="foreign.pt: not a structgen TreeVAE checkpoint"):
         load_model(foreign)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     state["tree"] = {"format": "structgen.tree/1", "nodes": ["r", "r0", "r1", "r00", "r01"]}
     torch.save(state, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="mismatch.pt: incompatible checkpoint"):
         load_model(tmp_path / "mismatch.pt")
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["event"] == "epoch"
+
+
+def test_a_leaf_the_finetuning_empties_is_pruned_and_logged_across_a_restart(tmp_path, capsys, one_torch_thread):
+    """A branch alive before the final finetuning is starved in it (its parent's q-router is
+    forced to send it nothing). The run must end without that leaf and say why, once, also when
+    it is killed between the finetuning and that prune and resumed."""
+    from structgen.train.context import Context
+
+    class Killed(Exception):
+        pass
+
+    # 1,000 images and 4 epochs: enough for the root to split them about evenly, so both leaves live
+    cfg = small_cfg(tmp_path, "run.name=dead", "training.grow=false", "data.train_subset=1000",
+                    "training.num_epochs=4", "run.threads=1")
+    seen = {}
+
+    def on_checkpoint(state, path):
+        growth = state["growth"]
+        if growth["stage"] == "finetune":                 # written once, right after the first prune
+            seen["before"] = growth["before_finetuning"]
+        if growth["stage"] == "final_prune" and growth["phase"] is None and "killed" not in seen:
+            seen["killed"] = True                         # the finetuning is over, its leaves not yet judged
+            raise Killed
+
+    def on_epoch_end(record):
+        if record["phase"] != "finetune" or record["epoch"] != record["epochs"]:
+            return
+        model, before = ctx.model, seen["before"]
+        leaf = max((p for p in before if model.tree.kind(p[:-1]) == "internal"), key=lambda p: before[p]["share"])
+        seen["leaf"] = leaf
+        last = model.router_q[leaf[:-1]].mlp[-1]
+        with torch.no_grad():                             # q(left) = 1 starves the right child, 0 the left
+            last.weight.zero_()
+            last.bias.fill_(50.0 if leaf.endswith("1") else -50.0)
+
+    ctx = Context(run_dir=tmp_path, on_checkpoint=on_checkpoint, on_epoch_end=on_epoch_end)
+    with pytest.raises(Killed):
+        train_tree(cfg, ctx=ctx, evaluate=False)
+    run_dir = tmp_path / "synthetic" / "dead"
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["growth"]["stage"] == "final_prune"
+    train_tree(cfg, resume=run_dir, evaluate=False)
+
+    leaf, before = seen["leaf"], seen["before"][seen["leaf"]]
+    assert before["share"] >= cfg.training.prune_threshold
+    model, state = load_model(run_dir)
+    assert leaf not in model.tree and state["growth"]["stage"] == "done"
+    records = [r for r in read_metrics(run_dir) if r["event"] == "prune_after_finetuning" and r["leaf"] == leaf]
+    assert len(records) == 1
+    record = records[0]
+    assert record["share"] == 0.0 and record["mass"] < 1e-6 and record["threshold"] == cfg.training.prune_threshold
+    assert (record["share_before"], record["mass_before"]) == (before["share"], before["mass"])
+    assert leaf not in record["tree"]
+    assert f"== pruned {leaf}, emptied by the final finetuning" in capsys.readouterr().out

@@ -162,3 +162,69 @@ def test_route_to_reach_matches_full_forward():
         _, _, reach = model.route_to(x, "r10")
         full = model(x).reach["r10"]
     assert torch.allclose(reach, full, atol=1e-6)
+
+
+# ---- spectral-norm placements -----------------------------------------------------------------
+def normalised(model) -> set[str]:
+    from torch.nn.utils import parametrize
+    names = {n for n, m in model.named_modules() if parametrize.is_parametrized(m)}
+    assert all(parametrize.is_parametrized(m, "weight") for n, m in model.named_modules() if n in names)
+    return names
+
+
+# The reference's (algorithm.md §8.8): all three cnn1 encoder convs, conv0 and conv1 of each of
+# the 6 bottom-up ConvBlocks (body indices 0 and 3: conv, BN, act per stage).
+REFERENCE_BOTTOM_UP = ({f"bottom_up.encoder.{i}" for i in (0, 3, 6)}
+                       | {f"bottom_up.levels.{level}.body.{i}" for level in range(6) for i in (0, 3)})
+
+
+@pytest.mark.parametrize("placement", ["none", "decoders", "reference"])
+def test_spectral_norm_placement_covers_exactly_its_modules(placement):
+    torch.manual_seed(0)
+    model = TreeVAE(ModelSpec((1, 28, 28), spectral_norm=placement))
+    model.attach("r0", SubTree(model, "r0"))          # growth adds r00, r01 (depth 2) ...
+    model.attach("r00", SubTree(model, "r00"))        # ... and r000, r001 (depth 3)
+    decoders = {f"decoder.{leaf}.{i}" for leaf in model.tree.leaves() for i in (0, 3, 6)}
+    grown_denses = {f"dense.{p}.{head}" for p in ("r00", "r01", "r000", "r001") for head in ("mu", "var")}
+    expected = {"none": set(), "decoders": decoders, "reference": REFERENCE_BOTTOM_UP | grown_denses}
+    assert normalised(model) == expected[placement]
+    # The singular-vector estimates are buffers: no placement changes the parameter count.
+    assert n_params(model) == n_params(grow_to(TreeVAE(MNIST), 4))
+
+
+def test_reference_placement_rebuilds_from_the_topology_alone():
+    from dataclasses import asdict
+    torch.manual_seed(0)
+    model = grow_to(TreeVAE(ModelSpec((1, 28, 28), spectral_norm="reference")), 5)
+    model.prune(model.tree.leaves()[-1])
+    x = torch.rand(4, 1, 28, 28)
+    model(x)                                              # a training-mode pass moves the u/v estimates
+    spec = asdict(model.spec)                             # what a checkpoint stores
+    rebuilt = TreeVAE(ModelSpec(**{**spec, "image_shape": tuple(spec["image_shape"])}), model.tree)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert normalised(rebuilt) == normalised(model)
+    model.eval(), rebuilt.eval()
+    assert torch.equal(model.predict(x), rebuilt.predict(x))
+    leaf = model.tree.leaves()[0]                         # a sub-tree phase's checkpoint reloads too
+    SubTree(rebuilt, leaf).load_state_dict(SubTree(model, leaf).state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("old, placement", [(True, "decoders"), (False, "none")])
+def test_checkpoints_with_the_old_bool_spec_load_strictly(tmp_path, old, placement):
+    """Before placements the spec held a bool: true put spectral norm on every decoder conv and
+    nowhere else. Such a checkpoint must rebuild with exactly those state-dict keys."""
+    from dataclasses import asdict
+
+    from structgen.api import load_model
+    from structgen.train.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    model = grow_to(TreeVAE(ModelSpec((1, 28, 28), spectral_norm=placement)), 3)
+    weights = model.state_dict()
+    old_keys = {f"decoder.{leaf}.{i}.parametrizations.weight.{part}" for leaf in model.tree.leaves()
+                for i in (0, 3, 6) for part in ("original", "0._u", "0._v")} if old else set()
+    assert {k for k in weights if ".parametrizations." in k} == old_keys
+    path = save_checkpoint({"spec": {**asdict(model.spec), "spectral_norm": old}, "tree": model.tree.to_dict(),
+                            "model": weights}, tmp_path / "old.pt")
+    loaded, _ = load_model(path)                          # strict
+    assert loaded.spec.spectral_norm == placement and loaded.tree == model.tree
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())

@@ -3,7 +3,7 @@
 Modules are imported only to build the parser; heavy imports stay inside `run`.
 """
 COMMANDS = ["info", "prepare_data", "config", "train_tree", "evaluate", "generate", "train_classifier", "train_ddpm",
-            "sample", "compare_ddpm", "score_ddpm"]
+            "sample", "compare_ddpm", "score_ddpm", "assign", "export_tree"]
 
 
 def add_config_arguments(p) -> None:

@@ -24,5 +24,6 @@ def run(args) -> int:
             print(f"  {name:<8} {'found' if (root / folder).exists() else 'missing'}  ({root / folder})")
     except DataError as err:
         print(f"data_dir: {err}")
-    print(f"datasets: {', '.join(DATASETS)} (digits and synthetic need no files)")
+    print(f"datasets: {', '.join(DATASETS)} (digits and synthetic need no files; folder and "
+          f"arrays read your own images from data.path)")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Iterable
 import yaml
 
 from structgen.config.schema import Config
+from structgen.runs import RunError, check_run_name
 
 
 class ConfigError(ValueError):
@@ -157,12 +159,17 @@ def _coerce(value: Any, tp: Any, meta: dict, key: str, source: str) -> Any:
             except (TypeError, ValueError):
                 raise fail("a number") from None
         value = float(value)
+        if meta.get("finite", True) and not math.isfinite(value):
+            # NaN passes every comparison below, and infinity every minimum
+            raise fail("a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise fail("a string")
-    choices, lo, hi = meta.get("choices"), meta.get("min"), meta.get("max")
+    choices, lo, hi, above = meta.get("choices"), meta.get("min"), meta.get("max"), meta.get("above")
     if choices and value not in choices:
         raise fail("one of " + ", ".join(map(str, choices)))
+    if above is not None and isinstance(value, (int, float)) and not value > above:
+        raise fail(f"> {above}" + (f" and <= {hi}" if hi is not None else ""))
     if lo is not None and isinstance(value, (int, float)) and value < lo:
         raise fail(f">= {lo}" + (f" and <= {hi}" if hi is not None else ""))
     if hi is not None and isinstance(value, (int, float)) and value > hi:
@@ -172,9 +179,17 @@ def _coerce(value: Any, tp: Any, meta: dict, key: str, source: str) -> Any:
 
 def check_consistency(cfg: Config, source: str) -> None:
     """Rules that involve several keys."""
+    from structgen.config.model_family import choose_family, fits, sides_message
     from structgen.data.registry import dataset_shape
 
     m, t = cfg.model, cfg.training
+    try:
+        check_run_name(cfg.run.name)
+    except RunError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    if t.grow and t.num_epochs == 0:
+        raise ConfigError(f"{source}: training.num_epochs = 0 with training.grow = true: growth splits the leaves "
+                          f"of a trained initial tree; train it for at least 1 epoch (or set training.grow=false)")
     if len(m.latent_channels) != len(m.bottom_up_channels):
         raise ConfigError(f"{source}: model.latent_channels has {len(m.latent_channels)} levels but "
                           f"model.bottom_up_channels has {len(m.bottom_up_channels)}; they must match")
@@ -197,13 +212,19 @@ def check_consistency(cfg: Config, source: str) -> None:
         lo_hi = getattr(t, name)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise ConfigError(f"{source}: training.{name} = {lo_hi} must be [low, high] with low <= high")
-    channels, height, width = dataset_shape(cfg.data.dataset)
-    if m.encoder == "cnn2" and height % m.representation_dim:
-        raise ConfigError(f"{source}: model.encoder = cnn2 needs the image side ({height}) to be a multiple of "
-                          f"model.representation_dim ({m.representation_dim})")
-    if m.encoder == "cnn1" and m.representation_dim >= height:
+    if cfg.data.dataset in ("folder", "arrays") and not cfg.data.path:
+        raise ConfigError(f"{source}: data.dataset = {cfg.data.dataset} needs data.path (the image folder, or the "
+                          f".npz / idx-ubyte file)")
+    channels, height, width = dataset_shape(cfg.data.dataset, cfg.data)
+    # `auto` becomes the family that fits, so the saved config.yml names the network it built.
+    m.encoder = choose_family(m.encoder, (channels, height, width), m.representation_dim)
+    if m.encoder == "cnn2" and not fits("cnn2", height, m.representation_dim):
+        raise ConfigError(f"{source}: model.encoder = cnn2 cannot take {height}x{width} images: "
+                          f"{sides_message('cnn2', m.representation_dim)} (set data.image_size to one of them, "
+                          f"or model.encoder=cnn1)")
+    if m.encoder == "cnn1" and not fits("cnn1", height, m.representation_dim):
         raise ConfigError(f"{source}: model.representation_dim = {m.representation_dim} must be smaller than "
-                          f"the image side {height}")
+                          f"the image side {height}: {sides_message('cnn1', m.representation_dim)}")
     if t.augment and t.batch_size % 2:
         raise ConfigError(f"{source}: training.batch_size = {t.batch_size} must be even with training.augment "
                           f"(it holds two views of each image)")

@@ -7,11 +7,27 @@ diffusion, ray, tune, slurm.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from structgen.config.fields import option
 
-DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
+
+# Where spectral norm goes (structgen/nn/spectral.py says what each placement covers).
+SPECTRAL_NORM = ("none", "decoders", "reference")
+# Before placements existed `model.spectral_norm` was a bool that put spectral norm on the leaf
+# decoders. Configs and checkpoints of those runs keep that meaning (true = decoders), so they
+# rebuild and resume exactly; a new config names its placement.
+LEGACY_SPECTRAL_NORM = {False: "none", True: "decoders"}
+
+
+def spectral_norm_placement(value) -> str:
+    """The placement a `model.spectral_norm` value names: one of SPECTRAL_NORM, or an old bool."""
+    if not isinstance(value, str) and value in LEGACY_SPECTRAL_NORM:
+        return LEGACY_SPECTRAL_NORM[bool(value)]
+    if value in SPECTRAL_NORM:
+        return value
+    raise ValueError(f"spectral_norm = {value!r}: expected one of {', '.join(SPECTRAL_NORM)} (or an old true/false)")
 
 
 @dataclass
@@ -40,12 +56,23 @@ class DataConfig:
     test_fraction: float = option(0.2, "held-out share when a dataset ships a single split", min=0.01, max=0.9)
     train_subset: int = option(0, "use only this many training images (seeded); 0 = all", min=0)
     test_subset: int = option(0, "use only this many test images (seeded); 0 = all", min=0)
+    # Your own images (dataset folder or arrays); README "Your own images".
+    path: Optional[str] = option(None, "folder / arrays: the image folder, or the .npz / idx-ubyte images file")
+    image_size: int = option(28, "folder / arrays: every image is resized (antialiased) to this side", min=3, max=512)
+    channels: int = option(1, "folder / arrays: 1 = greyscale, 3 = RGB (images are converted)", choices=(1, 3))
+    labels: str = option("auto", "folder: auto = class sub-folders give labels when there are two or more; "
+                                 "folders = require them; none = unlabelled", choices=("auto", "folders", "none"))
+    on_bad_image: str = option("error", "folder: an unreadable image stops the run (error) or is logged and "
+                                        "left out (skip)", choices=("error", "skip"))
+    fingerprint: Optional[str] = option(None, "set by the run for folder / arrays: hash of the data files' names, "
+                                              "sizes and contents; --resume on changed data is refused")
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = option("cnn1", "encoder/decoder family: cnn1 small CNN (28x28), cnn2 ResNet (32x32)",
-                          choices=("cnn1", "cnn2"))
+    encoder: str = option("auto", "encoder/decoder family: cnn1 small CNN (28x28, any side), cnn2 ResNet (32x32, "
+                                  "side = r x 2^k); auto = cnn2 for RGB images that fit it, else cnn1",
+                          choices=("auto", "cnn1", "cnn2"))
     representation_dim: int = option(2, "spatial side r of every latent and bottom-up feature", min=1, max=16)
     latent_channels: list[int] = option(default_factory=lambda: [16] * 7, help="C_z per level (bottom -> root)",
                                         min=1, min_len=2)
@@ -55,7 +82,11 @@ class ModelConfig:
     activation: str = option("sigmoid", "likelihood: sigmoid = BCE on [0,1] pixels, mse = sum of squares",
                              choices=("sigmoid", "mse"))
     res_connections: bool = option(False, "residual connection in Conv blocks whose in/out channels match")
-    spectral_norm: bool = option(False, "spectral norm on the leaf decoders' convolutions")
+    # Typed as the values the loader may pass through: the placements and the old bools.
+    spectral_norm: Literal["none", "decoders", "reference", False, True] = option(
+        "none", "spectral norm on: none; decoders (every leaf decoder conv); reference (where the reference code puts "
+                "it: encoder and bottom-up convs, denses at depth >= 2); old true/false = decoders/none",
+        choices=SPECTRAL_NORM + (False, True))
     dim_mod_conv: bool = option(False, "cnn2: strided conv / ConvT instead of avg-pool / bilinear")
     dropout_router: float = option(0.0, "dropout inside routers", min=0.0, max=0.9)
 
@@ -63,9 +94,9 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     batch_size: int = option(256, "images per batch (x views with augment)", min=2)
-    lr: float = option(1e-3, "Adam learning rate", min=0.0, max=1.0)
+    lr: float = option(1e-3, "Adam learning rate", above=0.0, max=1.0)
     weight_decay: float = option(1e-5, "Adam (coupled L2) weight decay", min=0.0)
-    decay_lr: float = option(0.1, "StepLR gamma", min=0.0, max=1.0)
+    decay_lr: float = option(0.1, "StepLR gamma", above=0.0, max=1.0)
     decay_stepsize: int = option(100, "StepLR step, in epochs", min=1)
     num_epochs: int = option(150, "epochs of the initial root + 2-leaf tree", min=0)
     num_epochs_smalltree: int = option(150, "epochs per sub-tree while growing", min=0)
@@ -74,6 +105,8 @@ class TrainingConfig:
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
     grow: bool = option(True, "grow the tree beyond the initial depth")
     prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")
+    prune_after_finetuning: bool = option(True, "with prune: prune again after the final finetuning, removing leaves "
+                                                "it left under prune_threshold (branches that died in it)")
     num_clusters_tree: int = option(10, "stop growing at this many effective leaves", min=1, max=64)
     max_depth: int = option(0, "deepest allowed leaf; 0 = len(bottom_up_channels) - 1", min=0)
     initial_depth: int = option(1, "depth of the initial tree", min=1, max=6)
@@ -101,6 +134,8 @@ class EvaluationConfig:
     ll_samples: int = option(100, "importance samples K for the log-likelihood", min=1)
     baselines: bool = option(True, "k-means and Ward on pixels, same data and cluster count")
     samples_per_leaf: int = option(16, "images per leaf in generated grids", min=1)
+    real_per_leaf: int = option(16, "tree figure: test images shown under each leaf, those it holds most "
+                                    "confidently; 0 = none", min=0)
     n_generate: int = option(256, "images drawn by `structgen generate`", min=1)
 
 
@@ -127,7 +162,7 @@ class DiffusionConfig:
                              min=0.0, max=1.0)
     guidance_weight: float = option(0.0, "classifier-free guidance weight w when sampling: "
                                          "(1+w) eps(cond) - w eps(uncond)", min=0.0)
-    lr: float = option(2e-4, "Adam learning rate", min=0.0, max=1.0)
+    lr: float = option(2e-4, "Adam learning rate", above=0.0, max=1.0)
     warmup_steps: int = option(5000, "linear LR warm-up steps", min=0)
     grad_clip: float = option(1.0, "gradient norm clip; 0 = off", min=0.0)
     ema_decay: float = option(0.9999, "EMA decay of the sampling weights", min=0.0, max=1.0)

@@ -40,15 +40,22 @@ def _find_parts(folder: Path, name: str, dataset: str) -> list[Path]:
     return [p for _, p in numbered]
 
 
+def _read(path: Path, dataset: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:                      # permission denied, a folder in its place, I/O error
+        raise DataError(f"{dataset}: {path}: cannot read ({e.strerror or e})") from None
+
+
 def _read_whole_or_parts(folder: Path, name: str, dataset: str) -> tuple[bytes, str] | None:
     path = folder / name
-    if path.is_file():
-        return path.read_bytes(), str(path)
+    if path.exists():
+        return _read(path, dataset), str(path)
     parts = _find_parts(folder, name, dataset)
     if not parts:
         return None
     shown = f"{path} (joined from {parts[0].name} .. {parts[-1].name})"
-    return b"".join(p.read_bytes() for p in parts), shown
+    return b"".join(_read(p, dataset) for p in parts), shown
 
 
 def read_file_bytes(folder: Path, name: str, dataset: str) -> tuple[bytes, str]:

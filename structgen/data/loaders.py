@@ -36,11 +36,14 @@ def rebuild_command(cfg) -> str:
              f"--ffcv-dir {shlex.quote(str(ffcv_dir(d)))}"]
     if d.data_dir:
         parts.append(f"--data-dir {shlex.quote(str(d.data_dir))}")
+    if d.path:
+        parts.append(f"--path {shlex.quote(str(d.path))}")
     if d.ffcv_image_mode != "raw":
         parts.append(f"--image-mode {d.ffcv_image_mode}")
     if cfg.run.seed != RunConfig().seed:
         parts.append(f"--seed {cfg.run.seed}")
-    for key in ("test_fraction", "num_clusters_data", "train_subset", "test_subset"):
+    for key in ("test_fraction", "num_clusters_data", "train_subset", "test_subset", "image_size", "channels",
+                "labels", "on_bad_image"):
         if getattr(d, key) != getattr(defaults, key):
             parts.append(f"--set data.{key}={getattr(d, key)}")
     return " ".join(parts)

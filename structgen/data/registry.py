@@ -2,7 +2,9 @@
 
 Nothing is downloaded and nothing is cached on disk. ``digits`` and ``synthetic`` need no
 files; ``mnist``, ``fmnist`` and ``cifar10`` read the standard files under ``data_dir``
-(layouts in README of the shared data folder and in ``idx.py`` / ``cifar10.py``).
+(layouts in README of the shared data folder and in ``idx.py`` / ``cifar10.py``). ``folder`` and
+``arrays`` are the user's own images at ``data.path`` (``user_data.py``), converted to
+``data.channels`` x ``data.image_size`` x ``data.image_size``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from structgen.data.summary import format_summary, summarize
 __all__ = ["DATASETS", "SPLITS", "ImageSet", "dataset_shape", "resolve_data_dir", "load_split",
            "summarize", "format_summary"]
 
-DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
+USER_DATASETS = ("folder", "arrays")     # shape and files come from the data config
 SPLITS = ("train", "test")
 
 _SHAPES = {"digits": (1, 28, 28), "mnist": (1, 28, 28), "fmnist": (1, 28, 28),
@@ -46,6 +49,8 @@ class ImageSet:
     split: str                  # "train" or "test"
     class_names: list[str]
     superclass: np.ndarray | None = None  # synthetic only: coarse label of each image
+    sources: list[str] | None = None      # folder / arrays: the file (or "file#index") of each image
+    fingerprint: str | None = None        # folder / arrays: hash of the data files (user_data.py)
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -57,6 +62,11 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        """False for unlabelled user data: labels are then all -1 and class_names is empty."""
+        return bool(self.class_names)
 
 
 def _unknown(kind: str, value: str, valid: tuple[str, ...]) -> DataError:
@@ -70,9 +80,15 @@ def _check_name(name: str) -> None:
         raise _unknown("dataset", name, DATASETS)
 
 
-def dataset_shape(name: str) -> tuple[int, int, int]:
-    """(C, H, W) of every image of dataset ``name``."""
+def dataset_shape(name: str, data_cfg=None) -> tuple[int, int, int]:
+    """(C, H, W) of every image of dataset ``name``; for folder / arrays the converted shape
+    that ``data_cfg`` (data.channels, data.image_size) asks for, without reading any file."""
     _check_name(name)
+    if name in USER_DATASETS:
+        if data_cfg is None:
+            raise DataError(f"the shape of dataset {name!r} comes from data.channels and data.image_size: "
+                            f"pass the data config")
+        return (int(data_cfg.channels), int(data_cfg.image_size), int(data_cfg.image_size))
     return _SHAPES[name]
 
 
@@ -98,16 +114,23 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 
 def load_split(name: str, split: str, data_dir: str | Path | None = None, *, seed: int = 0,
-               test_fraction: float = 0.2) -> ImageSet:
+               test_fraction: float = 0.2, data_cfg=None) -> ImageSet:
     """One split of one dataset as uint8 arrays.
 
     ``seed`` and ``test_fraction`` matter only where a split has to be made: digits (one pool of
-    1797 images), a CIFAR-10 copy that holds only one split, and the synthetic generator.
+    1797 images), a CIFAR-10 copy that holds only one split, the synthetic generator, and user
+    data without train/ and test/ folders. folder / arrays need ``data_cfg`` (the data section).
     """
     _check_name(name)
     if split not in SPLITS:
         raise _unknown("split", split, SPLITS)
     check_fraction(test_fraction)
+    if name in USER_DATASETS:
+        from structgen.data.user_data import read_user_split
+
+        if data_cfg is None:
+            raise DataError(f"dataset {name!r} is read from data.path: pass the data config")
+        return read_user_split(data_cfg, split, seed)
     superclass = None
     class_names = _CLASS_NAMES.get(name)
     if name == "digits":

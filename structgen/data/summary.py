@@ -21,7 +21,8 @@ def summarize(ds) -> dict:
     total = max(int(hist.sum()), 1)
     mean = float(hist @ values / total)
     std = float(np.sqrt(max(hist @ values**2 / total - mean**2, 0.0)))
-    per_class = np.bincount(ds.labels, minlength=len(ds.class_names))
+    # unlabelled user data: labels are -1 and there are no classes to count
+    per_class = np.bincount(ds.labels, minlength=len(ds.class_names)) if ds.class_names else []
     return {
         "dataset": ds.name,
         "split": ds.split,
@@ -35,7 +36,7 @@ def summarize(ds) -> dict:
 
 def format_summary(summary: dict) -> str:
     c, h, w = summary["shape"]
-    classes = ", ".join(f"{name}: {n}" for name, n in summary["counts_per_class"].items())
+    classes = ", ".join(f"{name}: {n}" for name, n in summary["counts_per_class"].items()) or "unlabelled"
     return "\n".join([
         f"{summary['dataset']}/{summary['split']}: {summary['count']} images of {c}x{h}x{w}",
         f"  pixel mean {summary['mean']:.4f}, std {summary['std']:.4f} (scaled to [0,1])",

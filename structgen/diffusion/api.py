@@ -19,6 +19,7 @@ from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, w
 from structgen.diffusion.network import build_model
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
+from structgen.run_lock import claimed
 from structgen.runs import DDPM_PREFIX, RunError, default_run_name, latest_run_dir, new_run_dir, run_dir_of
 from structgen.train.checkpoint import CheckpointError
 from structgen.viz.grids import save_side_by_side
@@ -41,9 +42,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    now, then = _flat(config_to_dict(cfg)), _flat(saved)
+    # A key added after the checkpoint was written compares as its schema default.
+    now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
     diff = [k for k in sorted(set(now) | set(then)) if k.startswith(RESUME_CHECKED) and not k.startswith(RESUME_FREE)
-            and now.get(k) != then.get(k)]
+            and now.get(k) != then.get(k, default.get(k))]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
         raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "
@@ -100,10 +102,8 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     rank) and, after a restart, ``resume_checkpoint``. Only the main rank writes files.
     """
     from structgen.train.context import Context
-    from structgen.train.data import load_run_data
-    from structgen.train.metrics_log import MetricsLog
+    from structgen.train.data import check_batch_fits, load_run_data
     from structgen.train.progress import Progress
-    from structgen.diffusion.loop import DDPMTrainer
 
     device = _setup(cfg) if ctx is None else ctx.device
     is_main = ctx is None or ctx.is_main
@@ -134,6 +134,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
         raise ConfigError(f"data.dataset {cfg.data.dataset!r} has images {data.image_shape} but the TreeVAE "
                           f"expects {tuple(vae.spec.image_shape)}")
     _validate(cfg, data.image_shape)
+    check_batch_fits(cfg.diffusion.batch_size, "diffusion.batch_size", data)
     if saved is None:
         if run_dir is not None:
             run_dir = Path(run_dir)
@@ -144,14 +145,23 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
             run_dir = new_run_dir(cfg)
     ctx = ctx or Context(run_dir=run_dir, device=device)
     ctx.run_dir = run_dir
-    log = MetricsLog(run_dir, enabled=is_main)
     progress = Progress(cfg.run.progress, enabled=is_main)
+    with claimed(run_dir, fresh=saved is None, enabled=is_main, note=progress.line):
+        _train_in(run_dir, cfg, ctx, data, vae, vae_blob, saved, progress, is_main)
+    return run_dir
+
+
+def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progress, is_main: bool) -> None:
+    """The DDPM training of ``train_ddpm`` inside its claimed run folder."""
+    from structgen.diffusion.loop import DDPMTrainer
+    from structgen.train.metrics_log import MetricsLog
+
+    log = MetricsLog(run_dir, enabled=is_main)
     if saved is not None:
         log.truncate(saved["metrics_lines"])
         progress.line(f"resuming {run_dir} at step {saved['step']} (epoch {saved['epoch']}, batch "
                       f"{saved['batch_in_epoch']})")
     elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yml", header=f"resolved config of DDPM run {run_dir}\ncontinue it: "
                     f"structgen train-ddpm --config {run_dir / 'config.yml'} --resume {run_dir}")
         progress.line(f"run folder: {run_dir}  (TreeVAE: {cfg.diffusion.vae_run})")
@@ -170,7 +180,6 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     if is_main and cfg.diffusion.sample_every:
         progress.line(f"samples: {preview(trainer.ema.shadow, trainer.epoch).parent}")
     log.close()
-    return run_dir
 
 
 def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | None = None):

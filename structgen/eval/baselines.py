@@ -25,7 +25,8 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, max_ward: int = 10000) -> dict:
-    """k-means and Ward agglomerative clustering on raw pixels.
+    """k-means and Ward agglomerative clustering on raw pixels: ACC/NMI/ARI against ``y_true``,
+    or, when ``y_true`` is None (unlabelled data), the cluster sizes (largest first).
 
     Ward needs the full pairwise structure (O(N^2) memory), so above ``max_ward`` samples it is
     fitted on a seeded random subset of ``max_ward`` images and scored on that subset; the
@@ -35,14 +36,20 @@ def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, m
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
     x = _flat_pixels(images_uint8_NCHW)
-    y = np.asarray(y_true).astype(np.int64)
+    y = np.zeros(x.shape[0], dtype=np.int64) if y_true is None else np.asarray(y_true).astype(np.int64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"y_true has shape {y.shape} but there are {x.shape[0]} images")
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters must be in 1..{x.shape[0]} (the number of images); got {n_clusters}")
 
+    def scored(pred: np.ndarray, truth: np.ndarray) -> dict:
+        # Without labels (y_true None) a baseline can only say how it splits the images.
+        if y_true is not None:
+            return _scores(truth, pred)
+        return {"sizes": sorted(np.bincount(pred, minlength=n_clusters).tolist(), reverse=True)}
+
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(x)
-    result = {"kmeans": _scores(y, kmeans.labels_)}
+    result = {"kmeans": scored(kmeans.labels_, y)}
 
     x_ward, y_ward = x, y
     if x.shape[0] > max_ward:
@@ -50,5 +57,5 @@ def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, m
         x_ward, y_ward = x[keep], y[keep]
         result["ward_subset"] = int(max_ward)
     ward = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit(x_ward)
-    result["ward"] = _scores(y_ward, ward.labels_)
+    result["ward"] = scored(ward.labels_, y_ward)
     return result

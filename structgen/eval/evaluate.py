@@ -16,6 +16,9 @@ from structgen.train.assign import leaf_probabilities
 from structgen.train.context import Context
 
 
+LABELLED_METRICS = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
+
+
 def _batches(images: np.ndarray, batch_size: int, device):
     data = torch.from_numpy(images)
     for start in range(0, len(images), batch_size):
@@ -48,26 +51,36 @@ def evaluate_model(model: TreeVAE, data, cfg, ctx: Context, progress=None) -> tu
     ev = cfg.evaluation
     t0 = time.perf_counter()
     test, train = data.test, data.train
+    labelled = getattr(data, "labelled", True)
     probs = leaf_probabilities(model, test.images, ctx, ev.batch_size)
     pred = probs.argmax(1).numpy()
-    report = clustering_report(model.tree, test.labels, pred, data.num_classes)
-    train_probs = leaf_probabilities(model, train.images, ctx, ev.batch_size)
-    train_report = clustering_report(model.tree, train.labels, train_probs.argmax(1).numpy(), data.num_classes)
+    sizes = np.bincount(pred, minlength=probs.shape[1])
     result = {
         "split": "test", "n_test": len(test), "n_leaves": len(model.tree.leaves()), "leaves": model.tree.leaves(),
-        "leaf_mass": probs.mean(0).tolist(), **report,
-        "train": {k: train_report[k] for k in ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")},
+        "depth": model.tree.max_depth(), "labelled": labelled,
+        "leaf_mass": probs.mean(0).tolist(), "leaf_sizes": sizes.tolist(),
+        "leaf_share": (sizes / max(1, len(pred))).tolist(),
     }
+    # Class metrics need classes: unlabelled user data gets the ELBO, masses, sizes and depth only.
+    if labelled:
+        result.update(clustering_report(model.tree, test.labels, pred, data.num_classes))
+        train_probs = leaf_probabilities(model, train.images, ctx, ev.batch_size)
+        train_report = clustering_report(model.tree, train.labels, train_probs.argmax(1).numpy(), data.num_classes)
+        result["train"] = {k: train_report[k] for k in LABELLED_METRICS}
+        result["class_names"] = list(data.train.class_names)
     result.update(elbo_and_ll(model, test.images, ev.batch_size, ctx.device,
                               ev.ll_samples if ev.compute_ll else 0, progress))
     if ev.baselines:
-        result["baselines"] = pixel_baselines(test.images, test.labels, len(model.tree.leaves()), seed=cfg.run.seed)
+        result["baselines"] = pixel_baselines(test.images, test.labels if labelled else None,
+                                              len(model.tree.leaves()), seed=cfg.run.seed)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result, probs
 
 
 def format_report(result: dict) -> str:
-    cols = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
+    if not result.get("labelled", True):
+        return format_unlabelled_report(result)
+    cols = LABELLED_METRICS
     head = f"{'method':<22}" + "".join(f"{c:>18}" for c in cols)
     rows = [head, "-" * len(head)]
     rows.append(f"{'CNN-TreeVAE (test)':<22}" + "".join(f"{result[c]:>18.4f}" for c in cols))
@@ -82,4 +95,20 @@ def format_report(result: dict) -> str:
         rows.append(f"log-likelihood (IW, K={result['ll_samples']}): {result['log_likelihood']:.2f} nats")
     mass = "  ".join(f"{leaf}:{m:.3f}" for leaf, m in zip(result["leaves"], result["leaf_mass"]))
     rows.append(f"leaf probability mass: {mass}")
+    return "\n".join(rows)
+
+
+def format_unlabelled_report(result: dict) -> str:
+    """The report of a run without labels: ELBO, depth, and every leaf's mass and size, beside
+    the cluster sizes k-means and Ward find on pixels."""
+    rows = [f"CNN-TreeVAE on {result['n_test']} unlabelled test images: {result['n_leaves']} leaves, depth "
+            f"{result['depth']}, ELBO {result['elbo']:.2f} nats"]
+    if "log_likelihood" in result:
+        rows.append(f"log-likelihood (IW, K={result['ll_samples']}): {result['log_likelihood']:.2f} nats")
+    rows += ["", f"{'leaf':<10}{'mass':>8}{'images':>8}"]
+    rows += [f"{leaf:<10}{m:>8.3f}{n:>8d}" for leaf, m, n in zip(result["leaves"], result["leaf_mass"],
+                                                                   result["leaf_sizes"])]
+    for name, scores in (result.get("baselines") or {}).items():
+        if isinstance(scores, dict) and "sizes" in scores:
+            rows.append(f"{name + ' (pixels)':<22} cluster sizes: {' '.join(map(str, scores['sizes']))}")
     return "\n".join(rows)

@@ -60,13 +60,48 @@ def write_generations(model: TreeVAE, mode: str, out_dir: Path, n: int, seed: in
     return written
 
 
+def most_confident(probs: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per leaf, the indices of up to ``k`` images assigned to it (argmax), highest
+    probability first: the images a leaf holds most confidently."""
+    probs = np.asarray(probs)
+    pred = probs.argmax(1)
+    out = []
+    for leaf in range(probs.shape[1]):           # one pass per leaf, vectorised over images
+        members = np.flatnonzero(pred == leaf)
+        out.append(members[np.argsort(-probs[members, leaf], kind="stable")[:k]])
+    return out
+
+
 def write_tree_figure(model: TreeVAE, path: Path, test, leaf_pred: np.ndarray, leaf_mass, num_classes: int,
-                      class_names, samples_per_leaf: int, seed: int, title: str | None = None) -> Path:
-    """The learned tree with each leaf's prior samples, probability mass and class histogram."""
+                      class_names, samples_per_leaf: int, seed: int, title: str | None = None,
+                      leaf_probs=None, real_per_leaf: int = 0) -> Path:
+    """The learned tree with each leaf's prior samples and probability mass; the class histogram
+    when ``test`` is labelled (num_classes > 0); with ``leaf_probs`` (test images x leaves) and
+    ``real_per_leaf``, the test images each leaf holds most confidently."""
     images, _ = leaf_samples(model, samples_per_leaf, seed)
     leaves = model.tree.leaves()
-    hist = leaf_histograms(model.tree, test.labels, leaf_pred, num_classes)
+    hist = None
+    if num_classes:
+        counts = leaf_histograms(model.tree, test.labels, leaf_pred, num_classes)
+        hist = {leaf: counts[i] for i, leaf in enumerate(leaves)}
+    examples = None
+    if leaf_probs is not None and real_per_leaf:
+        examples = {leaf: test.images[idx] for leaf, idx in zip(leaves, most_confident(leaf_probs, real_per_leaf))}
     return draw_tree_figure(model.tree, {leaf: images[:, i].numpy() for i, leaf in enumerate(leaves)},
                             {leaf: float(leaf_mass[i]) for i, leaf in enumerate(leaves)},
-                            {leaf: hist[i] for i, leaf in enumerate(leaves)}, path,
-                            class_names=class_names, title=title)
+                            hist, path, class_names=class_names if num_classes else None, title=title,
+                            leaf_examples=examples)
+
+
+def write_run_tree_figure(model: TreeVAE, path: Path, data, test_probs, result: dict, cfg) -> Path:
+    """figures/tree.png of an evaluation: titled with ACC/NMI when the data has labels, with
+    the ELBO and image count when it has none."""
+    probs = np.asarray(test_probs)
+    name = Path(cfg.data.path).name if cfg.data.dataset in ("folder", "arrays") and cfg.data.path else cfg.data.dataset
+    if data.labelled:
+        title = f"{name}: ACC {result['acc']:.3f}  NMI {result['nmi']:.3f}"
+    else:
+        title = f"{name}: {result['n_test']} unlabelled test images  ELBO {result['elbo']:.1f}"
+    return write_tree_figure(model, path, data.test, probs.argmax(1), result["leaf_mass"], data.num_classes,
+                             data.train.class_names, cfg.evaluation.samples_per_leaf, cfg.run.seed, title=title,
+                             leaf_probs=probs, real_per_leaf=cfg.evaluation.real_per_leaf)

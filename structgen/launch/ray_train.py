@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from structgen.config import Config, config_from_dict, config_to_dict
+from structgen.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from structgen.run_lock import OWNER_ENV
+from structgen.runs import check_run_name
 from structgen.train.context import Context
 
 CHECKPOINT_FILE = "last.pt"
@@ -67,6 +70,8 @@ def stage_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["config"], source="ray train_loop_config")
     torch.set_num_threads(max(1, loop_config.get("threads", 1)))
     run_dir = Path(loop_config["run_dir"])
+    # A restarted worker group is this fit again: it may take over the run folder's lock (run_lock).
+    os.environ[OWNER_ENV] = loop_config["owner"]
     ctx = ray_context(run_dir)
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
@@ -91,9 +96,9 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    name = job.name or cfg.run.name
+    name = check_run_name(job.name or cfg.run.name, "--name")
     if not name:
-        raise ValueError("a Ray job needs --name (or run.name): it names the run folder and the Ray run")
+        raise ConfigError("a Ray job needs --name (or run.name): it names the run folder and the Ray run")
     run_dir = (Path(cfg.run.runs_dir) / cfg.data.dataset / name).resolve()
     storage = Path(job.storage_path or cfg.ray.storage_path or Path(cfg.run.runs_dir) / "ray").resolve()
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
@@ -102,11 +107,13 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
         from structgen.runs import RunError
         raise RunError(f"{run_dir} is a finished run; choose another --name (nothing was overwritten)")
     if job.stage == "ddpm" and not (job.vae_run or cfg.diffusion.vae_run or last.exists()):
-        from structgen.config import ConfigError
         raise ConfigError("a ddpm job needs the TreeVAE run to condition on: --vae RUN_DIR (or diffusion.vae_run)")
+    if cfg.data.path:                # workers may start in another folder than the driver
+        cfg = apply_overrides(cfg, {"data.path": str(Path(cfg.data.path).expanduser().resolve())})
     loop_config = {"config": config_to_dict(cfg), "run_dir": str(run_dir), "evaluate": evaluate,
                    "stage": job.stage, "vae_run": job.vae_run or cfg.diffusion.vae_run,
-                   "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None}
+                   "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None,
+                   "owner": f"ray-fit:{uuid.uuid4().hex}"}
     trainer = TorchTrainer(
         stage_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,

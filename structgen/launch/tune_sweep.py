@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
+from structgen.runs import check_run_name
 from structgen.sweeps import Sweep
 
 STAGE_TRIALS = {"tree": "structgen.launch.tune_trials:tree_trial",
@@ -37,7 +38,7 @@ def _absolute_paths(cfg: Config) -> Config:
 
     cfg = copy.deepcopy(cfg)
     cfg.run.runs_dir = str(Path(cfg.run.runs_dir).resolve())
-    for section, key in (("data", "data_dir"), ("data", "ffcv_dir"), ("diffusion", "vae_run")):
+    for section, key in (("data", "data_dir"), ("data", "ffcv_dir"), ("data", "path"), ("diffusion", "vae_run")):
         value = getattr(getattr(cfg, section), key)
         if value:
             setattr(getattr(cfg, section), key, str(Path(value).resolve()))
@@ -57,7 +58,7 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
                           f"pass --set diffusion.vae_run=RUN_DIR")
     cfg = _absolute_paths(cfg)             # trials run in their own working folders
     storage = Path(storage_path).resolve()
-    experiment = storage / name
+    experiment = storage / check_run_name(name, "sweep name (--name)")
     trainable = _trainable(sweep, cpus_per_trial)
     if tune.Tuner.can_restore(str(experiment)):
         print(f"resuming sweep {experiment}")

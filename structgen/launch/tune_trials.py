@@ -107,7 +107,8 @@ def tree_trial(config: dict) -> None:
     resume_from = resume_file(run_dir)
     _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from, evaluate=True)
     model = ctx.model
-    final = {k: report[k] for k in ("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")}
+    # unlabelled data (a user's folder) has no class metrics; the ELBO objective needs none
+    final = {k: report[k] for k in ("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity") if k in report}
     final.update(loss=float("nan"), phase="evaluation", n_leaves=report["n_leaves"], depth=model.tree.max_depth(),
                  elbo=held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device), final=True)
     tune.report(final)

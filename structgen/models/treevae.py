@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from structgen.config.schema import spectral_norm_placement
 from structgen.models import gaussian as G
 from structgen.models.likelihood import nll, to_image
 from structgen.nn.contrastive import Projection
 from structgen.nn.decoders import build_decoder
 from structgen.nn.encoders import BottomUp
 from structgen.nn.heads import Dense, Router, Transformation
+from structgen.nn.spectral import add_spectral_norm, apply_to_bottom_up, normalises
 from structgen.tree.topology import ROOT, Tree
 
 MODULE_KINDS = ("dense", "transform", "router", "router_q", "decoder")
@@ -35,7 +37,7 @@ class ModelSpec:
     act_function: str = "swish"
     likelihood: str = "sigmoid"
     res_connections: bool = False
-    spectral_norm: bool = False
+    spectral_norm: str = "none"     # placement (structgen.nn.spectral); checkpoints before it hold a bool
     dim_mod_conv: bool = False
     dropout_router: float = 0.0
     contrastive: bool = False       # CIFAR extension: NT-Xent projections of every bottom-up level
@@ -50,6 +52,11 @@ class ModelSpec:
                    likelihood=model_cfg.activation, res_connections=model_cfg.res_connections,
                    spectral_norm=model_cfg.spectral_norm, dim_mod_conv=model_cfg.dim_mod_conv,
                    dropout_router=model_cfg.dropout_router, contrastive=contrastive)
+
+    def __post_init__(self):
+        # The one place an old bool becomes its placement: every loader of a checkpoint's spec
+        # and the config go through here, so old runs rebuild with the keys they were saved with.
+        self.spectral_norm = spectral_norm_placement(self.spectral_norm)
 
 
 @dataclass
@@ -77,9 +84,9 @@ class TreeVAE(nn.Module):
         super().__init__()
         self.spec = spec
         channels, side, _ = spec.image_shape
-        self.bottom_up = BottomUp(spec.encoder, channels, side, [spec.bottom_up_channels] * spec.levels,
-                                  spec.representation_dim, spec.act_function, spec.res_connections,
-                                  spec.dim_mod_conv)
+        self.bottom_up = apply_to_bottom_up(spec.spectral_norm, BottomUp(
+            spec.encoder, channels, side, [spec.bottom_up_channels] * spec.levels, spec.representation_dim,
+            spec.act_function, spec.res_connections, spec.dim_mod_conv))
         self.projections = nn.ModuleList(
             [Projection(spec.bottom_up_channels, spec.representation_dim, spec.act_function)
              for _ in range(spec.levels)]) if spec.contrastive else None
@@ -101,8 +108,10 @@ class TreeVAE(nn.Module):
         """Bottom-up level feeding a node at ``depth``: the root reads the deepest one."""
         return self.spec.levels - 1 - depth
 
-    def new_dense(self) -> nn.Module:
-        return Dense(self.spec.bottom_up_channels, self.spec.latent_channels)
+    def new_dense(self, depth: int) -> nn.Module:
+        """The dense of a node at ``depth``: the `reference` placement normalises grown depths."""
+        dense = Dense(self.spec.bottom_up_channels, self.spec.latent_channels)
+        return add_spectral_norm(dense) if normalises(self.spec.spectral_norm, "dense", depth) else dense
 
     def new_transform(self) -> nn.Module:
         s = self.spec
@@ -117,10 +126,10 @@ class TreeVAE(nn.Module):
         s = self.spec
         channels, side, _ = s.image_shape
         return build_decoder(s.encoder, s.latent_channels, channels, side, s.representation_dim,
-                             s.act_function, s.dim_mod_conv, s.spectral_norm)
+                             s.act_function, s.dim_mod_conv, normalises(s.spectral_norm, "decoder"))
 
     def _build_node(self, path: str, kind: str) -> None:
-        self.dense[path] = self.new_dense()
+        self.dense[path] = self.new_dense(_depth(path))
         if path != ROOT:
             self.transform[path] = self.new_transform()
         if kind == "internal":
@@ -301,7 +310,7 @@ class SubTree(nn.Module):
         self.router = model.new_router(on_latent=True)
         self.router_q = model.new_router(on_latent=False)
         self.transform = nn.ModuleList([model.new_transform() for _ in range(2)])
-        self.dense = nn.ModuleList([model.new_dense() for _ in range(2)])
+        self.dense = nn.ModuleList([model.new_dense(self.depth + 1) for _ in range(2)])
         self.decoder = nn.ModuleList([model.new_decoder() for _ in range(2)])
         self._parent_level = model.level(self.depth)
         self._child_level = model.level(self.depth + 1)

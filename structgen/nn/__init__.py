@@ -1,9 +1,10 @@
 """Neural-network building blocks of the CNN-TreeVAE (tensors in, tensors out; no tree logic)."""
 from .blocks import ACTIVATIONS, ConvBlock, ResBlock, make_activation
 from .contrastive import Projection, info_nce
-from .decoders import DECODERS, add_spectral_norm, build_decoder
+from .decoders import DECODERS, build_decoder
 from .encoders import ENCODERS, BottomUp, build_encoder
 from .heads import Dense, Router, Transformation
+from .spectral import add_spectral_norm
 
 __all__ = [
     "ACTIVATIONS",

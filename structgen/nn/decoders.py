@@ -6,10 +6,10 @@ For the BCE likelihood the output is a logit (the model applies the sigmoid, or 
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from .blocks import ResBlock, conv3x3, int_linspace, make_activation
 from .encoders import log2_steps, small_cnn_schedule
+from .spectral import add_spectral_norm
 
 DECODERS = ("cnn1", "cnn2")
 
@@ -65,18 +65,6 @@ class ResNetDecoder(nn.Sequential):
         super().__init__(*layers)
 
 
-def add_spectral_norm(module: nn.Module) -> nn.Module:
-    """Spectral-normalise every conv / conv-transpose weight inside ``module`` (in place).
-
-    The reference config promises "only applied to decoders" but hits other layers instead
-    (algorithm.md §8.8); we do what the name says and call this on decoders only.
-    """
-    targets = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    for m in targets:
-        _spectral_norm(m)
-    return module
-
-
 def build_decoder(
     kind: str,
     latent_channels: int,
@@ -87,7 +75,10 @@ def build_decoder(
     dim_mod_conv: bool,
     spectral_norm: bool,
 ) -> nn.Module:
-    """Leaf latent (B, latent_channels, r, r) -> pre-activation image (B, out_channels, S, S)."""
+    """Leaf latent (B, latent_channels, r, r) -> pre-activation image (B, out_channels, S, S).
+
+    ``spectral_norm`` normalises every conv of the decoder (the `decoders` placement).
+    """
     if kind == "cnn1":
         # cnn1 up-samples with its conv-transposes alone, so dim_mod_conv does not apply.
         decoder: nn.Module = SmallCnnDecoder(latent_channels, out_channels, image_size, r, act)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structgen.train.checkpoint import CheckpointError, save_checkpoint
+from structgen.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 FORMAT = "structgen.classifier/1"
 # A stride-2 stem (28 -> 14 px), then one stride-2 BasicBlock per further width (14 -> 7 -> 4):
@@ -126,13 +126,7 @@ def load_classifier(path, expect_dataset: str | None = None, expect_shape=None, 
         hint = (f"; train one with `structgen train-classifier --dataset {expect_dataset}`"
                 if expect_dataset else "")
         raise CheckpointError(f"classifier checkpoint not found: {path}{hint}")
-    try:  # weights_only: a classifier file holds tensors and plain values, never code
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated / foreign files raise several exception types
-        raise CheckpointError(f"{path}: not a readable classifier checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a structgen classifier checkpoint (format {found!r}, expected {FORMAT!r})")
+    state = read_checkpoint(path, kind="classifier", current=FORMAT, readable_as="classifier checkpoint")
     if expect_dataset is not None and state["dataset"] != expect_dataset:
         raise CheckpointError(f"{path}: classifier was trained on {state['dataset']!r}, but {expect_dataset!r} "
                               "images are to be judged")

@@ -21,11 +21,17 @@ class RunData:
     def num_classes(self) -> int:
         return len(self.train.class_names)
 
+    @property
+    def labelled(self) -> bool:
+        """False for unlabelled user data: no class metrics, no histograms."""
+        return self.train.labelled
+
 
 def _keep(ds: ImageSet, mask_or_index, labels=None, class_names=None) -> ImageSet:
     sup = ds.superclass[mask_or_index] if ds.superclass is not None else None
+    sources = list(np.asarray(ds.sources, dtype=object)[mask_or_index]) if ds.sources is not None else None
     return replace(ds, images=ds.images[mask_or_index], labels=labels if labels is not None else ds.labels[mask_or_index],
-                   class_names=class_names or ds.class_names, superclass=sup)
+                   class_names=class_names or ds.class_names, superclass=sup, sources=sources)
 
 
 def _subset(ds: ImageSet, n: int, seed: int) -> ImageSet:
@@ -37,8 +43,12 @@ def _subset(ds: ImageSet, n: int, seed: int) -> ImageSet:
 
 def load_run_data(cfg) -> RunData:
     d, seed = cfg.data, cfg.run.seed
-    train = load_split(d.dataset, "train", d.data_dir, seed=seed, test_fraction=d.test_fraction)
-    test = load_split(d.dataset, "test", d.data_dir, seed=seed, test_fraction=d.test_fraction)
+    train = load_split(d.dataset, "train", d.data_dir, seed=seed, test_fraction=d.test_fraction, data_cfg=d)
+    test = load_split(d.dataset, "test", d.data_dir, seed=seed, test_fraction=d.test_fraction, data_cfg=d)
+    if train.fingerprint is not None:
+        # Recorded in the run's config.yml and checkpoint; a resume whose files differ then
+        # differs in this key, and check_resumable refuses it, showing both fingerprints.
+        d.fingerprint = train.fingerprint
     if d.num_clusters_data and d.num_clusters_data < len(train.class_names):
         # A seeded subset of classes, relabelled 0..k-1 in their original order.
         kept = np.sort(np.random.default_rng(seed).choice(len(train.class_names), d.num_clusters_data, replace=False))
@@ -50,3 +60,13 @@ def load_run_data(cfg) -> RunData:
         test = _keep(test, np.isin(test.labels, kept), None, names)
         test = replace(test, labels=lut[test.labels])
     return RunData(_subset(train, d.train_subset, seed), _subset(test, d.test_subset, seed + 1))
+
+
+def check_batch_fits(images_per_batch: int, key: str, data: RunData) -> None:
+    """Training drops the last incomplete batch, so a batch larger than the training set would
+    train on nothing: refuse it before a run folder is made."""
+    from structgen.config import ConfigError
+
+    if images_per_batch > len(data.train):
+        raise ConfigError(f"{key} asks for {images_per_batch} images per batch but the training set holds only "
+                          f"{len(data.train)}; lower {key} (or use more data)")

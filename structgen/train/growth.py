@@ -1,5 +1,5 @@
 """The growth schedule (algorithm.md §3.2): initial tree -> grow loop (sub-trees, intermediate
-full-trains) -> prune -> finetune, as a resumable state machine.
+full-trains) -> prune -> finetune -> final prune, as a resumable state machine.
 
 `GrowthState` is plain data and goes into every checkpoint; `TreeTrainer.run()` continues from
 whatever state it is given, so a killed run resumes at the same phase and epoch. All decisions
@@ -23,7 +23,7 @@ from structgen.train.context import Context
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
 from structgen.tree.topology import Tree
 
-STAGES = ("initial", "grow", "prune", "finetune", "done")
+STAGES = ("initial", "grow", "prune", "finetune", "final_prune", "done")
 
 
 @dataclass
@@ -36,6 +36,7 @@ class GrowthState:
     unexpandable: list[str] = field(default_factory=list)
     epochs_done: int = 0                                             # across phases: the TensorBoard step
     phase: dict | None = None
+    before_finetuning: dict = field(default_factory=dict)   # leaf -> {"share", "mass"} when finetuning began
 
 
 class TreeTrainer:
@@ -72,7 +73,9 @@ class TreeTrainer:
     # ---- the schedule ----------------------------------------------------------------------
     def run(self) -> TreeVAE:
         t = self.cfg.training
-        while self.state.stage != "done" or self.state.phase is not None:   # "done" is set when finetuning starts
+        # A stage is set when the phase it follows starts, so the phase may still be running.
+        # Checkpoints from before the final prune say "done" during the finetuning and end there.
+        while self.state.stage != "done" or self.state.phase is not None:
             if self.state.phase is not None:
                 self._run_phase()
             elif self.state.stage == "initial":
@@ -80,12 +83,19 @@ class TreeTrainer:
             elif self.state.stage == "grow":
                 self._grow_step()
             elif self.state.stage == "prune":
-                self._prune()
+                self.state.before_finetuning = self._prune() if t.prune else {}
                 self.state.stage = "finetune"
                 self._checkpoint(None, None)
             elif self.state.stage == "finetune":
                 e = t.num_epochs_finetuning
-                self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e)), next_stage="done")
+                self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e)), next_stage="final_prune")
+            elif self.state.stage == "final_prune":
+                # The finetuning can starve a branch that held real mass before it (MNIST: two
+                # leaves went from 9.4 % and 8.1 % to 0.0 %); such a leaf must not stay in the tree.
+                if t.prune and t.prune_after_finetuning and t.num_epochs_finetuning > 0:
+                    self._prune(after_finetuning=True)
+                self.state.stage = "done"
+                self._checkpoint(None, None)
         self._checkpoint(None, None)
         return self.model
 
@@ -172,22 +182,46 @@ class TreeTrainer:
             return leaf, members.tolist()
         return None
 
-    def _prune(self) -> None:
+    def _leaf_shares(self) -> dict[str, dict]:
+        """Per leaf, in BFS order: its share of the training images whose most probable leaf it
+        is (what pruning judges) and its share of the probability mass."""
+        probs = leaf_probabilities(self.model, self.data.train.images, self.ctx, self.cfg.evaluation.batch_size)
+        n = probs.shape[0]
+        counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
+        return {leaf: {"share": (counts[i] / n).item(), "mass": (probs[:, i].double().sum() / n).item()}
+                for i, leaf in enumerate(self.model.tree.leaves())}
+
+    def _prune(self, after_finetuning: bool = False) -> dict[str, dict]:
+        """Remove the smallest leaf while it holds under prune_threshold of the assignments
+        (§3.2 step 3); returns the remaining leaves' shares. ``after_finetuning``: the same rule
+        once the final finetuning is over, logged with each leaf's shares from before it."""
         t = self.cfg.training
-        if not t.prune:
-            return
-        while len(self.model.tree.leaves()) > 1:
-            probs = leaf_probabilities(self.model, self.data.train.images, self.ctx, self.cfg.evaluation.batch_size)
-            counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
-            smallest = int(torch.argmin(counts))
-            share = counts[smallest].item() / probs.shape[0]
-            if share >= t.prune_threshold:
-                break
-            leaf = self.ctx.broadcast_object(self.model.tree.leaves()[smallest])
+        while True:
+            shares = self._leaf_shares()
+            leaf = min(shares, key=lambda p: shares[p]["share"])      # first of equal shares, as argmin
+            share = shares[leaf]["share"]
+            if len(shares) == 1 or share >= t.prune_threshold:
+                return shares
+            leaf = self.ctx.broadcast_object(leaf)
             self.model.prune(leaf)
-            self.log_event("prune", leaf=leaf, share=share, tree=self.model.tree.bfs())
-            if self.ctx.is_main:
-                self.progress.line(f"== pruned {leaf} ({share:.2%} of assignments)")
+            if after_finetuning:
+                self._log_dead_leaf(leaf, shares[leaf])
+            else:
+                self.log_event("prune", leaf=leaf, share=share, tree=self.model.tree.bfs())
+                if self.ctx.is_main:
+                    self.progress.line(f"== pruned {leaf} ({share:.2%} of assignments)")
+
+    def _log_dead_leaf(self, leaf: str, after: dict) -> None:
+        before = self.state.before_finetuning.get(leaf, {})      # empty when resumed from an older checkpoint
+        self.log_event("prune_after_finetuning", leaf=leaf, share=after["share"], mass=after["mass"],
+                       share_before=before.get("share"), mass_before=before.get("mass"),
+                       threshold=self.cfg.training.prune_threshold, tree=self.model.tree.bfs())
+        if self.ctx.is_main:
+            was = (f"{before['share']:.2%} of assignments ({before['mass']:.2%} of the mass) before it, "
+                   if before else "")
+            self.progress.line(f"== pruned {leaf}, emptied by the final finetuning: {was}{after['share']:.2%} "
+                               f"({after['mass']:.2%}) after it, under prune_threshold "
+                               f"{self.cfg.training.prune_threshold:.2%}")
 
     # ---- checkpoints and events -------------------------------------------------------------
     def _count_epoch(self) -> int:

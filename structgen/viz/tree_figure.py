@@ -4,7 +4,8 @@ Layout: leaves get one column each, in in-order (left subtree before right), whi
 order that makes tree edges never cross; an inner node sits at the mean x of its children, a
 pass-through node straight above its only child. Nodes are drawn at their true depth; a dotted
 line drops from every leaf to the bottom of the tree panel, where its column of panels
-(sample grid, "p=…", class histogram) begins.
+(sample grid, "p=…", optionally the real images the leaf holds most confidently, and the class
+histogram when there are labels) begins.
 """
 from __future__ import annotations
 
@@ -88,11 +89,13 @@ def draw_tree_figure(
     path,
     class_names=None,
     title: str | None = None,
+    leaf_examples=None,
 ) -> Path:
     """Write the tree figure to ``path`` (PNG, or any format matplotlib infers from the suffix).
 
     leaf_images: {leaf: (k, C, H, W) uint8 or float in [0,1]}; leaf_mass: {leaf: probability};
-    leaf_hist: {leaf: class counts} or None. Each may also be a sequence in ``tree.leaves()``
+    leaf_hist: {leaf: class counts} or None; leaf_examples: {leaf: (k, C, H, W)} real images
+    (a second row of panels) or None. Each may also be a sequence in ``tree.leaves()``
     order. Missing leaves are drawn as blank panels rather than failing a run's last step.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no backend selection
@@ -101,13 +104,15 @@ def draw_tree_figure(
     images = _by_leaf("leaf_images", leaf_images, leaves)
     mass = _by_leaf("leaf_mass", leaf_mass, leaves)
     hists = _by_leaf("leaf_hist", leaf_hist, leaves)
+    examples = _by_leaf("leaf_examples", leaf_examples, leaves) if leaf_examples is not None else None
     xs = leaf_columns(tree)
     in_order = sorted(leaves, key=lambda leaf: xs[leaf])
     n_cols, depth = len(leaves), tree.max_depth()
     n_classes = max((len(np.ravel(h)) for h in hists.values()), default=0)
 
     tree_h = LEVEL_H * (depth + 1) + 0.2
-    panels_h = IMAGE_H + MASS_H + (HIST_H + LABELS_H if hists else 0.0)
+    examples_h = IMAGE_H if examples is not None else 0.0
+    panels_h = IMAGE_H + MASS_H + examples_h + (HIST_H + LABELS_H if hists else 0.0)
     top_h = TITLE_H if title else 0.1
     fig_w = max(MARGIN_L + COLUMN_W * n_cols + MARGIN_R, 3.0)
     fig_h = top_h + tree_h + panels_h
@@ -130,19 +135,18 @@ def draw_tree_figure(
         left = x0 + col * col_w + 0.06 * col_w
         width = 0.88 * col_w
         img_ax = fig.add_axes(box(left, panels_h - IMAGE_H, width, IMAGE_H - 0.05))
-        img_ax.axis("off")
-        if leaf in images and len(images[leaf]):
-            k = len(images[leaf])
-            grid = grid_array(images[leaf], nrow=math.ceil(math.sqrt(k)), pad=1)
-            img_ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-                          interpolation="nearest")
-        else:
-            img_ax.text(0.5, 0.5, "no samples", ha="center", va="center", fontsize=7, color="0.4",
-                        transform=img_ax.transAxes)
+        _draw_grid(img_ax, images.get(leaf), "no samples")
         p = mass.get(leaf)
         label = f"{leaf}\np={p:.2f}" if p is not None else f"{leaf}\np=n/a"
         fig.text(left + width / 2, (panels_h - IMAGE_H - 0.05) / fig_h, label,
                  ha="center", va="top", fontsize=8)
+        if examples is not None:
+            ex_ax = fig.add_axes(box(left, panels_h - IMAGE_H - MASS_H - examples_h, width, examples_h - 0.05))
+            _draw_grid(ex_ax, examples.get(leaf), "no images")
+            if col == 0:
+                for text, top in (("samples", panels_h), ("top real images", panels_h - IMAGE_H - MASS_H)):
+                    fig.text(left - 0.02 * col_w, (top - IMAGE_H / 2) / fig_h, text, rotation=90, ha="right",
+                             va="center", fontsize=6, color="0.3")
         if hists:
             hist_ax = fig.add_axes(box(left, LABELS_H, width, HIST_H))
             _draw_histogram(hist_ax, hists.get(leaf), n_classes, colors, class_names, first=(col == 0))
@@ -153,6 +157,16 @@ def draw_tree_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _draw_grid(ax, images, empty: str) -> None:
+    ax.axis("off")
+    if images is not None and len(images):
+        grid = grid_array(images, nrow=math.ceil(math.sqrt(len(images))), pad=1)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=7, color="0.4", transform=ax.transAxes)
 
 
 def _class_colors(n_classes: int) -> list:

@@ -9,7 +9,7 @@ from structgen.config import ConfigError, load_config
 from structgen.launch.slurm.ray_tune_job import RayTuneJob
 from structgen.launch.slurm.resources import build_executor, executor_parameters, log_folder, resolve_resources
 from structgen.launch.slurm.stage_job import GENERATE_MODES, STAGES, StageJob
-from structgen.runs import checkpoint_of
+from structgen.runs import check_run_name, checkpoint_of
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Submission:
 
 def _absolute_paths(cfg) -> list[str]:
     """Overrides that pin relative folders to the submitting folder (a job may start elsewhere)."""
-    pinned = {"run.runs_dir": cfg.run.runs_dir, "data.data_dir": cfg.data.data_dir}
+    pinned = {"run.runs_dir": cfg.run.runs_dir, "data.data_dir": cfg.data.data_dir, "data.path": cfg.data.path}
     return [f"{key}={Path(value).expanduser().absolute()}" for key, value in pinned.items()
             if value and not Path(value).is_absolute()]
 
@@ -67,7 +67,7 @@ def plan_submission(stage: str | None, config: str | None, overrides: list[str] 
     cfg = load_config(config, overrides)
     res = resolve_resources(cfg.slurm, flags, env)
     folder = log_folder(res)
-    name = name or cfg.run.name
+    name = check_run_name(name or cfg.run.name, "--name")
     base = overrides + _absolute_paths(cfg)
     if ray and not sweep:
         raise ConfigError("--ray runs a Ray Tune sweep: it needs --sweep SWEEP.yml")

@@ -24,18 +24,17 @@ RESUME_FREE = ("run.name", "run.device", "run.threads", "run.progress", "run.run
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
-def check_resumable(saved: dict, cfg: Config, where: Path) -> None:
+def check_resumable(saved: dict, cfg: Config, where: Path, *, free: tuple = RESUME_FREE, checked: tuple = ("",)) -> None:
+    """Refuse to resume the checkpoint at ``where`` (config ``saved``) with a ``cfg`` that differs
+    in a ``checked`` key other than the ``free`` ones (prefixes of dotted keys)."""
     # A key added after the checkpoint was written compares as its schema default.
     now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
-    diff = [k for k in sorted(set(now) | set(then))
-            if now.get(k) != then.get(k, default.get(k)) and not k.startswith(RESUME_FREE)]
+    diff = [k for k in sorted(set(now) | set(then)) if k.startswith(checked) and not k.startswith(free)
+            and now.get(k) != then.get(k, default.get(k))]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
         raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "

@@ -13,6 +13,29 @@ SYNTHETIC_FAST = [
 ]
 
 
+# A TreeVAE small enough to train in seconds, for tests that need a run to condition on or to open.
+TINY_DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subset=32", "run.progress=plain",
+             "run.threads=1"]
+TINY_VAE = TINY_DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2",
+                        "training.grow=false", "training.prune=false", "training.num_epochs_finetuning=0"]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """A runs folder shared by one test module."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def vae_run(runs_dir):
+    """A tiny trained TreeVAE run (depth 2, 4 leaves) in the module's runs folder."""
+    from structgen.api import train_tree
+    from structgen.config import load_config
+
+    run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={runs_dir}", "run.name=vae"]), evaluate=False)
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: on a shared 2-core machine two OpenMP threads per process

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_DATA, TINY_VAE
 from structgen.api import evaluate_run, generate, load_model, train_tree
 from structgen.config import load_config
 from structgen.diffusion import checkpoint as ddpm_ckpt
@@ -25,9 +26,7 @@ from structgen.train import checkpoint as tree_ckpt
 from structgen.train.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint, rng_state,
                                         save_checkpoint, set_rng_state)
 
-DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subset=32", "run.progress=plain", "run.threads=1"]
-TINY_VAE = DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2", "training.grow=false",
-                   "training.prune=false", "training.num_epochs_finetuning=0"]
+DATA = TINY_DATA
 TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
                     "diffusion.batch_size=32", "diffusion.epochs=1", "diffusion.warmup_steps=2",
                     "diffusion.n_timesteps=50", "diffusion.sampler=ddim", "diffusion.n_steps=2",
@@ -48,17 +47,6 @@ class Payload:
 
 
 # ---- real runs ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("safety_runs")
-
-
-@pytest.fixture(scope="module")
-def vae_run(runs_dir):
-    run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={runs_dir}", "run.name=vae"]), evaluate=False)
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def ddpm_run(vae_run, runs_dir):
     return train_ddpm(load_config(None, TINY_DDPM + [f"run.runs_dir={runs_dir}", "run.name=ddpm"]), vae_run)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from structgen.api import train_tree
+from conftest import TINY_DATA
 from structgen.cli import main
 from structgen.config import load_config
 from structgen.diffusion import checkpoint as ddpm_ckpt
@@ -15,9 +15,7 @@ from structgen.diffusion.loop import DDPMTrainer
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.train.phase import NonFiniteLossError
 
-DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subset=32", "run.progress=plain", "run.threads=1"]
-TINY_VAE = DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2", "training.grow=false",
-                   "training.prune=false", "training.num_epochs_finetuning=0"]
+DATA = TINY_DATA
 # 128 images / batch 16 = 8 steps per epoch.
 TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1",
                     "diffusion.attn_resolutions=[]",
@@ -32,17 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def sets(*overrides):
     return [a for s in overrides for a in ("--set", s)]
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("ddpm_runs")
-
-
-@pytest.fixture(scope="module")
-def vae_run(runs_dir):
-    run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={runs_dir}", "run.name=vae"]), evaluate=False)
-    return run_dir
 
 
 def ddpm_cfg(runs_dir, *extra):

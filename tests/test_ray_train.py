@@ -151,3 +151,22 @@ def test_rerun_with_the_same_name_resumes_a_stopped_run(ray_session, tmp_path):
     assert after[:len(before)] == before, "the re-run rewrote epochs the stopped run had finished"
     assert len(after) == len(set(after)), "duplicate epochs in metrics.jsonl"
     assert ("subtree-1", 2) in after and after.count(("initial", 1)) == 1
+
+
+def test_a_job_trains_on_a_users_image_folder(ray_session, tmp_path, monkeypatch):
+    """data.dataset=folder under Ray Train, given a path relative to the driver's folder: the
+    workers (which start elsewhere) read the same images, and the run is unlabelled."""
+    from structgen.launch.ray_train import JobSpec, run_job
+    from user_images import digits_pngs
+
+    digits_pngs(tmp_path / "my_images", n=80)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.dataset=folder", "data.path=my_images", "training.batch_size=16",
+                             "training.num_epochs=1", "training.grow=false", "training.prune=false",
+                             "training.num_epochs_finetuning=0", "evaluation.baselines=false",
+                             "run.progress=plain", f"run.runs_dir={tmp_path / 'runs'}"])
+    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="mine", storage_path=str(tmp_path / "ray")))
+    assert result.error is None
+    last = read_metrics(run_dir)[-1]
+    assert last["event"] == "evaluation" and last["labelled"] is False and "acc" not in last
+    assert load_config(run_dir / "config.yml").data.path == str(tmp_path / "my_images")

@@ -367,3 +367,28 @@ def test_status_and_logs_of_a_finished_job(reference, capsys):
     assert "COMPLETED" in capsys.readouterr().out
     assert launch.main(["--logs", job.job_id, "--folder", sub.folder]) == 0
     assert f"run folder: {runs / 'synthetic' / 'reference'}" in capsys.readouterr().out
+
+
+def test_a_job_trains_on_a_users_image_folder_given_by_a_relative_path(slurm_cluster, tmp_path, monkeypatch,
+                                                                      cancel_unfinished):
+    """data.dataset=folder through SLURM: the relative data.path is pinned to the submitting
+    folder, so the job finds the images wherever it starts, and the run records where they were."""
+    from structgen.config import load_config
+    from structgen.launch.slurm import plan_submission
+    from user_images import digits_pngs
+
+    digits_pngs(tmp_path / "my_images", n=80)
+    monkeypatch.chdir(tmp_path)
+    fast = ["data.dataset=folder", "data.path=my_images", "model.encoder=cnn1", "training.batch_size=16",
+            "training.num_epochs=1", "training.grow=false", "training.prune=false",
+            "training.num_epochs_finetuning=0", "evaluation.baselines=false", "run.threads=1", "run.progress=plain", f"run.runs_dir={tmp_path / 'runs'}"]
+    sub = plan_submission("tree", None, fast, name="mine",
+                          flags={**TINY_JOB, "folder": str(tmp_path / "logs" / "%j")})
+    job, = sub.submit()
+    cancel_unfinished.append(job)
+    result = result_of(job)
+    run_dir = Path(result["run_dir"])
+    assert run_dir == tmp_path / "runs" / "folder" / "mine"
+    recorded = load_config(run_dir / "config.yml").data
+    assert recorded.path == str(tmp_path / "my_images") and recorded.fingerprint.startswith("80 files")
+    assert result["report"]["labelled"] is False and result["report"]["n_leaves"] == 2

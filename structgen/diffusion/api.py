@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.config import Config, ConfigError, config_to_dict, load_config, save_config
+from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.diffusion import checkpoint as ddpm_ckpt
 from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, write_outputs
 from structgen.diffusion.network import build_model
@@ -34,23 +34,10 @@ RESUME_FREE = ("run.name", "run.device", "run.threads", "run.progress", "run.run
 RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    # A key added after the checkpoint was written compares as its schema default.
-    now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
-    diff = [k for k in sorted(set(now) | set(then)) if k.startswith(RESUME_CHECKED) and not k.startswith(RESUME_FREE)
-            and now.get(k) != then.get(k, default.get(k))]
-    if diff:
-        detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
-        raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "
-                              f"Resume with the run's own config ({where.parent.parent / 'config.yml'}) "
-                              f"or start a new run.")
+    from structgen.api import check_resumable
+
+    check_resumable(saved, cfg, where, free=RESUME_FREE, checked=RESUME_CHECKED)
 
 
 def _setup(cfg: Config) -> torch.device:

@@ -43,8 +43,32 @@ def one_run(config: str, overrides: list[str], seed: int, runs_dir: str) -> dict
                    wall_minutes=round(wall / 60, 1), run_dir=str(run_dir),
                    leaf_share=[round(x, 4) for x in report["leaf_share"]],
                    kmeans=report["baselines"]["kmeans"], ward=report["baselines"]["ward"])
+    summary["phase_minutes"] = {k: round(v, 2) for k, v in phase_minutes(str(run_dir)).items()}
     print("RESULT " + json.dumps(summary), flush=True)
     return summary
+
+
+def phase_minutes(run_dir: str) -> dict[str, float]:
+    """Wall minutes per part of the schedule, from metrics.jsonl: each event closes the interval
+    since the previous non-epoch event (the run starts when config.yml is written)."""
+    from pathlib import Path
+
+    from structgen.train.metrics_log import read_metrics
+
+    parts: dict[str, float] = {}
+    last = (Path(run_dir) / "config.yml").stat().st_mtime
+    for record in read_metrics(run_dir):
+        kind = record["event"]
+        if kind == "epoch":
+            continue
+        name = {"grow_check": "split selection", "split": "subtree", "prune": "pruning",
+                "prune_after_finetuning": "pruning", "evaluation": "evaluation + baselines"}.get(kind)
+        if kind == "phase_end":
+            name = record["phase"].split("-")[0]          # subtree-3 -> subtree, intermediate-1 -> intermediate
+        if name:
+            parts[name] = parts.get(name, 0.0) + (record["time"] - last) / 60
+        last = record["time"]
+    return parts
 
 
 def spread(values: list[float]) -> str:
@@ -71,6 +95,9 @@ def main() -> None:
         accs = [r[method]["acc"] for r in runs]
         nmis = [r[method]["nmi"] for r in runs]
         print(f"{method + ' (pixels)':22}{spread(accs):>16}{spread(nmis):>16}")
+    print("\nwall minutes per part of the schedule (mean over seeds):")
+    for part in runs[0]["phase_minutes"]:
+        print(f"  {part:<24}{statistics.fmean(r['phase_minutes'].get(part, 0.0) for r in runs):>8.2f}")
     if args.reference_schedule and "mnist" in args.config and "fmnist" not in args.config:
         ref = REFERENCE_FIGURE
         print(f"{'reference code (1 run)':22}{ref['acc']:>16.3f}{ref['nmi']:>16.3f}{ref['dendrogram_purity']:>16.3f}"

@@ -184,3 +184,18 @@ def test_export_tree_round_trips_the_topology(unlabelled_run, npz_run, tmp_path,
         labelled = "class_histogram" in nodes[tree.leaves()[0]]
         assert labelled == (run_dir == npz_run[0])
     assert doc["class_names"] == [str(k) for k in range(10)]
+
+
+def test_a_tree_trains_on_mixed_formats_and_sizes_with_a_corrupt_file_skipped(tmp_path):
+    """The issue's "a TreeVAE trains on each": mixed formats, sizes and modes, a corrupt JPEG
+    left out by data.on_bad_image=skip, plus the digits PNGs for enough images to batch."""
+    from user_images import corrupt_jpeg, mixed_folder
+
+    root = mixed_folder(tmp_path / "mixed")
+    digits_pngs(root / "more", n=40)
+    corrupt_jpeg(root / "broken.jpg")
+    cfg = tiny_cfg(tmp_path, root, "data.labels=none", "data.on_bad_image=skip", "run.name=mixed")
+    run_dir, report = train_tree(cfg)
+    assert report["labelled"] is False and report["n_test"] == 10      # 48 decodable images, 20 % held out
+    assert load_config(run_dir / "config.yml").data.fingerprint.startswith("49 files")   # 8 + 40 + the broken one
+    assert (run_dir / "figures" / "tree.png").exists()

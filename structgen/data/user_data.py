@@ -61,9 +61,7 @@ def _pool_split(labels: np.ndarray, test_fraction: float, seed: int, where: str)
 def _read_folder(d, seed: int, root: Path) -> dict:
     from structgen.data.user_folder import read_part, relabel, split_folders
 
-    if not root.exists():
-        raise DataError(f"data.path {str(root)!r} does not exist")
-    if not root.is_dir():
+    if not root.is_dir():                   # read_user_split has checked that it exists
         raise DataError(f"data.path {root} is a file; use data.dataset=arrays for an .npz or idx-ubyte file")
     hasher = FileHasher()
     splits = split_folders(root)

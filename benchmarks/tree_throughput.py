@@ -1,10 +1,13 @@
 """Images/s of the CNN-TreeVAE hot paths, ours against a reference-style implementation
 (`reference_style.py`) run in the same process on the same 10-leaf MNIST-sized tree.
 
-    .venv/bin/python benchmarks/tree_throughput.py [--batch 256] [--repeats 5]
+    .venv/bin/python benchmarks/tree_throughput.py [--batch 256] [--repeats 5] [--threads 2 1]
+                                                   [--spectral-norm reference]
 
-Prints images/s for each path and the ratio ours / reference (> 1 means faster). Timings
-interleave the two implementations so that machine noise hits both alike.
+Prints images/s for each path and the ratio ours / reference (> 1 means faster), once per
+thread count. Timings interleave the two implementations so that machine noise hits both
+alike. The tree carries the MNIST profile's spectral-norm placement (`reference`: encoder,
+bottom-up convs and grown denses) unless told otherwise; both procedures share its modules.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from structgen.models.objective import FullTreeObjective, SubTreeObjective
 from structgen.models.treevae import ModelSpec, SubTree, TreeVAE
 
 
-def ten_leaf_model() -> TreeVAE:
-    model = TreeVAE(ModelSpec((1, 28, 28)))
+def ten_leaf_model(spectral_norm: str = "none") -> TreeVAE:
+    model = TreeVAE(ModelSpec((1, 28, 28), spectral_norm=spectral_norm))
     while len(model.tree.leaves()) < 10:
         leaf = min(model.tree.leaves(), key=len)
         model.attach(leaf, SubTree(model, leaf))
@@ -40,9 +43,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (best is kept)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread counts to measure")
+    parser.add_argument("--spectral-norm", default="reference", choices=("none", "decoders", "reference"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = ten_leaf_model()
+    model = ten_leaf_model(args.spectral_norm)
     heads = DeadHeads(model)
     x = torch.rand(args.batch, 1, 28, 28)
     params = list(model.parameters()) + list(heads.parameters())
@@ -84,15 +89,17 @@ def main() -> None:
     cases = {"full-tree train step (10 leaves)": (train_ours, train_ref),
              "sub-tree train step below a depth-4 leaf": (sub_ours, sub_ref),
              "routing pass (split selection / pruning / clustering)": (route_ours, route_ref)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, tree depth {model.tree.max_depth()}")
-    print(f"{'path':<55}{'ours img/s':>12}{'reference img/s':>17}{'ratio':>8}")
-    for name, (ours, ref) in cases.items():
-        best_ours = best_ref = 0.0
-        for _ in range(args.rounds):
-            best_ours = max(best_ours, timed(ours, args.batch, args.repeats))
-            best_ref = max(best_ref, timed(ref, args.batch, args.repeats))
-        print(f"{name:<55}{best_ours:>12.0f}{best_ref:>17.0f}{best_ours / best_ref:>8.2f}")
+    print(f"torch {torch.__version__}, batch {args.batch}, {sum(p.numel() for p in model.parameters()):,} "
+          f"parameters, tree depth {model.tree.max_depth()}, spectral norm: {args.spectral_norm}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s)\n{'path':<55}{'ours img/s':>12}{'reference img/s':>17}{'ratio':>8}")
+        for name, (ours, ref) in cases.items():
+            best_ours = best_ref = 0.0
+            for _ in range(args.rounds):
+                best_ours = max(best_ours, timed(ours, args.batch, args.repeats))
+                best_ref = max(best_ref, timed(ref, args.batch, args.repeats))
+            print(f"{name:<55}{best_ours:>12.0f}{best_ref:>17.0f}{best_ours / best_ref:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,34 +11,16 @@ from pathlib import Path
 
 import torch
 
-from structgen.config import Config, ConfigError, config_to_dict, load_config, save_config
+from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
 from structgen.runs import checkpoint_of, latest_run_dir, new_run_dir, run_dir_of
-from structgen.train.checkpoint import CheckpointError, load_checkpoint
+from structgen.train.checkpoint import CheckpointError, load_checkpoint, load_model
+from structgen.train.resume import check_resumable
 
 # Keys that may differ between the run being resumed and the command resuming it.
-RESUME_FREE = ("run.name", "run.device", "run.threads", "run.progress", "run.runs_dir", "data.data_dir",
+RESUME_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
+               "run.runs_dir", "data.data_dir",
                "evaluation.")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def check_resumable(saved: dict, cfg: Config, where: Path, *, free: tuple = RESUME_FREE, checked: tuple = ("",)) -> None:
-    """Refuse to resume the checkpoint at ``where`` (config ``saved``) with a ``cfg`` that differs
-    in a ``checked`` key other than the ``free`` ones (prefixes of dotted keys)."""
-    # A key added after the checkpoint was written compares as its schema default.
-    now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
-    diff = [k for k in sorted(set(now) | set(then)) if k.startswith(checked) and not k.startswith(free)
-            and now.get(k) != then.get(k, default.get(k))]
-    if diff:
-        detail = "; ".join(f"{k}: checkpoint {then.get(k)!r} vs now {now.get(k)!r}" for k in diff[:6])
-        raise CheckpointError(f"{where}: cannot resume, the config differs from the checkpoint's in {detail}. "
-                              f"Resume with the run's own config ({where.parent.parent / 'config.yml'}) or start a new run.")
 
 
 def _setup_torch(cfg: Config) -> None:
@@ -68,12 +50,12 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     if resume_checkpoint is not None:
         saved = load_checkpoint(Path(resume_checkpoint))
         run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(resume_checkpoint))
-        check_resumable(saved["config"], cfg, Path(resume_checkpoint))
+        check_resumable(saved["config"], cfg, Path(resume_checkpoint), free=RESUME_FREE)
     elif resume:
         run_dir = latest_run_dir(cfg) if resume is True else Path(resume)
         ckpt_path = run_dir / "checkpoints" / "last.pt"
         saved = load_checkpoint(ckpt_path)
-        check_resumable(saved["config"], cfg, ckpt_path)
+        check_resumable(saved["config"], cfg, ckpt_path, free=RESUME_FREE)
     elif run_dir is not None:
         run_dir = Path(run_dir)
     else:
@@ -101,22 +83,6 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
         log.close()
     return run_dir, report
-
-
-def load_model(path: str | Path, device="cpu"):
-    """Rebuild a TreeVAE from a run folder or checkpoint: topology first, then weights (strict)."""
-    from structgen.models.treevae import ModelSpec, TreeVAE
-    from structgen.tree import Tree
-
-    ckpt_path = checkpoint_of(path)
-    state = load_checkpoint(ckpt_path)
-    try:
-        spec = ModelSpec(**{**state["spec"], "image_shape": tuple(state["spec"]["image_shape"])})
-        model = TreeVAE(spec, Tree.from_dict(state["tree"]))
-        model.load_state_dict(state["model"], strict=True)
-    except (TypeError, KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt_path}: incompatible checkpoint: {err}") from None
-    return model.to(device).eval(), state
 
 
 def _run_config(run_dir: Path, overrides=()) -> Config:

@@ -129,3 +129,22 @@ def test_more_ranks_than_samples_still_pads(data):
                for r in range(5)]
     served = sum((_served(ld) for ld in loaders), [])
     assert len(served) == 5 and set(served) == {0, 1}
+
+
+def test_to_device_float_moves_uint8_and_scales_to_unit_range():
+    from structgen.data.loader import to_device_float
+
+    batch = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
+    x = to_device_float(batch, "cpu")
+    assert x.dtype == torch.float32 and torch.allclose(x, torch.tensor([[0.0, 0.2, 1.0]]))
+    assert batch.dtype == torch.uint8 and batch[0, 2] == 255        # the source batch is left as it was
+
+
+def test_loader_shares_the_training_array_it_is_given_instead_of_copying_it():
+    """Every phase builds a loader over the same training set; none may hold a copy of it."""
+    images = np.zeros((8, 1, 4, 4), dtype=np.uint8)
+    loader = TensorLoader(images, np.arange(8), 4, indices=np.arange(4))    # a sub-tree's subset too
+    assert np.shares_memory(loader.images.numpy(), images)
+    images[3] = 255
+    x, _, idx = next(iter(TensorLoader(images, np.arange(8), 8, shuffle=False)))
+    assert x[3].min() == 1.0

@@ -188,7 +188,7 @@ def test_pixel_baselines_separate_trivial_blobs():
     assert res["kmeans"]["acc"] > 0.95
     assert res["ward"]["acc"] > 0.95
     assert "ward_subset" not in res
-    assert set(res["kmeans"]) == {"acc", "nmi", "ari"}
+    assert set(res["kmeans"]) == {"acc", "nmi", "ari", "seconds"} and res["ward"]["seconds"] >= 0
 
 
 def test_pixel_baselines_subsample_ward_and_say_so():

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import socket
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -139,7 +138,7 @@ def test_a_stale_lock_of_a_dead_process_is_named_and_taken_over(tmp_path):
     (run / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": proc.pid, "since": "earlier"}))
     notes = []
     lock = claim_run_dir(run, fresh=True, note=notes.append)
-    assert any(f"stale lock" in n and f"pid {proc.pid}" in n and "no longer runs" in n for n in notes)
+    assert any("stale lock" in n and f"pid {proc.pid}" in n and "no longer runs" in n for n in notes)
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
 

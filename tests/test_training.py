@@ -45,6 +45,9 @@ def test_run_folder_has_every_artefact(trained_run):
     finetune = [epoch for phase, epoch in epochs if phase == "finetune"]
     assert finetune == list(range(1, cfg.training.num_epochs_finetuning + 1)), "the final finetuning must run"
     assert epochs[-1][0] == "finetune"
+    # Every epoch records the process's peak resident memory: a high-water mark, so it never falls.
+    peaks = [r["peak_rss_mb"] for r in records if r["event"] == "epoch"]
+    assert peaks[0] > 50 and peaks == sorted(peaks)
     ev = [r for r in records if r["event"] == "evaluation"][-1]
     for key in ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity", "elbo", "leaf_histograms", "baselines"):
         assert key in ev

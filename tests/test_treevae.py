@@ -10,7 +10,6 @@ from structgen.models import gaussian as G
 from structgen.models.elbo import Clamps, log_importance_weights, per_sample_nelbo, tree_terms
 from structgen.models.objective import SubTreeObjective
 from structgen.models.treevae import ModelSpec, SubTree, TreeOutput, TreeVAE
-from structgen.tree import Tree
 
 MNIST = ModelSpec((1, 28, 28))
 CIFAR = ModelSpec((3, 32, 32), encoder="cnn2", representation_dim=4, latent_channels=64, bottom_up_channels=128,
@@ -114,9 +113,9 @@ def test_attach_prune_save_rebuild_round_trip():
     model = grow_to(TreeVAE(MNIST), 4)
     model.prune("r11")
     assert model.tree.kind("r1") == "passthrough" and "r1" not in model.router and "r11" not in model.decoder
-    state = {"spec": MNIST, "tree": model.tree.to_dict(), "weights": model.state_dict()}
-    rebuilt = TreeVAE(state["spec"], Tree.from_dict(state["tree"]))
-    rebuilt.load_state_dict(state["weights"], strict=True)
+    state = model.to_state()
+    assert set(state) == {"spec", "tree", "model"} and isinstance(state["spec"], dict)
+    rebuilt = TreeVAE.from_state(state)
     x = torch.rand(4, 1, 28, 28)
     model.eval(), rebuilt.eval()
     assert torch.equal(model.predict(x), rebuilt.predict(x))
@@ -126,6 +125,10 @@ def test_attach_prune_save_rebuild_round_trip():
     b = rebuilt(x).decoder_out
     assert torch.equal(a, b)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in rebuilt.named_parameters()]
+    # strict: weights of another topology are refused, never half-loaded
+    del state["model"]["decoder.r10.0.weight"]
+    with pytest.raises(RuntimeError, match="decoder.r10.0.weight"):
+        TreeVAE.from_state(state)
 
 
 def test_attach_moves_the_trained_subtree_modules():

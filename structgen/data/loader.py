@@ -35,6 +35,21 @@ def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
     return t
 
 
+def to_device_float(batch_uint8: torch.Tensor, device) -> torch.Tensor:
+    """A uint8 CPU batch as float32 in [0,1] on ``device``.
+
+    Moved as uint8 (4x fewer bytes than float) and converted there. On CUDA the batch is pinned
+    and copied with ``non_blocking``, so the host queues the copy behind the running kernels and
+    goes on preparing the next batch instead of waiting for it.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        batch_uint8 = batch_uint8.pin_memory().to(device, non_blocking=True)
+    else:
+        batch_uint8 = batch_uint8.to(device)
+    return batch_uint8.float().div_(255.0)
+
+
 class TensorLoader:
     """In-memory batches from uint8 NCHW arrays.
 

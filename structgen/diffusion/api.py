@@ -25,7 +25,8 @@ from structgen.train.checkpoint import CheckpointError
 from structgen.viz.grids import save_side_by_side
 
 # Keys a resumed run may change: where things live, how long to train, how and when to sample.
-RESUME_FREE = ("run.name", "run.device", "run.threads", "run.progress", "run.runs_dir", "data.data_dir",
+RESUME_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
+               "run.runs_dir", "data.data_dir",
                "diffusion.vae_run", "diffusion.epochs", "diffusion.checkpoint_every", "diffusion.sample_every",
                "diffusion.n_samples", "diffusion.sample_batch_size", "diffusion.sampler", "diffusion.variance",
                "diffusion.n_steps", "diffusion.eta", "diffusion.skip_strategy", "diffusion.guidance_weight",
@@ -35,7 +36,7 @@ RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
 
 
 def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    from structgen.api import check_resumable
+    from structgen.train.resume import check_resumable
 
     check_resumable(saved, cfg, where, free=RESUME_FREE, checked=RESUME_CHECKED)
 
@@ -54,7 +55,7 @@ def _with(cfg: Config, section: str, **changes) -> Config:
 
 def _load_vae(vae_run, cfg: Config, device):
     """The TreeVAE to condition on, checked against the DDPM's data."""
-    from structgen.api import load_model
+    from structgen.train.checkpoint import load_model
     from structgen.runs import checkpoint_of
 
     ckpt = checkpoint_of(vae_run).resolve()

@@ -24,6 +24,8 @@ from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_si
 from structgen.train.checkpoint import rng_state, set_rng_state
 from structgen.train.context import Context
 from structgen.train.phase import NonFiniteLossError
+from structgen.train.precision import StepPrecision
+from structgen.train.resources import memory_fields
 
 QUARTILES = 4          # loss logged per quarter of the timestep range, as improved-diffusion does
 _RANK_SEED_STRIDE = 7919
@@ -41,7 +43,8 @@ class DDPMTrainer:
         torch.manual_seed(cfg.run.seed)                  # identical initial weights on every rank
         self.unet_spec = UNetSpec.from_config(d, conditioner.image_shape)
         self.signal = signal_spec(d.conditioning, conditioner)
-        self.model = build_model(self.unet_spec, self.signal).to(ctx.device)
+        self.precision = StepPrecision.of_run(cfg.run, ctx.device)
+        self.model = self.precision.module(build_model(self.unet_spec, self.signal).to(ctx.device))
         self.ema = EMA(self.model, d.ema_decay, d.ema_warmup)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr)
         warmup = max(d.warmup_steps, 1)
@@ -116,26 +119,30 @@ class DDPMTrainer:
         cond = self.conditioner.condition(parts, leaf).with_dropout(d.cfg_rate)
         t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
-        eps = self.train_module(self.schedule.q_sample(x0, t, noise), t, cond)
-        per_sample = ((eps - noise) ** 2).flatten(1).mean(1)
-        loss = per_sample.mean()
+        x_t = self.precision.batch(self.schedule.q_sample(x0, t, noise))
+        with self.precision.autocast():
+            eps = self.train_module(x_t, t, cond)
+            per_sample = ((eps.float() - noise) ** 2).flatten(1).mean(1)
+            loss = per_sample.mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), d.grad_clip or math.inf)
-        loss_v, norm_v = float(loss.detach()), float(grad_norm)
-        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+        self.precision.backward(loss)
+        norm_v = self.precision.clip_grad_norm(self.model.parameters(), d.grad_clip, self.optimizer)
+        loss_v = float(loss.detach())
+        overflow_skipped = self.precision.skips_overflow and not math.isfinite(norm_v)
+        if not (math.isfinite(loss_v) and (math.isfinite(norm_v) or overflow_skipped)):
             what = f"loss = {loss_v}" if not math.isfinite(loss_v) else f"gradient norm = {norm_v}"
             raise NonFiniteLossError(
                 f"non-finite DDPM {what} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
                 f"{self.batch_in_epoch + 1}). The last good checkpoint ({self.checkpoint_path}) is kept; "
                 f"try a lower diffusion.lr or check the data.")
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.lr_schedule.step()
         self.ema.update(self.model)
         self.step += 1
         q = (t * QUARTILES) // self.schedule.T
         n = len(x0)
-        self.sums[:4] += torch.tensor([loss_v * n, norm_v, 1.0, n], dtype=torch.float64, device=self.sums.device)
+        logged_norm = 0.0 if overflow_skipped else norm_v     # an fp16 overflow step changed nothing
+        self.sums[:4] += torch.tensor([loss_v * n, logged_norm, 1.0, n], dtype=torch.float64, device=self.sums.device)
         self.sums[4:4 + QUARTILES].index_add_(0, q, per_sample.detach().double())
         self.sums[4 + QUARTILES:].index_add_(0, q, torch.ones_like(per_sample, dtype=torch.float64))
         return loss_v, norm_v
@@ -184,7 +191,8 @@ class DDPMTrainer:
         record = {"epoch": self.epoch, "epochs": self.d.epochs, "steps": self.step, "loss": sums[0].item() / n,
                   "grad_norm": sums[1].item() / batches, "lr": self.optimizer.param_groups[0]["lr"],
                   "ema_decay": self.ema.current_decay(), "images_per_s": images_per_s, "images": int(sums[3].item()),
-                  **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTILES)}}
+                  **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTILES)},
+                  **memory_fields(self.ctx.device)}
         if self.ctx.on_epoch_end is not None:
             self.ctx.on_epoch_end(record)
         if self.ctx.is_main:

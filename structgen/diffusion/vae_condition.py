@@ -7,13 +7,12 @@ sample-major (row b·L + l) so a sampler can share noise within each sample's L 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from structgen.diffusion.conditioning import Condition, PathTable
-from structgen.models.treevae import ModelSpec, TreeVAE
-from structgen.tree import Tree
+from structgen.models.treevae import TreeVAE
 
 
 @dataclass
@@ -100,12 +99,8 @@ class VAEConditioner:
 def vae_state(vae: TreeVAE, source: str) -> dict:
     """The VAE as it goes into every DDPM checkpoint: later changes to its run cannot skew the
     conditions a DDPM was trained on."""
-    return {"source": source, "spec": asdict(vae.spec), "tree": vae.tree.to_dict(),
-            "model": {k: v.cpu() for k, v in vae.state_dict().items()}}
+    return {"source": source, **vae.to_state()}
 
 
 def vae_from_state(state: dict, device="cpu") -> TreeVAE:
-    spec = ModelSpec(**{**state["spec"], "image_shape": tuple(state["spec"]["image_shape"])})
-    vae = TreeVAE(spec, Tree.from_dict(state["tree"]))
-    vae.load_state_dict(state["model"], strict=True)
-    return vae.to(device).eval()
+    return TreeVAE.from_state(state).to(device).eval()

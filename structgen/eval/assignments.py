@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structgen.data.loader import to_device_float
 from structgen.eval.image_stream import ImageStream
 from structgen.tree.topology import ROOT
 
@@ -52,7 +53,7 @@ def root_path(leaf: str) -> str:
 def assign_batch(model, x_uint8: np.ndarray, device, latents: bool):
     """(probs (B, L) float32, root latent means (B, D) or None) for one uint8 batch."""
     model.eval()
-    x = torch.from_numpy(x_uint8).to(device).float().div_(255.0)
+    x = to_device_float(torch.from_numpy(x_uint8), device)
     probs = model.predict(x)
     z = None
     if latents:

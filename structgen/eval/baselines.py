@@ -5,6 +5,8 @@ Both run on flattened pixels scaled to [0,1], the same view the reference's k-me
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from structgen.eval.clustering import ari, cluster_acc, nmi
@@ -31,7 +33,7 @@ def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, m
     Ward needs the full pairwise structure (O(N^2) memory), so above ``max_ward`` samples it is
     fitted on a seeded random subset of ``max_ward`` images and scored on that subset; the
     returned dict then carries ``"ward_subset": max_ward`` so the number is never mistaken for
-    a full-set score.
+    a full-set score. Each entry also carries its fitting time in ``seconds``.
     """
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
@@ -48,14 +50,16 @@ def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, m
             return _scores(truth, pred)
         return {"sizes": sorted(np.bincount(pred, minlength=n_clusters).tolist(), reverse=True)}
 
+    start = time.perf_counter()
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(x)
-    result = {"kmeans": scored(kmeans.labels_, y)}
+    result = {"kmeans": {**scored(kmeans.labels_, y), "seconds": round(time.perf_counter() - start, 2)}}
 
     x_ward, y_ward = x, y
     if x.shape[0] > max_ward:
         keep = np.random.default_rng(seed).choice(x.shape[0], size=max_ward, replace=False)
         x_ward, y_ward = x[keep], y[keep]
         result["ward_subset"] = int(max_ward)
+    start = time.perf_counter()
     ward = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit(x_ward)
-    result["ward"] = scored(ward.labels_, y_ward)
+    result["ward"] = {**scored(ward.labels_, y_ward), "seconds": round(time.perf_counter() - start, 2)}
     return result

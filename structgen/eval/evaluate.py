@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from structgen.data.loader import to_device_float
 from structgen.eval.baselines import pixel_baselines
 from structgen.eval.clustering import clustering_report
 from structgen.models.elbo import log_importance_weights, per_sample_nelbo
@@ -22,7 +23,7 @@ LABELLED_METRICS = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
 def _batches(images: np.ndarray, batch_size: int, device):
     data = torch.from_numpy(images)
     for start in range(0, len(images), batch_size):
-        yield data[start:start + batch_size].to(device).float().div_(255.0)
+        yield to_device_float(data[start:start + batch_size], device)
 
 
 @torch.no_grad()

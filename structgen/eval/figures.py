@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structgen.data.loader import to_device_float
 from structgen.eval.clustering import leaf_histograms
 from structgen.models.treevae import TreeVAE
 from structgen.viz.grids import save_grid, save_side_by_side
@@ -27,7 +28,7 @@ def leaf_samples(model: TreeVAE, n: int, seed: int):
 @torch.no_grad()
 def leaf_reconstructions(model: TreeVAE, images_uint8: np.ndarray, device):
     model.eval()
-    x = torch.from_numpy(images_uint8).to(device).float().div_(255.0)
+    x = to_device_float(torch.from_numpy(images_uint8), device)
     out = model(x)
     return x.cpu(), model.images(out).cpu(), out.leaf_probs.cpu()
 

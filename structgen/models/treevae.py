@@ -7,7 +7,7 @@ a checkpoint's optimiser state maps back onto the right tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from structgen.nn.contrastive import Projection
 from structgen.nn.decoders import build_decoder
 from structgen.nn.encoders import BottomUp
 from structgen.nn.heads import Dense, Router, Transformation
+from structgen.nn.leaf_decoding import decode_leaves
 from structgen.nn.spectral import add_spectral_norm, apply_to_bottom_up, normalises
 from structgen.tree.topology import ROOT, Tree
 
@@ -98,6 +99,22 @@ class TreeVAE(nn.Module):
         for path in self.tree.bfs():
             self._build_node(path, self.tree.kind(path))
         self._reorder()
+
+    # ---- state -----------------------------------------------------------------------------
+    def to_state(self) -> dict:
+        """What rebuilds this model anywhere: spec, topology and weights (on CPU), plain data
+        that checkpoints (TreeVAE and DDPM alike) store as they are."""
+        return {"spec": asdict(self.spec), "tree": self.tree.to_dict(),
+                "model": {k: v.cpu() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TreeVAE":
+        """The model of ``to_state()`` (or of any checkpoint carrying its keys): topology first,
+        then the weights, strictly, so a missing or extra key is an error, never a random layer."""
+        spec = ModelSpec(**{**state["spec"], "image_shape": tuple(state["spec"]["image_shape"])})
+        model = cls(spec, Tree.from_dict(state["tree"]))
+        model.load_state_dict(state["model"], strict=True)
+        return model
 
     # ---- structure -----------------------------------------------------------------------
     @property
@@ -180,7 +197,6 @@ class TreeVAE(nn.Module):
         out = TreeOutput(leaves=self.tree.leaves(), leaf_probs=x.new_empty(0), decoder_out=x.new_empty(0),
                          features=feats)
         out.reach[ROOT] = x.new_ones(batch)
-        decoded = {}
         for path in self.tree.bfs():
             d = feats[self.level(_depth(path))]
             mu_hat, var_hat = self.dense[path](d)
@@ -207,11 +223,13 @@ class TreeVAE(nn.Module):
                 out.reach[path + "1"] = out.reach[path] * (1 - q_left)
             elif kind == "passthrough":
                 out.reach[self.tree.children(path)[0]] = out.reach[path]
-            else:
-                decoded[path] = self.decoder[path](z)
         out.leaf_probs = torch.stack([out.reach[p] for p in out.leaves], dim=1)
-        out.decoder_out = torch.stack([decoded[p] for p in out.leaves], dim=1)
+        out.decoder_out = self.decode(out.leaves, [out.z[p] for p in out.leaves])
         return out
+
+    def decode(self, leaves: list[str], latents: list[torch.Tensor]) -> torch.Tensor:
+        """(B, len(leaves), C, H, W) pre-activation images of each leaf's decoder."""
+        return decode_leaves([self.decoder[p] for p in leaves], latents)
 
     def reach_from_features(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Posterior reach probability of every node, from the q-routers alone.
@@ -268,7 +286,6 @@ class TreeVAE(nn.Module):
         r = s.representation_dim
         z = {ROOT: torch.randn((n, s.latent_channels, r, r), generator=generator, device=device)}
         prob = {ROOT: torch.ones(n, device=device)}
-        decoded = {}
         for path in self.tree.bfs():
             if path != ROOT:
                 prior_mu, prior_var = self.transform[path](z[path[:-1]])
@@ -279,10 +296,8 @@ class TreeVAE(nn.Module):
                 prob[path + "0"], prob[path + "1"] = prob[path] * p_left, prob[path] * (1 - p_left)
             elif kind == "passthrough":
                 prob[self.tree.children(path)[0]] = prob[path]
-            else:
-                decoded[path] = to_image(self.decoder[path](z[path]), s.likelihood)
         leaves = self.tree.leaves()
-        images = torch.stack([decoded[p] for p in leaves], dim=1)
+        images = to_image(self.decode(leaves, [z[p] for p in leaves]), s.likelihood)
         return images, torch.stack([prob[p] for p in leaves], dim=1), z
 
     def images(self, out: TreeOutput) -> torch.Tensor:
@@ -321,13 +336,13 @@ class SubTree(nn.Module):
         logit_p = self.router(z_parent)
         q_left = torch.sigmoid(logit_q)
         probs = torch.stack([reach * q_left, reach * (1 - q_left)], dim=1)
-        kls, outs = [], []
+        kls, latents = [], []
         for i in range(2):
             prior_mu, prior_var = self.transform[i](z_parent)
             mu_hat, var_hat = self.dense[i](d_child)
             mu, var = G.precision_weighted(mu_hat, var_hat, prior_mu, prior_var)
-            z = G.sample(mu, var)
+            latents.append(G.sample(mu, var))
             kls.append(G.kl_normal(mu, var, prior_mu, prior_var))
-            outs.append(self.decoder[i](z))
-        return {"leaf_probs": probs, "decoder_out": torch.stack(outs, dim=1), "node_kl": torch.stack(kls, dim=1),
+        decoded = decode_leaves(list(self.decoder), latents)
+        return {"leaf_probs": probs, "decoder_out": decoded, "node_kl": torch.stack(kls, dim=1),
                 "decision_kl": G.kl_bernoulli_logits(logit_q, logit_p), "reach": reach, "logit_q": logit_q}

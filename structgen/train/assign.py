@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from structgen.data.loader import to_device_float
 from structgen.models.treevae import TreeVAE
 from structgen.train.context import Context
 
@@ -26,7 +27,7 @@ def leaf_probabilities(model: TreeVAE, images: np.ndarray, ctx: Context, batch_s
     parts = []
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        x = data[idx].to(ctx.device).float().div_(255.0)
+        x = to_device_float(data[idx], ctx.device)
         parts.append(model.predict(x))
     model.train(was_training)
     local = torch.cat(parts)

@@ -50,9 +50,7 @@ class TreeTrainer:
             self.state = GrowthState()
             self._saved_phase = None
         else:
-            spec = ModelSpec(**{**resume["spec"], "image_shape": tuple(resume["spec"]["image_shape"])})
-            self.model = TreeVAE(spec, Tree.from_dict(resume["tree"])).to(ctx.device)
-            self.model.load_state_dict(resume["model"])
+            self.model = TreeVAE.from_state(resume).to(ctx.device)
             self.state = GrowthState(**resume["growth"])
             self._saved_phase = resume.get("phase_state")
             self._resume_rng = resume["rng"]
@@ -238,9 +236,7 @@ class TreeTrainer:
             self.state.phase = phase.to_dict()
         state = {
             "config": config_to_dict(self.cfg),
-            "spec": asdict(self.model.spec),
-            "tree": self.model.tree.to_dict(),
-            "model": self.model.state_dict(),
+            **self.model.to_state(),                   # spec, tree, model
             "growth": asdict(self.state),
             "phase_state": None if pstate is None else {
                 "optimizer": pstate.optimizer.state_dict(), "scheduler": pstate.scheduler.state_dict(),

@@ -20,6 +20,8 @@ from structgen.models.treevae import SubTree, TreeVAE
 from structgen.train.annealing import KLAnnealer
 from structgen.train.context import Context
 from structgen.train.fault import maybe_die
+from structgen.train.precision import StepPrecision
+from structgen.train.resources import memory_fields
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
 
@@ -61,6 +63,7 @@ class PhaseRunner:
         self.log, self.progress, self.checkpoint = log, progress, checkpoint
         t = cfg.training
         self.clamps = Clamps.from_config(t)
+        self.precision = StepPrecision.of_run(cfg.run, ctx.device)
         self.contrastive = (Contrastive(t.aug_decisions_weight, t.augmentation_method)
                             if t.augment and t.augmentation_method != "simple" else None)
 
@@ -86,8 +89,11 @@ class PhaseRunner:
 
     def objective(self, phase: Phase, state: PhaseState) -> torch.nn.Module:
         if phase.kind == "subtree":
-            return SubTreeObjective(self.model, state.subtree, self.clamps, self.contrastive)
-        return FullTreeObjective(self.model, self.clamps, self.contrastive)
+            self.precision.module(self.model)       # the frozen tree runs in the step too
+            objective = SubTreeObjective(self.model, state.subtree, self.clamps, self.contrastive)
+        else:
+            objective = FullTreeObjective(self.model, self.clamps, self.contrastive)
+        return self.precision.module(objective)
 
     def loader(self, phase: Phase):
         """In-memory or FFCV batches per `data.loader`, sharded for this rank, seeded per phase."""
@@ -131,12 +137,13 @@ class PhaseRunner:
         sums = torch.zeros(len(TERMS) + 2, dtype=torch.float64)      # terms, loss, images
         bar = self.progress.epoch(len(loader), f"{phase.name} {phase.epoch + 1}/{phase.epochs}")
         for x, _, _ in loader:
-            terms = step_fn(x)
-            loss = total_loss(terms, alpha, terms.get("aug"))
+            with self.precision.autocast():
+                terms = step_fn(self.precision.batch(x))
+                loss = total_loss(terms, alpha, terms.get("aug"))
             self._check_finite(phase, loss, terms)
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
+            self.precision.backward(loss)
+            self.precision.step(state.optimizer)
             values = [float(terms[k].detach()) if k in terms else 0.0 for k in TERMS]
             sums += torch.tensor(values + [float(loss.detach()), 1.0], dtype=torch.float64) * x.shape[0]
             bar.update(x.shape[0], {"loss": float(loss.detach()), "rec": values[0]})
@@ -161,7 +168,7 @@ class PhaseRunner:
         record.update(phase=phase.name, kind=phase.kind, epoch=phase.epoch, epochs=phase.epochs,
                       alpha=alpha, lr=lr,
                       images_per_s=self._images_per_s, n_leaves=len(self.model.tree.leaves()),
-                      images=int(n))
+                      images=int(n), **memory_fields(self.ctx.device))
         if phase.leaf:
             record["leaf"] = phase.leaf
         if self.ctx.on_epoch_end is not None:

@@ -13,7 +13,7 @@ import torch
 
 from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
-from structgen.runs import checkpoint_of, latest_run_dir, new_run_dir, run_dir_of
+from structgen.runs import checkpoint_of, final_checkpoint, last_checkpoint, latest_run_dir, new_run_dir, run_dir_of
 from structgen.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from structgen.train.resume import check_resumable
 
@@ -53,7 +53,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
         check_resumable(saved["config"], cfg, Path(resume_checkpoint), free=RESUME_FREE)
     elif resume:
         run_dir = latest_run_dir(cfg) if resume is True else Path(resume)
-        ckpt_path = run_dir / "checkpoints" / "last.pt"
+        ckpt_path = last_checkpoint(run_dir)
         saved = load_checkpoint(ckpt_path)
         check_resumable(saved["config"], cfg, ckpt_path, free=RESUME_FREE)
     elif run_dir is not None:
@@ -77,7 +77,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
         trainer = TreeTrainer(cfg, ctx, data, log, progress, resume=saved)
         model = trainer.run()
         if is_main:
-            shutil.copyfile(trainer.checkpoint_path, run_dir / "checkpoints" / "final.pt")
+            shutil.copyfile(trainer.checkpoint_path, final_checkpoint(run_dir))
         report = None
         if evaluate:
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)

@@ -8,6 +8,10 @@ import uuid
 from pathlib import Path
 
 
+# Every run keeps its state in RUN/checkpoints/: last.pt, rewritten atomically at every epoch end
+# (what --resume continues), and final.pt, a copy of it when the run has finished.
+LAST_CHECKPOINT, FINAL_CHECKPOINT = "last.pt", "final.pt"
+
 DDPM_PREFIX = "ddpm-"          # DDPM runs share runs/<dataset>/ with TreeVAE runs; the prefix tells them apart
 
 
@@ -44,18 +48,26 @@ def new_run_dir(cfg, prefix: str = "") -> Path:
     return run_dir                  # created and claimed by run_lock.claim_run_dir before any write
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints" / LAST_CHECKPOINT
+
+
+def final_checkpoint(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints" / FINAL_CHECKPOINT
+
+
 def latest_run_dir(cfg, kind: str = "tree") -> Path:
     """The run --resume continues: run.name when set, else the newest run of ``kind`` (tree or
     ddpm, told apart by DDPM_PREFIX) with a checkpoint."""
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
     if cfg.run.name:
         run_dir = root / cfg.run.name
-        if not (run_dir / "checkpoints" / "last.pt").exists():
+        if not last_checkpoint(run_dir).exists():
             raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
         return run_dir
-    candidates = sorted((p.parent.parent for p in root.glob("*/checkpoints/last.pt")
+    candidates = sorted((p.parent.parent for p in root.glob(f"*/checkpoints/{LAST_CHECKPOINT}")
                          if p.parent.parent.name.startswith(DDPM_PREFIX) == (kind == "ddpm")),
-                        key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+                        key=lambda p: last_checkpoint(p).stat().st_mtime)
     if not candidates:
         what = f"DDPM run ({DDPM_PREFIX}*)" if kind == "ddpm" else "TreeVAE run"
         raise RunError(f"--resume: no {what} with a checkpoint under {root}")
@@ -67,7 +79,7 @@ def choose_run_dir(cfg, resume, kind: str = "tree") -> tuple[Path, bool]:
     latest run of ``kind`` (or run.name), a path continues that folder, False makes a new one."""
     if resume:
         run_dir = latest_run_dir(cfg, kind) if resume is True else Path(resume)
-        if not (run_dir / "checkpoints" / "last.pt").exists():
+        if not last_checkpoint(run_dir).exists():
             raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
         return run_dir, True
     return new_run_dir(cfg, DDPM_PREFIX if kind == "ddpm" else ""), False
@@ -77,9 +89,9 @@ def checkpoint_of(run_dir_or_file: str | Path) -> Path:
     """Accept a run folder or a checkpoint file."""
     path = Path(run_dir_or_file)
     if path.is_dir():
-        for name in ("final.pt", "last.pt"):
-            if (path / "checkpoints" / name).exists():
-                return path / "checkpoints" / name
+        for checkpoint in (final_checkpoint(path), last_checkpoint(path)):
+            if checkpoint.exists():
+                return checkpoint
         raise RunError(f"{path}: no checkpoints/final.pt or checkpoints/last.pt in this run folder")
     if not path.exists():
         raise RunError(f"{path}: no such run folder or checkpoint")

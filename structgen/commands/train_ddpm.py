@@ -16,7 +16,7 @@ def run(args) -> int:
     from structgen.config import load_config
     from structgen.diffusion.api import train_ddpm
     from structgen.launch.distributed import decided_on_rank0, process_group, several_processes
-    from structgen.runs import choose_run_dir
+    from structgen.runs import choose_run_dir, last_checkpoint
 
     cfg = load_config(args.config, args.overrides)
     if not several_processes():
@@ -27,7 +27,7 @@ def run(args) -> int:
     with process_group(cfg.run.device) as ctx:
         run_dir, resume = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, args.resume, "ddpm"))
         train_ddpm(cfg, args.vae, ctx=ctx, run_dir=run_dir,
-                   resume_checkpoint=run_dir / "checkpoints" / "last.pt" if resume else None)
+                   resume_checkpoint=last_checkpoint(run_dir) if resume else None)
     if ctx.is_main:
         print(f"DDPM run: {run_dir}")
     return 0

@@ -15,7 +15,7 @@ def run(args) -> int:
     from structgen.api import train_tree
     from structgen.config import load_config
     from structgen.launch.distributed import decided_on_rank0, process_group, several_processes
-    from structgen.runs import choose_run_dir
+    from structgen.runs import choose_run_dir, last_checkpoint
 
     cfg = load_config(args.config, args.overrides)
     if not several_processes():
@@ -25,5 +25,5 @@ def run(args) -> int:
     with process_group(cfg.run.device) as ctx:
         run_dir, resume = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, args.resume))
         train_tree(cfg, ctx=ctx, run_dir=run_dir, evaluate=not args.no_eval,
-                   resume_checkpoint=run_dir / "checkpoints" / "last.pt" if resume else None)
+                   resume_checkpoint=last_checkpoint(run_dir) if resume else None)
     return 0

@@ -20,7 +20,8 @@ from structgen.diffusion.network import build_model
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
 from structgen.run_lock import claimed
-from structgen.runs import DDPM_PREFIX, RunError, default_run_name, latest_run_dir, new_run_dir, run_dir_of
+from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, last_checkpoint, latest_run_dir, new_run_dir,
+                            run_dir_of)
 from structgen.train.checkpoint import CheckpointError
 from structgen.viz.grids import save_side_by_side
 
@@ -102,7 +103,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
             run_dir = Path(run_dir) if run_dir is not None else run_dir_of(ckpt_path)
         else:
             run_dir = latest_run_dir(cfg, "ddpm") if resume is True else Path(resume)
-            ckpt_path = run_dir / "checkpoints" / "last.pt"
+            ckpt_path = last_checkpoint(run_dir)
         saved = ddpm_ckpt.load(ckpt_path)
         _check_resumable(saved["config"], cfg, ckpt_path)
         vae_blob = saved["vae"]

@@ -21,6 +21,7 @@ from structgen.diffusion.network import build_model, signal_spec
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNetSpec
 from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_signed
+from structgen.runs import final_checkpoint, last_checkpoint
 from structgen.train.checkpoint import rng_state, set_rng_state
 from structgen.train.context import Context
 from structgen.train.phase import NonFiniteLossError
@@ -89,7 +90,7 @@ class DDPMTrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.ctx.run_dir / "checkpoints" / "last.pt"
+        return last_checkpoint(self.ctx.run_dir)
 
     def _check_ema_agrees(self) -> None:
         """DDP keeps the online weights identical, so the EMA must be too; a drift would mean a
@@ -173,7 +174,7 @@ class DDPMTrainer:
         if self.ctx.is_main:
             if not self.checkpoint_path.exists():   # epochs = 0: still leave a loadable run
                 self.checkpoint()
-            shutil.copyfile(self.checkpoint_path, self.checkpoint_path.with_name("final.pt"))
+            shutil.copyfile(self.checkpoint_path, final_checkpoint(self.ctx.run_dir))
         self.ctx.barrier()
         return self.ema.shadow
 

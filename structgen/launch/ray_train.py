@@ -20,10 +20,8 @@ import torch
 
 from structgen.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from structgen.run_lock import OWNER_ENV
-from structgen.runs import check_run_name
+from structgen.runs import LAST_CHECKPOINT, check_run_name, final_checkpoint, last_checkpoint
 from structgen.train.context import Context
-
-CHECKPOINT_FILE = "last.pt"
 
 
 @dataclass
@@ -56,7 +54,7 @@ def ray_context(run_dir: Path) -> Context:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            shutil.copyfile(path, Path(tmp) / LAST_CHECKPOINT)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     return Context(run_dir=run_dir, device=ray.train.torch.get_device(), rank=rank, world_size=world,
@@ -78,8 +76,8 @@ def stage_worker(loop_config: dict) -> None:
     if checkpoint is not None:                      # a restarted worker group, or a re-run of --name
         local = Path(tempfile.mkdtemp(prefix="structgen-ckpt-"))
         with checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, local / CHECKPOINT_FILE)
-        resume_from = local / CHECKPOINT_FILE
+            shutil.copyfile(Path(d) / LAST_CHECKPOINT, local / LAST_CHECKPOINT)
+        resume_from = local / LAST_CHECKPOINT
     elif loop_config.get("resume_file"):
         resume_from = Path(loop_config["resume_file"])
     if loop_config["stage"] == "ddpm":
@@ -101,8 +99,8 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
         raise ConfigError("a Ray job needs --name (or run.name): it names the run folder and the Ray run")
     run_dir = (Path(cfg.run.runs_dir) / cfg.data.dataset / name).resolve()
     storage = Path(job.storage_path or cfg.ray.storage_path or Path(cfg.run.runs_dir) / "ray").resolve()
-    last = run_dir / "checkpoints" / CHECKPOINT_FILE
-    finished = (run_dir / "checkpoints" / "final.pt").exists() and job.stage == "tree"
+    last = last_checkpoint(run_dir)
+    finished = final_checkpoint(run_dir).exists() and job.stage == "tree"
     if finished:
         from structgen.runs import RunError
         raise RunError(f"{run_dir} is a finished run; choose another --name (nothing was overwritten)")

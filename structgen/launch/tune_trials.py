@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from structgen.config import apply_overrides, config_from_dict
+from structgen.runs import LAST_CHECKPOINT
 from structgen.train.context import Context, resolve_device
 
-CHECKPOINT_FILE = "last.pt"
 HELD_OUT = 1000          # test images scored for the per-epoch held-out ELBO
 
 
@@ -54,7 +54,7 @@ def reporting_context(run_dir: Path, cfg, epoch_metrics) -> Context:
             return
         latest.clear()                       # one report per completed epoch
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / CHECKPOINT_FILE)
+            shutil.copyfile(path, Path(tmp) / LAST_CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     return Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
@@ -79,7 +79,7 @@ def resume_file(run_dir: Path) -> Path | None:
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as d:
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, run_dir / "resume.pt")
+        shutil.copyfile(Path(d) / LAST_CHECKPOINT, run_dir / "resume.pt")
     return run_dir / "resume.pt"
 
 

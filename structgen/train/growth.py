@@ -16,6 +16,7 @@ import torch
 
 from structgen.config import config_to_dict
 from structgen.models.treevae import ModelSpec, TreeVAE
+from structgen.runs import last_checkpoint
 from structgen.train.annealing import finetune_decay
 from structgen.train.assign import leaf_probabilities
 from structgen.train.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -66,7 +67,7 @@ class TreeTrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.ctx.run_dir / "checkpoints" / "last.pt"
+        return last_checkpoint(self.ctx.run_dir)
 
     # ---- the schedule ----------------------------------------------------------------------
     def run(self) -> TreeVAE:

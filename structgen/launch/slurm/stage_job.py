@@ -20,7 +20,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from structgen.config import ConfigError, load_config
-from structgen.runs import RunError
+from structgen.runs import RunError, last_checkpoint
 
 STAGES = ("tree", "ddpm", "generate")
 GENERATE_MODES = ("vae_samples", "vae_recons")
@@ -92,7 +92,7 @@ class StageJob(Checkpointable):
 
     def _should_resume(self, run_dir: Path) -> bool:
         """Rank 0's decision; a fresh named run never overwrites an existing one."""
-        last = run_dir / "checkpoints" / "last.pt"
+        last = last_checkpoint(run_dir)
         restarted = self.resume or restart_count() > 0
         if last.exists():
             if restarted or self.name is None:   # slurm-<id> can only hold this job's own checkpoint
@@ -115,7 +115,7 @@ class StageJob(Checkpointable):
             from structgen.api import train_tree
 
             _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, evaluate=self.evaluate,
-                                   resume_checkpoint=run_dir / "checkpoints" / "last.pt" if resume else None)
+                                   resume_checkpoint=last_checkpoint(run_dir) if resume else None)
         elif self.stage == "ddpm":
             from structgen.config import apply_overrides
             from structgen.diffusion.api import train_ddpm

@@ -15,12 +15,10 @@ from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
 from structgen.runs import checkpoint_of, final_checkpoint, last_checkpoint, latest_run_dir, new_run_dir, run_dir_of
 from structgen.train.checkpoint import CheckpointError, load_checkpoint, load_model
-from structgen.train.resume import check_resumable
+from structgen.train.resume import RUN_FREE, check_resumable
 
 # Keys that may differ between the run being resumed and the command resuming it.
-RESUME_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
-               "run.runs_dir", "data.data_dir",
-               "evaluation.")
+RESUME_FREE = RUN_FREE + ("evaluation.",)
 
 
 def _setup_torch(cfg: Config) -> None:

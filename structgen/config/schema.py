@@ -12,6 +12,7 @@ from typing import Literal, Optional
 from structgen.config.fields import option
 
 DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
+PRECISIONS = ("fp32", "bf16", "fp16")    # run.precision: training arithmetic (structgen/train/precision.py)
 
 # Where spectral norm goes (structgen/nn/spectral.py says what each placement covers).
 SPECTRAL_NORM = ("none", "decoders", "reference")
@@ -39,7 +40,7 @@ class RunConfig:
     threads: int = option(0, "torch CPU threads; 0 = torch's default", min=0)
     precision: str = option("fp32", "training arithmetic: fp32; bf16 = autocast to bfloat16 (A100+ GPUs, AVX-512 "
                                     "BF16 CPUs); fp16 = autocast to float16 with loss scaling (older GPUs). "
-                                    "Evaluation and sampling always run in fp32", choices=("fp32", "bf16", "fp16"))
+                                    "Evaluation and sampling always run in fp32", choices=PRECISIONS)
     channels_last: bool = option(False, "train convs on NHWC (channels-last) tensors: faster on tensor-core GPUs, "
                                         "no faster on CPU")
     progress: str = option("auto", "progress bars: auto (only on a terminal), bar or plain lines",

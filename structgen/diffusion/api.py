@@ -23,22 +23,20 @@ from structgen.run_lock import claimed
 from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, last_checkpoint, latest_run_dir, new_run_dir,
                             run_dir_of)
 from structgen.train.checkpoint import CheckpointError
+from structgen.train.resume import RUN_FREE, check_resumable
 from structgen.viz.grids import save_side_by_side
 
 # Keys a resumed run may change: where things live, how long to train, how and when to sample.
-RESUME_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
-               "run.runs_dir", "data.data_dir",
-               "diffusion.vae_run", "diffusion.epochs", "diffusion.checkpoint_every", "diffusion.sample_every",
-               "diffusion.n_samples", "diffusion.sample_batch_size", "diffusion.sampler", "diffusion.variance",
-               "diffusion.n_steps", "diffusion.eta", "diffusion.skip_strategy", "diffusion.guidance_weight",
-               "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
+RESUME_FREE = RUN_FREE + (
+    "diffusion.vae_run", "diffusion.epochs", "diffusion.checkpoint_every", "diffusion.sample_every",
+    "diffusion.n_samples", "diffusion.sample_batch_size", "diffusion.sampler", "diffusion.variance",
+    "diffusion.n_steps", "diffusion.eta", "diffusion.skip_strategy", "diffusion.guidance_weight",
+    "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
 # Only these sections shape a DDPM run (the TreeVAE's own keys are frozen inside its checkpoint).
 RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
 
 
 def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    from structgen.train.resume import check_resumable
-
     check_resumable(saved, cfg, where, free=RESUME_FREE, checked=RESUME_CHECKED)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structgen.data.loader import to_device_float
 from structgen.diffusion.conditioning import guided_eps
 from structgen.diffusion.figures import all_leaves_figure
 from structgen.diffusion.samplers import make_scheduler, sample_loop
@@ -106,9 +107,8 @@ class DiffusionSampler:
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             if recons:
-                x01 = torch.as_tensor(originals[start:start + m], device=self.device)
-                if x01.dtype == torch.uint8:
-                    x01 = x01.float() / 255.0
+                batch = torch.as_tensor(originals[start:start + m])
+                x01 = to_device_float(batch, self.device) if batch.dtype == torch.uint8 else batch.to(self.device)
                 parts = self.conditioner.posterior(x01)
             else:
                 parts = self.conditioner.prior(m, g_vae)

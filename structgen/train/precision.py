@@ -22,8 +22,9 @@ import math
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from structgen.config.schema import PRECISIONS
+
+_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
 
 
 class StepPrecision:

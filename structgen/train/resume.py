@@ -12,6 +12,11 @@ from structgen.config import Config, config_to_dict
 from structgen.train.checkpoint import CheckpointError
 
 
+# Where a run lives and how its steps are computed: any stage's resume may change these.
+RUN_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
+            "run.runs_dir", "data.data_dir")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -16,11 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a checkout without installing
 
-RESOURCE_FLAGS = {"nodes": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int, "timeout_min": int,
-                  "partition": str, "account": str, "qos": str, "folder": str}
+# The slurm section's keys this launcher takes as flags (flag > STRUCTGEN_SLURM_* > config).
+RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "partition", "account", "qos",
+                  "folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from structgen.config.flags import add_key_flags
     from structgen.launch import slurm
 
     p = argparse.ArgumentParser(prog="slurm/launch.py", description=__doc__.split("\n")[0],
@@ -40,10 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--mode", default="vae_samples", choices=("vae_samples", "vae_recons"),
                       help="generate: what to draw")
     what.add_argument("--n", type=int, help="generate: number of images")
-    where = p.add_argument_group("resources (default: the config's slurm section)")
-    for flag, kind in RESOURCE_FLAGS.items():
-        env = f" > ${slurm.ENV_PREFIX}{flag.upper()}" if flag in slurm.ENV_KEYS else ""
-        where.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag, help=f"this flag{env} > slurm.{flag}")
+    where = p.add_argument_group(f"resources (a flag > its ${slurm.ENV_PREFIX}* variable > the config's slurm section)")
+    add_key_flags(where, "slurm", RESOURCE_FLAGS)
     how = p.add_argument_group("how")
     how.add_argument("--local", action="store_true", help="submitit's local executor instead of SLURM")
     how.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from structgen.cli import bad_input_errors
     from structgen.config import ConfigError, load_config
+    from structgen.errors import BAD_INPUT
     from structgen.launch import slurm
 
     flags = {k: getattr(args, k) for k in RESOURCE_FLAGS}
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         sub = slurm.plan_submission(args.stage, args.config, args.overrides, sweep=args.sweep, ray=args.ray,
                                     local=args.local, name=args.name, resume=args.resume, evaluate=not args.no_eval,
                                     vae=args.vae, run=args.run, mode=args.mode, n=args.n, flags=flags)
-    except bad_input_errors() as err:
+    except BAD_INPUT as err:
         print(f"slurm/launch.py: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from structgen.commands import COMMANDS
+from structgen.errors import BAD_INPUT, NonFiniteLossError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -30,33 +31,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, handlers
 
 
-def bad_input_errors() -> tuple[type, ...]:
-    from structgen.config import ConfigError
-    from structgen.data import DataError
-    from structgen.runs import RunError
-    from structgen.train.checkpoint import CheckpointError
-
-    return ConfigError, DataError, RunError, CheckpointError
-
-
 def main(argv=None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    bad_input = bad_input_errors()
     try:
         return handlers[args.command](args)
-    except bad_input as err:
+    except BAD_INPUT as err:
         print(f"structgen: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("structgen: interrupted (the last checkpoint is kept; continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:
-        from structgen.train.phase import NonFiniteLossError
-        if isinstance(err, NonFiniteLossError):
-            print(f"structgen: error: {err}", file=sys.stderr)
-            return EXIT_DIVERGED
-        raise
+    except NonFiniteLossError as err:
+        print(f"structgen: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
+from structgen.errors import RunError
+
 
 # Every run keeps its state in RUN/checkpoints/: last.pt, rewritten atomically at every epoch end
 # (what --resume continues), and final.pt, a copy of it when the run has finished.
@@ -15,8 +17,6 @@ LAST_CHECKPOINT, FINAL_CHECKPOINT = "last.pt", "final.pt"
 DDPM_PREFIX = "ddpm-"          # DDPM runs share runs/<dataset>/ with TreeVAE runs; the prefix tells them apart
 
 
-class RunError(ValueError):
-    pass
 
 
 # A run name becomes one folder under runs_dir/<dataset>: no separators, no "..", no leading

@@ -139,3 +139,39 @@ def test_profiles_are_generated_from_the_schema():
     import sys
     out = subprocess.run([sys.executable, str(ROOT / "configs" / "profiles.py"), "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_launcher_flags_are_config_keys_with_the_schemas_types_and_help():
+    """ray_jobs/* and `python -m structgen.launch.tune_main` take the ray section's keys as flags;
+    a given flag overrides the file and is checked like --set, an absent one changes nothing."""
+    import dataclasses
+
+    from structgen.config.schema import RayConfig
+    from structgen.launch.job_args import RAY_FLAGS, job_config, job_parser
+
+    parser = job_parser("test")
+    helps = {a.dest: a.help for a in parser._actions}
+    for field in dataclasses.fields(RayConfig):
+        if field.name in RAY_FLAGS:
+            assert helps[field.name].startswith(field.metadata["help"]) and f"ray.{field.name}" in helps[field.name]
+    args = parser.parse_args(["--config", "configs/digits.yml", "--num-workers", "3", "--use-gpu",
+                              "--storage-path", "/tmp/a b:c", "--set", "ray.max_failures=2"])
+    cfg = job_config(args)
+    assert (cfg.ray.num_workers, cfg.ray.use_gpu, cfg.ray.storage_path, cfg.ray.max_failures) == (3, True, "/tmp/a b:c", 2)
+    assert job_config(parser.parse_args(["--config", "configs/digits.yml"])).ray == load_config("configs/digits.yml").ray
+    with pytest.raises(ConfigError, match="ray.num_workers = 0"):
+        job_config(parser.parse_args(["--num-workers", "0"]))
+    with pytest.raises(SystemExit):                       # argparse: the schema's type
+        parser.parse_args(["--cpus-per-worker", "two"])
+
+
+def test_slurm_resource_flags_obey_the_schemas_bounds():
+    from structgen.config.schema import SlurmConfig
+    from structgen.launch.slurm import resolve_resources
+
+    with pytest.raises(ConfigError, match="slurm.nodes = 0"):
+        resolve_resources(SlurmConfig(), {"nodes": 0})
+    with pytest.raises(ConfigError, match="slurm.mem_gb = 0"):
+        resolve_resources(SlurmConfig(mem_gb=0), {})
+    res = resolve_resources(SlurmConfig(), {"nodes": 2, "partition": None}, env={"STRUCTGEN_SLURM_PARTITION": "gpu"})
+    assert (res.nodes, res.partition) == (2, "gpu")

@@ -159,7 +159,7 @@ def test_dry_run_shows_parameters_commands_and_trials(tmp_path, monkeypatch, cap
     assert launch.main(argv + ["--ray", "--nodes", "2", "--name", "tn"]) == 0
     out = capsys.readouterr().out
     assert "nodes = 2" in out and "slurm_use_srun = False" in out
-    assert f"ray_jobs/tune.py --config {tmp_path / 'runs' / 'slurm-configs' / 'tn.yml'} --sweep {sweep} " \
+    assert f"-m structgen.launch.tune_main --config {tmp_path / 'runs' / 'slurm-configs' / 'tn.yml'} --sweep {sweep} " \
            f"--address <head>:<port> --name tn" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "slurm_logs").exists()   # a dry run writes nothing
     assert launch.main(["--stage", "tree", "--ray", "--dry-run"]) == 2                   # --ray needs --sweep

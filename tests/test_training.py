@@ -48,6 +48,14 @@ def test_run_folder_has_every_artefact(trained_run):
     # Every epoch records the process's peak resident memory: a high-water mark, so it never falls.
     peaks = [r["peak_rss_mb"] for r in records if r["event"] == "epoch"]
     assert peaks[0] > 50 and peaks == sorted(peaks)
+    # ...and where the mass went: every leaf of the tree (a sub-tree: its two new children).
+    for r in (r for r in records if r["event"] == "epoch"):
+        mass = r["leaf_mass"]
+        assert sum(mass.values()) == pytest.approx(1.0, abs=1e-3) and min(mass.values()) >= 0, r
+        if r["kind"] == "subtree":
+            assert sorted(mass) == [r["leaf"] + "0", r["leaf"] + "1"]
+        else:
+            assert len(mass) == r["n_leaves"]
     ev = [r for r in records if r["event"] == "evaluation"][-1]
     for key in ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity", "elbo", "leaf_histograms", "baselines"):
         assert key in ev

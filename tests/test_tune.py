@@ -62,6 +62,16 @@ def test_tune_cli_rejects_a_bad_sweep_without_starting_ray(tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
+def test_the_tune_driver_runs_as_a_module_outside_the_checkout(tmp_path):
+    """What a SLURM allocation runs: `python -m structgen.launch.tune_main`, from any folder."""
+    bad = write_sweep(tmp_path, {"training.nope": {"choice": [1]}})
+    out = subprocess.run([sys.executable, "-m", "structgen.launch.tune_main", "--sweep", str(bad),
+                          "--storage-path", str(tmp_path / "tune")], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and "training.nope" in out.stderr
+    assert not (tmp_path / "tune").exists()
+
+
 def sweep_on_local_ray(cfg, sweep, name: str, storage):
     """Run a sweep on a fresh local Ray (2 CPUs) and summarise it: (experiment, results, summary)."""
     from structgen.launch.ray_cluster import init_ray

@@ -17,11 +17,10 @@ from typing import Any, Iterable
 import yaml
 
 from structgen.config.schema import Config
-from structgen.runs import RunError, check_run_name
+from structgen.errors import ConfigError, RunError
+from structgen.runs import check_run_name
 
 
-class ConfigError(ValueError):
-    """A config problem, with its source, key and what would be valid."""
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

@@ -97,6 +97,9 @@ class ModelConfig:
     dropout_router: float = option(0.0, "dropout inside routers", min=0.0, max=0.9)
 
 
+KL_ANNEALING = ("epoch", "step")
+
+
 @dataclass
 class TrainingConfig:
     batch_size: int = option(256, "images per batch (x views with augment)", min=2)
@@ -119,6 +122,13 @@ class TrainingConfig:
     max_grow_iterations: int = option(150, "upper bound on grow-loop iterations", min=0)
     kl_start: float = option(0.0, "KL weight alpha at the start of each phase", min=0.0, max=1.0)
     decay_kl: float = option(0.001, "alpha increment per epoch", min=0.0, max=1.0)
+    kl_anneal: str = option("epoch", "how alpha rises: epoch = once per epoch (the reference; a 3-epoch finetuning "
+                                     "goes 0 -> 0.5 -> 1); step = linearly batch by batch from each epoch's value "
+                                     "to the next one's", choices=KL_ANNEALING)
+    retrain_warmup_epochs: float = option(0.0, "linear learning-rate warm-up, in epochs, at the start of the "
+                                               "intermediate full-trains and the final finetuning (whose fresh Adam "
+                                               "re-routes images in its first batches); 0 = none, as the reference",
+                                          min=0.0)
     effective_leaf_threshold: float = option(0.01, "a leaf is effective above this share of probability mass",
                                              min=0.0, max=0.5)
     prune_threshold: float = option(0.01, "prune leaves below this share of argmax assignments", min=0.0, max=0.5)
@@ -199,7 +209,8 @@ class RayConfig:
     num_workers: int = option(1, "Ray Train workers", min=1)
     use_gpu: bool = option(False, "one GPU per worker")
     cpus_per_worker: int = option(1, "CPUs per worker", min=1)
-    storage_path: Optional[str] = option(None, "absolute folder for Ray Train results; default <runs_dir>/ray")
+    storage_path: Optional[str] = option(None, "absolute folder for Ray Train / Tune results; default "
+                                               "<runs_dir>/ray (Train), <runs_dir>/tune (Tune)")
     max_failures: int = option(0, "worker-group restarts from the latest checkpoint", min=-1)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.splits import take_split
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer",

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 
 
 def _to_mode(im, channels: int):

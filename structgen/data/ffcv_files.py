@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 
 FORMAT_VERSION = 1
 FIELDS = ("image", "label", "index")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.ffcv_files import FIELDS, keep_torch_threads
 
 _CACHE_SIZE = 16              # compiled pipelines kept per process (a run needs a handful)

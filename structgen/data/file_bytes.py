@@ -11,7 +11,7 @@ import re
 import zlib
 from pathlib import Path
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 
 _PART = re.compile(r"\.part(\d+)$")
 

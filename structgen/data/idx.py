@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.file_bytes import read_file_bytes
 
 IMAGES_MAGIC = 2051

@@ -18,7 +18,7 @@ import numpy as np
 
 import structgen
 from structgen.data import cifar10, digits, idx, synthetic
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.splits import check_fraction, take_split
 from structgen.data.summary import format_summary, summarize
 

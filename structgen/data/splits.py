@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 
 
 def check_fraction(test_fraction: float) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.file_bytes import read_file_bytes
 from structgen.data.idx import parse_idx_images, parse_idx_labels
 

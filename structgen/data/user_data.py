@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.splits import stratified_split
 
 _CACHE: dict = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from structgen.data.convert import decode_image
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 from structgen.data.image_files import Listing, list_images, subfolders
 
 

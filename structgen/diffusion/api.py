@@ -22,7 +22,7 @@ from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, va
 from structgen.run_lock import claimed
 from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, last_checkpoint, latest_run_dir, new_run_dir,
                             run_dir_of)
-from structgen.train.checkpoint import CheckpointError
+from structgen.errors import CheckpointError
 from structgen.train.resume import RUN_FREE, check_resumable
 from structgen.viz.grids import save_side_by_side
 

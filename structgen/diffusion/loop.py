@@ -24,7 +24,7 @@ from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_si
 from structgen.runs import final_checkpoint, last_checkpoint
 from structgen.train.checkpoint import rng_state, set_rng_state
 from structgen.train.context import Context
-from structgen.train.phase import NonFiniteLossError
+from structgen.errors import NonFiniteLossError
 from structgen.train.precision import StepPrecision
 from structgen.train.resources import memory_fields
 

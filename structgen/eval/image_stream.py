@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from structgen.data.errors import DataError
+from structgen.errors import DataError
 
 
 @dataclass

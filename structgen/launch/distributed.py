@@ -14,7 +14,6 @@ is a GPU, gloo otherwise.
 from __future__ import annotations
 
 import os
-import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from structgen.launch.hosts import job_port, slurm_hosts
 from structgen.train.context import Context, resolve_device
 
 # Ports in [PORT_BASE, PORT_BASE + PORT_SPAN): above the well-known range and below Linux's
@@ -41,23 +41,13 @@ class Layout:
 
 
 def port_for_job(job_id: str) -> int:
-    """A stable port per job: every task computes the same one, and jobs sharing a node
-    (array tasks, a requeued job) differ with high probability."""
-    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
-    return PORT_BASE + int(digits) % PORT_SPAN
+    """This job's DDP rendezvous port."""
+    return job_port(job_id, PORT_BASE, PORT_SPAN)
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list ("node[03-05,7]" -> "node03"), via scontrol."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
-                             text=True, timeout=30).stdout.split()
-    except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"init_distributed: cannot expand SLURM node list {nodelist!r} with "
-                           f"`scontrol show hostnames`: {err}") from None
-    if not out:
-        raise RuntimeError(f"init_distributed: `scontrol show hostnames {nodelist}` printed no host")
-    return out[0]
+    """The first host of a SLURM node list ("node[03-05,7]" -> "node03"): the rendezvous host."""
+    return slurm_hosts(nodelist)[0]
 
 
 def detect_layout(env=None) -> Layout:

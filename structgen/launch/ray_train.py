@@ -10,7 +10,6 @@ restarted worker group (`max_failures`) resumes from the latest one; re-running 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from structgen.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
+from structgen.launch.ray_checkpoints import report_file, restore_file
 from structgen.run_lock import OWNER_ENV
 from structgen.runs import LAST_CHECKPOINT, check_run_name, final_checkpoint, last_checkpoint
 from structgen.train.context import Context
@@ -50,12 +50,7 @@ def ray_context(run_dir: Path) -> Context:
         else:
             metrics = {"step": state.get("step"), "epoch": state.get("epoch")}
         metrics["run_dir"] = str(run_dir)
-        if path is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / LAST_CHECKPOINT)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        report_file(ray.train.report, ray.train.Checkpoint, metrics, path)
 
     return Context(run_dir=run_dir, device=ray.train.torch.get_device(), rank=rank, world_size=world,
                    on_checkpoint=report)
@@ -71,14 +66,10 @@ def stage_worker(loop_config: dict) -> None:
     # A restarted worker group is this fit again: it may take over the run folder's lock (run_lock).
     os.environ[OWNER_ENV] = loop_config["owner"]
     ctx = ray_context(run_dir)
-    resume_from = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:                      # a restarted worker group, or a re-run of --name
-        local = Path(tempfile.mkdtemp(prefix="structgen-ckpt-"))
-        with checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / LAST_CHECKPOINT, local / LAST_CHECKPOINT)
-        resume_from = local / LAST_CHECKPOINT
-    elif loop_config.get("resume_file"):
+    # a restarted worker group, or a re-run of --name
+    resume_from = restore_file(ray.train.get_checkpoint(),
+                               Path(tempfile.mkdtemp(prefix="structgen-ckpt-")) / LAST_CHECKPOINT)
+    if resume_from is None and loop_config.get("resume_file"):
         resume_from = Path(loop_config["resume_file"])
     if loop_config["stage"] == "ddpm":
         from structgen.diffusion.api import train_ddpm

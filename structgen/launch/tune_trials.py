@@ -3,15 +3,13 @@ every epoch and phase boundary (with a checkpoint, so ASHA can stop it and an in
 can resume it) and once more with the final evaluation."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from structgen.config import apply_overrides, config_from_dict
-from structgen.runs import LAST_CHECKPOINT
+from structgen.launch.ray_checkpoints import report_file, restore_file
 from structgen.train.context import Context, resolve_device
 
 HELD_OUT = 1000          # test images scored for the per-epoch held-out ELBO
@@ -53,9 +51,7 @@ def reporting_context(run_dir: Path, cfg, epoch_metrics) -> Context:
         if metrics is None:
             return
         latest.clear()                       # one report per completed epoch
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copyfile(path, Path(tmp) / LAST_CHECKPOINT)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        report_file(tune.report, tune.Checkpoint, metrics, path)
 
     return Context(run_dir=run_dir, device=resolve_device(cfg.run.device), on_checkpoint=on_checkpoint,
                    on_epoch_end=on_epoch_end)
@@ -74,13 +70,7 @@ def resume_file(run_dir: Path) -> Path | None:
     """The checkpoint Tune restored this trial with (a resumed sweep or trial), copied out; or None."""
     from ray import tune
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with checkpoint.as_directory() as d:
-        shutil.copyfile(Path(d) / LAST_CHECKPOINT, run_dir / "resume.pt")
-    return run_dir / "resume.pt"
+    return restore_file(tune.get_checkpoint(), run_dir / "resume.pt")
 
 
 def tree_trial(config: dict) -> None:

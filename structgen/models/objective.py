@@ -15,6 +15,9 @@ from structgen.nn.contrastive import info_nce
 
 DECISION_TEMPERATURE = 1.0   # §2: exp(cosine), no temperature
 INSTANCE_TEMPERATURE = 0.5   # §2: NT-Xent on bottom-up projections
+# Not a loss term: each leaf's batch-mean path probability (a sub-tree: its two children's), so a
+# phase can log where the mass goes epoch by epoch and a dying branch shows before the prune.
+LEAF_MASS = "leaf_mass"
 
 
 class Contrastive:
@@ -51,6 +54,7 @@ class FullTreeObjective(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(x)
         terms = tree_terms(self.model, out, x, self.clamps)
+        terms[LEAF_MASS] = out.leaf_probs.detach().mean(0)
         c = self.contrastive
         if c is not None and self.training:
             aug = x.new_zeros(())
@@ -76,6 +80,7 @@ class SubTreeObjective(nn.Module):
             feats, z_leaf, reach = self.frozen.route_to(x, self.subtree.leaf)
         out = self.subtree(feats, z_leaf, reach)
         terms = subtree_terms(self.subtree, out, x, self.frozen.spec.likelihood, self.clamps)
+        terms[LEAF_MASS] = out["leaf_probs"].detach().mean(0)
         c = self.contrastive
         if c is not None and self.training and c.on_decisions:
             terms["aug"] = c.weight * c.decision_loss(out["logit_q"], reach)

@@ -1,5 +1,11 @@
 """KL annealing (algorithm.md §2, `AnnealKLCallback`): α starts at min(1, kl_start) and grows
-by decay per finished epoch; every phase owns a fresh annealer."""
+by decay per finished epoch; every phase owns a fresh annealer.
+
+``per_step`` (`training.kl_anneal: step`) spreads each epoch's increment over its batches, so α
+reaches the same value at every epoch's start without jumping. Off by default: on MNIST (README,
+"Why the finetuning empties leaves") a per-step ramp with a learning-rate warm-up kept one more
+leaf alive but gave a worse held-out ELBO and worse training-label clusters than the jumps.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,20 +16,29 @@ class KLAnnealer:
     kl_start: float
     decay: float
     epochs_done: int = 0
+    per_step: bool = False
 
     @property
     def alpha(self) -> float:
+        """α of the epoch about to run (its first batch)."""
         return min(1.0, self.kl_start + self.epochs_done * self.decay)
+
+    def alpha_at(self, fraction: float) -> float:
+        """α for the batch ``fraction`` (0 <= f < 1) of the way through the current epoch."""
+        if not self.per_step:
+            return self.alpha
+        return min(1.0, self.kl_start + (self.epochs_done + fraction) * self.decay)
 
     def step(self) -> None:
         self.epochs_done += 1
 
     def state_dict(self) -> dict:
-        return {"kl_start": self.kl_start, "decay": self.decay, "epochs_done": self.epochs_done}
+        return {"kl_start": self.kl_start, "decay": self.decay, "epochs_done": self.epochs_done,
+                "per_step": self.per_step}
 
     @classmethod
     def from_state(cls, state: dict) -> "KLAnnealer":
-        return cls(**state)
+        return cls(**state)          # a checkpoint from before per_step anneals per epoch, as it did
 
 
 def finetune_decay(epochs: int) -> float:

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 
 import structgen
+from structgen.errors import CheckpointError
 
 FORMAT = "structgen.treevae-checkpoint/2"
 FORMAT_V1 = "structgen.treevae-checkpoint/1"
 
 
-class CheckpointError(ValueError):
-    pass
 
 
 # ---- RNG state as plain data ------------------------------------------------------------------

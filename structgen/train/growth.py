@@ -87,7 +87,8 @@ class TreeTrainer:
                 self._checkpoint(None, None)
             elif self.state.stage == "finetune":
                 e = t.num_epochs_finetuning
-                self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e)), next_stage="final_prune")
+                self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e),
+                                  warmup_epochs=t.retrain_warmup_epochs), next_stage="final_prune")
             elif self.state.stage == "final_prune":
                 # The finetuning can starve a branch that held real mass before it (MNIST: two
                 # leaves went from 9.4 % and 8.1 % to 0.0 %); such a leaf must not stay in the tree.
@@ -138,7 +139,8 @@ class TreeTrainer:
                 and s.splits not in s.intermediate_done_at and t.num_epochs_intermediate_fulltrain > 0):
             s.intermediate_done_at.append(s.splits)
             self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
-                              t.num_epochs_intermediate_fulltrain, t.kl_start, t.decay_kl))
+                              t.num_epochs_intermediate_fulltrain, t.kl_start, t.decay_kl,
+                              warmup_epochs=t.retrain_warmup_epochs))
             return
         choice = self.ctx.broadcast_object(self._choose_leaf())
         if choice is None:

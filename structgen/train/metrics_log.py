@@ -63,8 +63,11 @@ class MetricsLog:
             self._tb = SummaryWriter(str(self._tb_dir))
         phase = fields.get("phase", "")
         for key, value in fields.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self._tb.add_scalar(f"{prefix}/{key}" if not phase else f"{prefix}/{phase}/{key}", value, step)
+            tag = f"{prefix}/{key}" if not phase else f"{prefix}/{phase}/{key}"
+            # one level of nesting becomes one curve per entry (leaf_mass: a curve per leaf)
+            for name, number in (value.items() if isinstance(value, dict) else [("", value)]):
+                if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
+                    self._tb.add_scalar(f"{tag}/{name}" if name else tag, number, step)
         self._tb.flush()
 
     def close(self) -> None:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from structgen.data.loaders import make_loader
+from structgen.errors import NonFiniteLossError
 from structgen.models.elbo import Clamps, total_loss
-from structgen.models.objective import Contrastive, FullTreeObjective, SubTreeObjective
+from structgen.models.objective import LEAF_MASS, Contrastive, FullTreeObjective, SubTreeObjective
 from structgen.models.treevae import SubTree, TreeVAE
 from structgen.train.annealing import KLAnnealer
 from structgen.train.context import Context
@@ -24,10 +25,6 @@ from structgen.train.precision import StepPrecision
 from structgen.train.resources import memory_fields
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -41,9 +38,18 @@ class Phase:
     leaf: str | None = None       # subtree: the leaf being split
     subset: list[int] | None = field(default=None, repr=False)   # subtree: training indices
     epoch: int = 0                # epochs completed
+    warmup_epochs: float = 0.0    # linear learning-rate warm-up over this many epochs (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def warmup_scale(phase: Phase, batch: int, n_batches: int) -> float:
+    """Learning-rate factor for ``batch`` of the phase's current epoch: rises linearly from
+    1/steps to 1 over the first ``phase.warmup_epochs`` epochs (the first batch moves too)."""
+    steps = phase.warmup_epochs * n_batches
+    done = phase.epoch * n_batches + batch
+    return 1.0 if done >= steps else (done + 1) / (steps + 1)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class PhaseRunner:
             params = list(self.model.parameters())
         optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.decay_stepsize, gamma=t.decay_lr)
-        annealer = KLAnnealer(phase.kl_start, phase.decay_kl)
+        annealer = KLAnnealer(phase.kl_start, phase.decay_kl, per_step=t.kl_anneal == "step")
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -132,11 +138,19 @@ class PhaseRunner:
         else:
             self.model.train()
 
-    def _epoch(self, phase: Phase, state: PhaseState, loader, step_fn) -> dict:
-        alpha = state.annealer.alpha
-        sums = torch.zeros(len(TERMS) + 2, dtype=torch.float64)      # terms, loss, images
+    def _epoch(self, phase: Phase, state: PhaseState, loader, step_fn) -> torch.Tensor:
+        n_batches = len(loader)
+        # The scheduler's rate for this epoch; warm-up scales it per batch and hands it back
+        # unscaled, so StepLR and the checkpoint at the epoch's end never see a scaled value.
+        base_lr = [group["lr"] for group in state.optimizer.param_groups]
+        # image-weighted sums: the terms, the loss, the images, then each leaf's mass
+        sums = torch.zeros(len(TERMS) + 2 + len(self._mass_names(phase)), dtype=torch.float64)
         bar = self.progress.epoch(len(loader), f"{phase.name} {phase.epoch + 1}/{phase.epochs}")
-        for x, _, _ in loader:
+        for i, (x, _, _) in enumerate(loader):
+            alpha = state.annealer.alpha_at(i / n_batches)
+            scale = warmup_scale(phase, i, n_batches)
+            for group, lr in zip(state.optimizer.param_groups, base_lr):
+                group["lr"] = lr * scale
             with self.precision.autocast():
                 terms = step_fn(self.precision.batch(x))
                 loss = total_loss(terms, alpha, terms.get("aug"))
@@ -145,26 +159,37 @@ class PhaseRunner:
             self.precision.backward(loss)
             self.precision.step(state.optimizer)
             values = [float(terms[k].detach()) if k in terms else 0.0 for k in TERMS]
-            sums += torch.tensor(values + [float(loss.detach()), 1.0], dtype=torch.float64) * x.shape[0]
+            mass = terms[LEAF_MASS].double().cpu().tolist()
+            sums += torch.tensor(values + [float(loss.detach()), 1.0] + mass, dtype=torch.float64) * x.shape[0]
             bar.update(x.shape[0], {"loss": float(loss.detach()), "rec": values[0]})
         bar.close()
+        for group, lr in zip(state.optimizer.param_groups, base_lr):
+            group["lr"] = lr
         self._images_per_s = bar.images_per_s * self.ctx.world_size
         return sums
 
     def _check_finite(self, phase: Phase, loss: torch.Tensor, terms: dict) -> None:
         if torch.isfinite(loss):
             return
-        bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["loss"]
+        bad = [k for k in TERMS if k in terms and not torch.isfinite(terms[k])] or ["loss"]
         raise NonFiniteLossError(
             f"non-finite loss in phase '{phase.name}', epoch {phase.epoch + 1}: term(s) {', '.join(bad)} = "
             f"{', '.join(str(float(terms.get(k, loss).detach())) for k in bad)}. The last good checkpoint is kept; "
             f"try a lower training.lr or check the data.")
 
+    def _mass_names(self, phase: Phase) -> list[str]:
+        """The leaves whose mass an epoch record carries: the tree's, or the sub-tree's two children."""
+        return [phase.leaf + "0", phase.leaf + "1"] if phase.kind == "subtree" else self.model.tree.leaves()
+
     def _log_epoch(self, phase: Phase, sums: torch.Tensor, step: int, alpha: float, lr: float) -> None:
         sums = self.ctx.all_reduce_sum(sums)
-        n = max(sums[-1].item(), 1.0)
+        n = max(sums[len(TERMS) + 1].item(), 1.0)
         record = {k: sums[i].item() / n for i, k in enumerate(TERMS)}
         record["loss"] = sums[len(TERMS)].item() / n
+        masses = (sums[len(TERMS) + 2:] / n).tolist()
+        # A sub-tree's children share its leaf's mass on the subset: log their split of it.
+        total = sum(masses) if phase.kind == "subtree" else 1.0
+        record[LEAF_MASS] = {leaf: round(m / max(total, 1e-12), 5) for leaf, m in zip(self._mass_names(phase), masses)}
         record.update(phase=phase.name, kind=phase.kind, epoch=phase.epoch, epochs=phase.epochs,
                       alpha=alpha, lr=lr,
                       images_per_s=self._images_per_s, n_leaves=len(self.model.tree.leaves()),
@@ -175,10 +200,12 @@ class PhaseRunner:
             self.ctx.on_epoch_end(record)
         if self.ctx.is_main:
             self.log.write("epoch", step=step, **record)
+            emptiest = min(record[LEAF_MASS], key=record[LEAF_MASS].get)
             self.progress.line(
                 f"[{phase.name}] epoch {phase.epoch}/{phase.epochs}  loss {record['loss']:.2f}  "
                 f"rec {record['rec']:.2f}  kl_root {record['kl_root']:.2f}  kl_nodes {record['kl_nodes']:.2f}  "
                 f"kl_dec {record['kl_decisions']:.3f}" + (f"  aug {record['aug']:.3f}" if record["aug"] else "")
-                + f"  alpha {record['alpha']:.3f}  {record['images_per_s']:.0f} img/s")
+                + f"  alpha {record['alpha']:.3f}  emptiest {emptiest} {record[LEAF_MASS][emptiest]:.1%}"
+                + f"  {record['images_per_s']:.0f} img/s")
         if not math.isfinite(record["loss"]):
             raise NonFiniteLossError(f"non-finite mean loss in phase '{phase.name}', epoch {phase.epoch}")

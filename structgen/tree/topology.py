@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
+from structgen.errors import TopologyError
+
 ROOT = "r"
 
 
-class TopologyError(ValueError):
-    """An impossible tree operation or a malformed serialised tree."""
 
 
 def _bfs_key(path: str) -> tuple[int, str]:

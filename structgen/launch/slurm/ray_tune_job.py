@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from structgen.config import load_config
+from structgen.launch.hosts import job_port, slurm_hosts
 from structgen.launch.slurm.stage_job import job_id
 
-TUNE_DRIVER = Path(__file__).resolve().parents[3] / "ray_jobs" / "tune.py"
+TUNE_DRIVER = "structgen.launch.tune_main"        # run with python -m: works installed, not only from a checkout
 
 
 @dataclass
@@ -24,7 +25,7 @@ class RayTuneJob:
     name: str | None = None
     cpus_per_node: int = 1
     gpus_per_node: int = 0
-    driver: str = str(TUNE_DRIVER)
+    driver: str = TUNE_DRIVER
     start_timeout_s: int = 180
 
     def resolved_config(self, name: str) -> Path:
@@ -33,7 +34,7 @@ class RayTuneJob:
         return Path(runs_dir) / "slurm-configs" / f"{name}.yml"
 
     def driver_command(self, address: str, name: str) -> list[str]:
-        return [sys.executable, self.driver, "--config", str(self.resolved_config(name)), "--sweep", self.sweep,
+        return [sys.executable, "-m", self.driver, "--config", str(self.resolved_config(name)), "--sweep", self.sweep,
                 "--address", address, "--name", name]
 
     def describe(self) -> str:
@@ -53,8 +54,7 @@ class RayTuneJob:
         save_config(load_config(self.config, self.overrides), resolved,
                     header=f"config of the Ray Tune sweep {name} ({self.sweep}), written by the SLURM job {jid}")
         in_slurm = "SLURM_JOB_NODELIST" in os.environ
-        hosts = (subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], check=True,
-                                capture_output=True, text=True).stdout.split() if in_slurm else ["127.0.0.1"])
+        hosts = slurm_hosts(os.environ["SLURM_JOB_NODELIST"]) if in_slurm else ["127.0.0.1"]
         head, head_ip = hosts[0], _ip_of(hosts[0])
         address = f"{head_ip}:{ray_port_for_job(jid)}"
         ray = str(Path(sys.executable).with_name("ray"))
@@ -87,8 +87,7 @@ class RayTuneJob:
 def ray_port_for_job(jid: str) -> int:
     """The head's GCS port: below Linux's ephemeral ports and above Ray's default worker ports
     (10002-19999) and this job's DDP rendezvous range."""
-    digits = "".join(ch for ch in str(jid) if ch.isdigit()) or "0"
-    return 30000 + int(digits) % 2000
+    return job_port(jid, 30000, 2000)
 
 
 def _start(command: list[str]) -> subprocess.Popen:

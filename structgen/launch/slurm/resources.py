@@ -10,7 +10,7 @@ from typing import Any
 
 import submitit
 
-from structgen.config import ConfigError
+from structgen.config import Config, ConfigError, apply_overrides
 
 ENV_PREFIX = "STRUCTGEN_SLURM_"
 ENV_KEYS = ("partition", "account", "qos", "folder")         # the settings that may come from the environment
@@ -49,7 +49,10 @@ def resolve_resources(slurm_cfg, flags: dict | None = None, env=None) -> Resourc
     unknown = set(values) - {f.name for f in dataclasses.fields(Resources)}
     if unknown:
         raise ConfigError(f"slurm: unknown resource setting(s) {', '.join(sorted(unknown))}")
-    return Resources(**values)
+    # flags and variables obey the schema's bounds too (--nodes 0 fails here, naming the key)
+    checked = apply_overrides(Config(), {f"slurm.{k}": v for k, v in values.items()},
+                              source=f"slurm flags / {ENV_PREFIX}* variables").slurm
+    return Resources(**dataclasses.asdict(checked))
 
 
 def executor_parameters(res: Resources, *, name: str, local: bool, single_process: bool = False,

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from structgen.config import load_config
-from structgen.diffusion.api import score_ddpm, train_ddpm
+from structgen.ddpm_api import score_ddpm, train_ddpm
 from structgen.scoring.classifier import default_classifier_path, train_classifier
 
 CPU_DDPM = [

@@ -23,9 +23,10 @@ import torch
 
 from structgen.api import train_tree
 from structgen.config import load_config
-from structgen.diffusion.api import load_ddpm, train_ddpm
+from structgen.ddpm_api import load_ddpm, train_ddpm
 from structgen.diffusion.conditioning import ConditionalUNet, SignalEmbedding
 from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
+from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNet, UNetSpec
 from structgen.diffusion.vae_condition import choose_leaf, to_signed
@@ -57,15 +58,13 @@ def reference_size_step(conditioner, batch: int, repeats: int) -> tuple[float, f
     spec = UNetSpec(conditioner.image_shape, dim=64, attn_resolutions=[])
     model = ConditionalUNet(UNet(spec), SignalEmbedding("leaf", spec.emb_dim, conditioner.n_leaves))
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-    schedule = NoiseSchedule()
+    process = DiffusionProcess(model, NoiseSchedule())
     x01 = torch.rand(batch, *conditioner.image_shape)
 
     def step():
         parts = conditioner.posterior(x01)
         cond = conditioner.condition(parts, choose_leaf(parts.probs, "sample"))
-        t = torch.randint(0, 1000, (batch,))
-        noise = torch.randn_like(x01)
-        loss = ((model(schedule.q_sample(to_signed(x01), t, noise), t, cond) - noise) ** 2).mean()
+        loss = process.loss(to_signed(x01), cond)[0].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -23,12 +23,12 @@ from mnist_quality import REFERENCE_SCHEDULE
 from structgen.api import evaluate_run, train_tree
 from structgen.config import load_config, save_config
 from structgen.runs import last_checkpoint
-from structgen.train.checkpoint import load_checkpoint
-from structgen.train.context import Context, resolve_device
+from structgen.runtime.context import Context, resolve_device
+from structgen.runtime.metrics_log import MetricsLog, read_metrics
+from structgen.runtime.progress import Progress
+from structgen.runtime.tree_checkpoint import load_checkpoint
 from structgen.train.data import load_run_data
 from structgen.train.growth import TreeTrainer
-from structgen.train.metrics_log import MetricsLog, read_metrics
-from structgen.train.progress import Progress
 
 
 class FinetuningBegins(Exception):

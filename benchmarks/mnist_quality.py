@@ -18,7 +18,7 @@ import time
 
 from structgen.api import train_tree
 from structgen.config import load_config
-from structgen.train.resources import peak_rss_mb
+from structgen.runtime.resources import peak_rss_mb
 
 CPU_SCHEDULE = [
     "training.num_epochs=8", "training.num_epochs_smalltree=4", "training.num_epochs_intermediate_fulltrain=1",
@@ -59,7 +59,7 @@ def phase_minutes(run_dir: str) -> dict[str, float]:
     since the previous non-epoch event (the run starts when config.yml is written)."""
     from pathlib import Path
 
-    from structgen.train.metrics_log import read_metrics
+    from structgen.runtime.metrics_log import read_metrics
 
     parts: dict[str, float] = {}
     last = (Path(run_dir) / "config.yml").stat().st_mtime

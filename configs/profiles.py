@@ -28,7 +28,7 @@ PROFILES = {
         "training.kl_start=0.5", "training.decay_kl=0.001"]),
     "cifar10": ("CIFAR-10, reference values of algorithm.md §3.3 (DTV-cifar10) and §5", [
         "data.dataset=cifar10", "model.encoder=cnn2", "model.representation_dim=4",
-        "model.latent_channels=[64,64,64,64,64,64,64]", "model.bottom_up_channels=[128,128,128,128,128,128,128]",
+        "model.latent_channels=64", "model.bottom_up_channels=128",
         "model.activation=mse", "model.res_connections=true", "model.dim_mod_conv=true",
         "training.num_epochs_intermediate_fulltrain=0", "training.num_epochs_finetuning=0",
         "training.kl_start=0.01", "training.decay_kl=0.01", "training.augment=true",

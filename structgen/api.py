@@ -9,21 +9,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
-from structgen.runs import checkpoint_of, final_checkpoint, last_checkpoint, latest_run_dir, new_run_dir, run_dir_of
-from structgen.train.checkpoint import CheckpointError, load_checkpoint, load_model
-from structgen.train.resume import RUN_FREE, check_resumable
+from structgen.runs import (checkpoint_of, final_checkpoint, last_checkpoint, latest_run_dir, new_run_dir, run_config,
+                            run_dir_of)
+from structgen.runtime.context import setup_torch
+from structgen.runtime.resume import RUN_FREE, check_resumable
+from structgen.runtime.tree_checkpoint import load_checkpoint, load_model
 
 # Keys that may differ between the run being resumed and the command resuming it.
 RESUME_FREE = RUN_FREE + ("evaluation.",)
-
-
-def _setup_torch(cfg: Config) -> None:
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
 
 
 def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, evaluate: bool = True,
@@ -34,13 +29,13 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     Launchers that manage their own checkpoints (Ray) pass ``run_dir`` and, after a restart,
     ``resume_checkpoint``. Only rank 0 of ``ctx`` writes files.
     """
-    from structgen.train.context import Context, resolve_device
+    from structgen.runtime.context import Context, resolve_device
+    from structgen.runtime.metrics_log import MetricsLog
+    from structgen.runtime.progress import Progress
     from structgen.train.data import check_batch_fits, load_run_data
     from structgen.train.growth import TreeTrainer
-    from structgen.train.metrics_log import MetricsLog
-    from structgen.train.progress import Progress
 
-    _setup_torch(cfg)
+    setup_torch(cfg)
     data = load_run_data(cfg)                       # data problems surface before any folder is made
     check_batch_fits(cfg.training.batch_size // (2 if cfg.training.augment else 1), "training.batch_size", data)
     is_main = ctx is None or ctx.is_main
@@ -81,13 +76,6 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
         log.close()
     return run_dir, report
-
-
-def _run_config(run_dir: Path, overrides=()) -> Config:
-    cfg_path = run_dir / "config.yml"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{run_dir}: no config.yml in this run folder")
-    return load_config(cfg_path, overrides)
 
 
 # A trained run may be evaluated differently (these keys), or on other data (OTHER_DATA keys,
@@ -135,7 +123,7 @@ def evaluate_run(path, *, overrides=(), cfg=None, model=None, data=None, ctx=Non
     other = _evaluation_overrides(overrides, "evaluate")
     if model is None:
         checkpoint_of(path)               # a missing checkpoint is the first thing to report
-    cfg = cfg or _run_config(run_dir, overrides)
+    cfg = cfg or run_config(run_dir, overrides)
     out_dir = _other_data_dir(run_dir, other) if other else run_dir
     with claimed(run_dir, fresh=False):
         return _evaluate_into(run_dir, path, out_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=None)
@@ -144,12 +132,12 @@ def evaluate_run(path, *, overrides=(), cfg=None, model=None, data=None, ctx=Non
 def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx, log):
     from structgen.data.registry import dataset_shape
     from structgen.eval.evaluate import evaluate_model, format_report
-    from structgen.eval.figures import write_generations, write_run_tree_figure
-    from structgen.train.context import Context, resolve_device
+    from structgen.eval.run_figures import write_generations, write_run_tree_figure
+    from structgen.runtime.context import Context, resolve_device
+    from structgen.runtime.metrics_log import MetricsLog
     from structgen.train.data import load_run_data
-    from structgen.train.metrics_log import MetricsLog
 
-    _setup_torch(cfg)
+    setup_torch(cfg)
     if model is None:
         model, _ = load_model(path, resolve_device(cfg.run.device))
     shape = dataset_shape(cfg.data.dataset, cfg.data)
@@ -178,15 +166,15 @@ def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx,
 
 def generate(path, mode: str, n: int | None = None, overrides=()):
     """Write per-leaf PNG grids and .npz arrays for ``vae_samples`` or ``vae_recons``."""
-    from structgen.eval.figures import write_generations
-    from structgen.train.context import resolve_device
+    from structgen.eval.run_figures import write_generations
+    from structgen.runtime.context import resolve_device
     from structgen.train.data import load_run_data
 
     run_dir = Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
     other = _evaluation_overrides(overrides, "generate")
     checkpoint_of(path)
-    cfg = _run_config(run_dir, overrides)
-    _setup_torch(cfg)
+    cfg = run_config(run_dir, overrides)
+    setup_torch(cfg)
     device = resolve_device(cfg.run.device)
     model, _ = load_model(path, device)
     test = load_run_data(cfg).test if mode == "vae_recons" else None
@@ -198,12 +186,12 @@ def generate(path, mode: str, n: int | None = None, overrides=()):
 # ---- your own images: assign every image to a leaf, export the tree ---------------------------
 def _run_model(path, device=None):
     """(model, run config, device) of a trained run, for commands that only read it."""
-    from structgen.train.context import resolve_device
+    from structgen.runtime.context import resolve_device
 
     run_dir = Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
     checkpoint_of(path)
-    cfg = _run_config(run_dir)
-    _setup_torch(cfg)
+    cfg = run_config(run_dir)
+    setup_torch(cfg)
     device = device or resolve_device(cfg.run.device)
     model, _ = load_model(path, device)
     return model, cfg, device, run_dir
@@ -262,7 +250,7 @@ def assign_to_csv(run_dir, out, images=None, *, dataset: str | None = None, spli
 
     from structgen.eval.assignments import CsvWriter, assign_batch
     from structgen.eval.image_stream import open_images
-    from structgen.train.progress import Progress
+    from structgen.runtime.progress import Progress
 
     model, cfg, device, _ = _run_model(run_dir)
     source, names = _image_source(cfg, images, dataset, split, overrides)
@@ -302,7 +290,7 @@ def export_tree(run_dir, out_dir=None) -> tuple[Path, Path]:
     import json
 
     from structgen.eval.tree_export import export_document
-    from structgen.train.metrics_log import read_metrics
+    from structgen.runtime.metrics_log import read_metrics
 
     model, cfg, _, run = _run_model(run_dir, "cpu")
     leaves = model.tree.leaves()
@@ -311,7 +299,7 @@ def export_tree(run_dir, out_dir=None) -> tuple[Path, Path]:
         last = evals[-1]
         mass, hist = last["leaf_mass"], last.get("leaf_histograms")
     else:                                   # never evaluated: the mass the tree gives its own test split
-        from structgen.train.context import Context
+        from structgen.runtime.context import Context
         from structgen.train.assign import leaf_probabilities
         from structgen.train.data import load_run_data
 

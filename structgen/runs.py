@@ -98,6 +98,19 @@ def checkpoint_of(run_dir_or_file: str | Path) -> Path:
     return path
 
 
+def run_config(path: str | Path, overrides=()):
+    """The resolved config.yml of the run at ``path`` (a run folder or one of its checkpoints)
+    with ``overrides`` applied and checked."""
+    from structgen.config import load_config
+    from structgen.errors import CheckpointError
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else run_dir_of(path)
+    if not (run_dir / "config.yml").exists():
+        raise CheckpointError(f"{run_dir}: no config.yml in this run folder")
+    return load_config(run_dir / "config.yml", overrides)
+
+
 def run_dir_of(checkpoint: Path) -> Path:
     checkpoint = Path(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

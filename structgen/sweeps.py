@@ -28,11 +28,10 @@ import yaml
 
 from structgen.config import Config, ConfigError, all_keys, load_config
 from structgen.config.load import _closest
+from structgen.stages import STAGES
 
 KINDS = ("choice", "uniform", "loguniform", "grid")
-STAGES = ("tree", "ddpm")
-METRICS = {"tree": ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity"),
-           "ddpm": ("loss", "generation_purity", "cfd")}
+METRICS = {stage.name: stage.sweep_metrics for stage in STAGES.values() if stage.trial}
 
 
 @dataclass
@@ -90,7 +89,7 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
         if key not in known:
             raise _fail(path, f"unknown sweep setting '{key}'; valid: {', '.join(sorted(known))}")
     sweep = Sweep(path=path, **{k: v for k, v in data.items() if k != "params"})
-    checks = {"stage": STAGES, "mode": ("max", "min"), "scheduler": ("asha", "fifo"), "searcher": ("random", "optuna")}
+    checks = {"stage": tuple(METRICS), "mode": ("max", "min"), "scheduler": ("asha", "fifo"), "searcher": ("random", "optuna")}
     for key, allowed in checks.items():
         if getattr(sweep, key) not in allowed:
             raise _fail(path, f"{key} = {getattr(sweep, key)!r}; expected one of {', '.join(allowed)}")

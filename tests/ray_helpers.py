@@ -92,8 +92,9 @@ def equivalence_worker(config: dict) -> None:
     import ray.train
 
     from structgen.launch.ray_train import ray_context
+    from structgen.stages import STAGES
 
-    ctx = ray_context(Path(config["out"]))
+    ctx = ray_context(Path(config["out"]), STAGES["ddpm" if config["kind"] == "unet" else "tree"])
     state = one_step(config["kind"], ctx.rank, ctx.world_size, ctx)
     if ctx.rank == 0:
         torch.save(state, Path(config["out"]) / f"{config['kind']}.pt")

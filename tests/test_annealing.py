@@ -1,14 +1,13 @@
 """How α and the learning rate move inside a phase: per-batch KL annealing and the warm-up of
 the phases that retrain a grown tree (intermediate full-trains, final finetuning)."""
 import pytest
+from conftest import TINY_DATA
 
 from structgen.api import train_tree
 from structgen.config import load_config
+from structgen.runtime.tree_checkpoint import load_checkpoint
 from structgen.train.annealing import KLAnnealer, finetune_decay
-from structgen.train.checkpoint import load_checkpoint
 from structgen.train.phase import Phase, warmup_scale
-
-from conftest import TINY_DATA
 
 
 def test_per_step_alpha_is_continuous_and_meets_the_per_epoch_values_at_epoch_starts():
@@ -46,7 +45,7 @@ def _trace_run(tmp_path, monkeypatch, *extra):
     """Train grow=false with a 3-epoch finetune on 4 batches per epoch; return (α, lr) per batch
     of each phase, and the run folder."""
     import structgen.train.phase as phase_module
-    from structgen.train.precision import StepPrecision
+    from structgen.runtime.precision import StepPrecision
 
     steps = []
     real_loss, real_step = phase_module.total_loss, StepPrecision.step
@@ -84,7 +83,7 @@ def test_finetuning_warms_up_its_learning_rate_and_raises_alpha_batch_by_batch(t
     # What the checkpoint keeps is the scheduler's rate, never a warm-up-scaled one.
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["growth"]["stage"] == "done"
-    from structgen.train.metrics_log import read_metrics
+    from structgen.runtime.metrics_log import read_metrics
     epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch" and r["phase"] == "finetune"]
     assert [r["lr"] for r in epochs] == [lr] * 3
     assert [r["alpha"] for r in epochs] == pytest.approx([0.1, 0.6, 1.0])     # each epoch's first batch

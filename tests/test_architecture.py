@@ -12,9 +12,9 @@ import structgen
 LAYERS = [
     ("foundation", {"errors", "tree", "nn", "config", "data", "runs", "run_lock"}),
     ("process objects", {"models", "viz"}),
-    ("loops and runtime", {"train"}),
+    ("loops and runtime", {"runtime", "train"}),
     ("stages", {"eval", "scoring", "diffusion"}),
-    ("orchestration", {"api", "sweeps"}),
+    ("orchestration", {"api", "ddpm_api", "stages", "sweeps"}),
     ("launchers", {"launch"}),
     ("entry points", {"commands", "cli"}),
 ]

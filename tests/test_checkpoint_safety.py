@@ -15,16 +15,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_DATA, TINY_VAE
+
 from structgen.api import evaluate_run, generate, load_model, train_tree
 from structgen.config import load_config
-from structgen.diffusion import checkpoint as ddpm_ckpt
-from structgen.diffusion.api import load_ddpm, sample, train_ddpm
+from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
+from structgen.ddpm_api import load_ddpm, sample, train_ddpm
+from structgen.errors import CheckpointError
+from structgen.runtime import tree_checkpoint as tree_ckpt
+from structgen.runtime.checkpoint_io import read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from structgen.runtime.tree_checkpoint import load_checkpoint
 from structgen.scoring.classifier import SmallResNet, load_classifier, save_classifier
-from structgen.train import checkpoint as tree_ckpt
-from structgen.train.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint, rng_state,
-                                        save_checkpoint, set_rng_state)
 
 DATA = TINY_DATA
 TINY_DDPM = DATA + ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
@@ -127,7 +128,8 @@ def test_a_crafted_checkpoint_is_refused_by_every_loader(vae_run, ddpm_run, clas
 
 
 def test_saving_refuses_what_would_not_load(tmp_path):
-    save_checkpoint({"n": np.float64(1.5), "k": [np.int64(3)], "t": torch.zeros(2)}, tmp_path / "ok.pt")
+    save_checkpoint({"format": tree_ckpt.FORMAT, "n": np.float64(1.5), "k": [np.int64(3)], "t": torch.zeros(2)},
+                    tmp_path / "ok.pt")
     state = load_checkpoint(tmp_path / "ok.pt")
     assert type(state["n"]) is float and state["n"] == 1.5 and state["k"] == [3]
     for bad in (np.zeros(3), Payload(tmp_path / "m"), {1, 2}):
@@ -147,7 +149,7 @@ def test_every_checkpoint_needs_no_allow_list(vae_run, ddpm_run, classifier_file
             mid["unsafe"] = unsafe(path)
             mid["phase_state"] = state["phase_state"]
 
-    from structgen.train.context import Context
+    from structgen.runtime.context import Context
     cfg = load_config(None, TINY_VAE + [f"run.runs_dir={runs_dir}", "run.name=mid", "training.num_epochs=2"])
     train_tree(cfg, ctx=Context(run_dir=runs_dir / "synthetic" / "mid", on_checkpoint=keep_first), evaluate=False)
     assert mid["phase_state"] is not None and mid["unsafe"] == []      # mid-phase: optimiser, scheduler, RNG
@@ -250,7 +252,7 @@ def test_rng_state_round_trips_exactly(tmp_path):
     random.gauss(0, 1)          # Python holds gauss_next
     saved = rng_state()
     assert saved["numpy"]["has_gauss"] == 1 and saved["python"]["gauss_next"] is not None
-    save_checkpoint({"rng": saved}, tmp_path / "rng.pt")
+    save_checkpoint({"format": tree_ckpt.FORMAT, "rng": saved}, tmp_path / "rng.pt")
     assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "rng.pt") == []
     expected = _draws()
     torch.manual_seed(0)

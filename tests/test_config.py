@@ -41,9 +41,10 @@ def test_unknown_section_and_key_in_wrong_section(tmp_path):
     ("training.lr=-1", "training.lr = -1.0 is not allowed: expected > 0.0"),
     ("model.act_function=tanh", "one of swish, leaky_relu, relu"),
     ("data.dataset=imagenet", "one of digits, mnist, fmnist, cifar10, synthetic"),
-    ("model.latent_channels=16", "expected a list of int"),
-    ("model.latent_channels=[16]", "at least 2 items"),
-    ("model.latent_channels=[16,0]", "model.latent_channels[1] = 0"),
+    ("model.latent_channels=[16]", "model.levels = 1 is not allowed: expected >= 2"),
+    ("model.latent_channels=[0,0]", "model.latent_channels = 0 is not allowed: expected >= 1"),
+    ("model.latent_channels=[16,8]", "model.latent_channels = [16, 8]: structgen builds every level with the same"),
+    ("model.levels=1", "model.levels = 1 is not allowed: expected >= 2"),
     ("training.dropout=0.1", "did you mean"),
 ])
 def test_wrong_type_or_range_names_key_value_and_allowed(override, fragment):
@@ -54,8 +55,8 @@ def test_wrong_type_or_range_names_key_value_and_allowed(override, fragment):
 
 
 def test_cross_key_rules():
-    with pytest.raises(ConfigError, match="latent_channels has 3 levels but .*bottom_up_channels has 7"):
-        load_config(None, ["model.latent_channels=[16,16,16]"])
+    with pytest.raises(ConfigError, match="latent_channels has 3 levels, model.bottom_up_channels has 7"):
+        load_config(None, ["model={latent_channels: [16,16,16], bottom_up_channels: [32,32,32,32,32,32,32]}"])
     with pytest.raises(ConfigError, match="max_depth = 7 is deeper"):
         load_config(None, ["training.max_depth=7"])
     with pytest.raises(ConfigError, match="beta1"):
@@ -107,7 +108,7 @@ def test_profiles_carry_reference_values():
     assert fmnist.training.kl_start == 0.5 and fmnist.model.act_function == "leaky_relu"
     assert fmnist.model.spectral_norm == "reference"        # deliberately not the reference's FMNIST value (off)
     assert cifar.model.encoder == "cnn2" and cifar.model.representation_dim == 4
-    assert cifar.model.latent_channels == [64] * 7 and cifar.model.bottom_up_channels == [128] * 7
+    assert (cifar.model.latent_channels, cifar.model.bottom_up_channels, cifar.model.levels) == (64, 128, 7)
     assert cifar.training.aug_decisions_weight == 100 and cifar.training.num_epochs_finetuning == 0
     assert cifar.model.activation == "mse" and cifar.training.decay_kl == 0.01
     assert mnist.diffusion.n_timesteps == 1000 and mnist.diffusion.ema_decay == 0.9999
@@ -175,3 +176,31 @@ def test_slurm_resource_flags_obey_the_schemas_bounds():
         resolve_resources(SlurmConfig(mem_gb=0), {})
     res = resolve_resources(SlurmConfig(), {"nodes": 2, "partition": None}, env={"STRUCTGEN_SLURM_PARTITION": "gpu"})
     assert (res.nodes, res.partition) == (2, "gpu")
+
+
+def test_old_per_level_channel_lists_load_as_one_value_and_levels(tmp_path):
+    """Configs (and checkpoints' configs) from before model.levels gave one channel per level."""
+    old = tmp_path / "old.yml"
+    old.write_text("model:\n  latent_channels: [8, 8, 8, 8]\n  bottom_up_channels: [24, 24, 24, 24]\n")
+    cfg = load_config(old)
+    assert (cfg.model.latent_channels, cfg.model.bottom_up_channels, cfg.model.levels) == (8, 24, 4)
+    assert cfg.depth_limit == 3
+    assert load_config(None, ["model.levels=4", "model.latent_channels=8", "model.bottom_up_channels=24"]).model \
+        == cfg.model
+    with pytest.raises(ConfigError, match=r"old.yml: model.latent_channels has 4 levels, model.levels = 5"):
+        old.write_text("model:\n  latent_channels: [8, 8, 8, 8]\n  levels: 5\n")
+        load_config(old)
+
+
+def test_a_checkpoint_config_with_channel_lists_resumes_with_the_same_model(tmp_path):
+    from structgen.config import config_to_dict
+    from structgen.errors import CheckpointError
+    from structgen.runtime.resume import RUN_FREE, check_resumable
+
+    cfg = load_config(None, ["model.levels=5"])
+    saved = config_to_dict(cfg)
+    saved["model"] = {**saved["model"], "latent_channels": [16] * 5, "bottom_up_channels": [32] * 5}
+    del saved["model"]["levels"]
+    check_resumable(saved, cfg, tmp_path / "last.pt", free=RUN_FREE)          # the same model: no complaint
+    with pytest.raises(CheckpointError, match="model.levels: checkpoint 5 vs now 7"):
+        check_resumable(saved, load_config(None), tmp_path / "last.pt", free=RUN_FREE)

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_DATA
+
 from structgen.cli import main
 from structgen.config import load_config
-from structgen.diffusion import checkpoint as ddpm_ckpt
-from structgen.diffusion.api import load_ddpm, sample, train_ddpm
+from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
+from structgen.ddpm_api import load_ddpm, sample, train_ddpm
 from structgen.diffusion.loop import DDPMTrainer
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.train.phase import NonFiniteLossError

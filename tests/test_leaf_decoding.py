@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_DATA
+
 from structgen.nn.decoders import build_decoder
 from structgen.nn.leaf_decoding import decode_leaves
 
@@ -74,7 +74,7 @@ def test_growth_gives_the_same_tree_with_grouped_and_per_leaf_decoding(tmp_path,
     from structgen.api import train_tree
     from structgen.config import load_config
     from structgen.models import treevae
-    from structgen.train.checkpoint import load_checkpoint
+    from structgen.runtime.tree_checkpoint import load_checkpoint
     from structgen.tree.topology import Tree
 
     keys = TINY_DATA + ["training.batch_size=32", "training.num_epochs=2", "training.num_epochs_smalltree=2",

@@ -132,7 +132,7 @@ def test_more_ranks_than_samples_still_pads(data):
 
 
 def test_to_device_float_moves_uint8_and_scales_to_unit_range():
-    from structgen.data.loader import to_device_float
+    from structgen.data.memory_loader import to_device_float
 
     batch = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
     x = to_device_float(batch, "cpu")

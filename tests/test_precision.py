@@ -1,17 +1,17 @@
-"""`run.precision` and `run.channels_last` (structgen.train.precision) on CPU: channels-last is the
+"""`run.precision` and `run.channels_last` (structgen.runtime.precision) on CPU: channels-last is the
 same math, bf16/fp16 autocast really lowers the arithmetic and stays close, fp16 loss scaling
 skips an overflowing step instead of failing, and both training loops run end to end with them."""
 import json
 
 import pytest
 import torch
-
 from conftest import TINY_VAE
+
 from structgen.config import load_config
 from structgen.models.elbo import Clamps, total_loss
 from structgen.models.objective import FullTreeObjective
 from structgen.models.treevae import ModelSpec, TreeVAE
-from structgen.train.precision import StepPrecision
+from structgen.runtime.precision import StepPrecision
 from structgen.tree.topology import Tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,9 +93,10 @@ def epoch_losses(run_dir, event):
 
 
 def test_tree_and_ddpm_train_end_to_end_in_lower_precision_and_channels_last(runs_dir):
-    from structgen.api import load_model, train_tree
-    from structgen.diffusion.api import train_ddpm
     from test_diffusion_train import TINY_DDPM
+
+    from structgen.api import load_model, train_tree
+    from structgen.ddpm_api import train_ddpm
 
     low = ["run.precision=bf16", "run.channels_last=true", f"run.runs_dir={runs_dir}"]
     vae_dir, _ = train_tree(load_config(None, TINY_VAE + low + ["run.name=bf16"]), evaluate=False)

@@ -1,5 +1,5 @@
 """Plain progress lines: a long epoch in a log file reports itself before it ends."""
-from structgen.train.progress import Progress
+from structgen.runtime.progress import Progress
 
 
 def test_plain_mode_reports_inside_a_long_epoch(capsys):

@@ -4,15 +4,15 @@ growth, recovery from a killed worker, diffusion under DDP. (`ray job submit` ag
 machine, so it must not run while this module's cluster is up.)"""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC_FAST
+from ray_helpers import equivalence_worker, one_step
 
 from structgen.api import load_model, train_tree
 from structgen.config import load_config
-from structgen.train.metrics_log import read_metrics
-
-from conftest import SYNTHETIC_FAST
-from ray_helpers import equivalence_worker, one_step
+from structgen.runtime.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -86,8 +86,10 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path):
     from structgen.launch.ray_train import JobSpec, run_job
 
     marker = tmp_path / "killed.marker"
+    worker_tmp = tmp_path / "worker_tmp"                             # where the workers' temporary files go
+    worker_tmp.mkdir()
     fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:1",                  # rank 1 dies after subtree-1 epoch 1
-             "STRUCTGEN_FAULT_MARKER": str(marker)}
+             "STRUCTGEN_FAULT_MARKER": str(marker), "TMPDIR": str(worker_tmp)}
     cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", "evaluation.baselines=false"])
     run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="fault", max_failures=2, env=fault,
                                            storage_path=str(tmp_path / "ray")), evaluate=False)
@@ -102,6 +104,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path):
     for phase, seen in by_phase.items():
         assert seen == list(range(1, len(seen) + 1)), f"missing epochs in {phase}: {seen}"
     assert by_phase["subtree-1"] == [1, 2]
+    assert not list(worker_tmp.glob("structgen-ckpt-*")), "a worker left its restored checkpoint behind"
 
 
 def test_ddpm_trains_on_two_workers_with_identical_ema(ray_session, tmp_path):
@@ -156,8 +159,9 @@ def test_rerun_with_the_same_name_resumes_a_stopped_run(ray_session, tmp_path):
 def test_a_job_trains_on_a_users_image_folder(ray_session, tmp_path, monkeypatch):
     """data.dataset=folder under Ray Train, given a path relative to the driver's folder: the
     workers (which start elsewhere) read the same images, and the run is unlabelled."""
-    from structgen.launch.ray_train import JobSpec, run_job
     from user_images import digits_pngs
+
+    from structgen.launch.ray_train import JobSpec, run_job
 
     digits_pngs(tmp_path / "my_images", n=80)
     monkeypatch.chdir(tmp_path)
@@ -170,3 +174,17 @@ def test_a_job_trains_on_a_users_image_folder(ray_session, tmp_path, monkeypatch
     last = read_metrics(run_dir)[-1]
     assert last["event"] == "evaluation" and last["labelled"] is False and "acc" not in last
     assert load_config(run_dir / "config.yml").data.path == str(tmp_path / "my_images")
+
+
+def test_ray_generate_splits_the_images_over_workers_and_checks_its_flags(ray_session, vae_run, capsys):
+    """ray_jobs/generate.py: one Ray task per worker, each drawing its share into its own shard;
+    the Ray flags are the run's config keys, checked before Ray is asked for anything."""
+    from structgen.launch import ray_generate as generate
+
+    assert generate.main(["--run", str(vae_run), "--mode", "vae_samples", "--n", "5", "--num-workers", "2"]) == 0
+    shards = sorted((vae_run / "samples" / "ray-vae_samples").glob("shard*"))
+    assert [s.name for s in shards] == ["shard0", "shard1"]
+    counts = [len(np.load(next(s.rglob("*.npz")))["images"]) for s in shards]
+    assert counts == [3, 2]
+    assert generate.main(["--run", str(vae_run), "--mode", "vae_samples", "--num-workers", "0"]) == 2
+    assert "ray.num_workers = 0 is not allowed" in capsys.readouterr().err

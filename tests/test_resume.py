@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import SYNTHETIC_FAST
 
 from structgen.api import load_model
-from structgen.train.metrics_log import read_metrics
-
-from conftest import SYNTHETIC_FAST
+from structgen.runtime.metrics_log import read_metrics
 
 STRUCTGEN = [sys.executable, "-m", "structgen.cli"]
 

@@ -13,7 +13,7 @@ from structgen.scoring.frechet import (FeatureStats, classifier_features, classi
                                        frechet_distance, frechet_distance_from_stats, reference_stats)
 from structgen.scoring.images import as_unit_images
 from structgen.scoring.purity import generation_purity, leaf_class_histograms
-from structgen.train.checkpoint import CheckpointError
+from structgen.errors import CheckpointError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -230,7 +230,7 @@ def test_classifier_frechet_distance_orders_sets_sensibly(digits_classifier):
 
 
 def test_purity_of_class_sorted_leaves_and_the_figure(digits_classifier, tmp_path):
-    from structgen.scoring.figures import draw_generation_figure
+    from structgen.scoring.generation_figure import draw_generation_figure
     from structgen.tree.topology import Tree
 
     model, ckpt = load_classifier(digits_classifier[0])

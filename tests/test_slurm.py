@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SYNTHETIC_FAST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +225,7 @@ def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel
 
     runs, _, _, _ = reference
     victim = runs / "synthetic" / "victim"
-    # structgen.train.fault: rank 0 SIGKILLs itself once, right after this epoch's checkpoint. A
+    # structgen.runtime.fault: rank 0 SIGKILLs itself once, right after this epoch's checkpoint. A
     # plain `scontrol requeue` or `scancel` sends SIGTERM first, which submitit ignores, so the run
     # would train on for SLURM's KillWait seconds; this tiny run could be over by then.
     marker = runs / "victim.killed"
@@ -373,9 +372,10 @@ def test_a_job_trains_on_a_users_image_folder_given_by_a_relative_path(slurm_clu
                                                                       cancel_unfinished):
     """data.dataset=folder through SLURM: the relative data.path is pinned to the submitting
     folder, so the job finds the images wherever it starts, and the run records where they were."""
+    from user_images import digits_pngs
+
     from structgen.config import load_config
     from structgen.launch.slurm import plan_submission
-    from user_images import digits_pngs
 
     digits_pngs(tmp_path / "my_images", n=80)
     monkeypatch.chdir(tmp_path)

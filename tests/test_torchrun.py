@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SYNTHETIC_FAST
 
 from structgen.api import load_model
-from structgen.train.metrics_log import read_metrics
-
-from conftest import SYNTHETIC_FAST
+from structgen.runtime.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

@@ -4,16 +4,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC_FAST
 from PIL import Image
 
 from structgen.api import load_model, train_tree
 from structgen.config import load_config
+from structgen.errors import CheckpointError
 from structgen.runs import RunError
-from structgen.train.checkpoint import CheckpointError, load_checkpoint
-from structgen.train.metrics_log import read_metrics
+from structgen.runtime.metrics_log import read_metrics
+from structgen.runtime.tree_checkpoint import load_checkpoint
 from structgen.train.phase import NonFiniteLossError
-
-from conftest import SYNTHETIC_FAST
 
 
 def test_growth_recovers_the_two_level_hierarchy(trained_run):
@@ -147,7 +147,7 @@ def test_a_leaf_the_finetuning_empties_is_pruned_and_logged_across_a_restart(tmp
     """A branch alive before the final finetuning is starved in it (its parent's q-router is
     forced to send it nothing). The run must end without that leaf and say why, once, also when
     it is killed between the finetuning and that prune and resumed."""
-    from structgen.train.context import Context
+    from structgen.runtime.context import Context
 
     class Killed(Exception):
         pass

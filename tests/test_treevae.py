@@ -219,15 +219,16 @@ def test_checkpoints_with_the_old_bool_spec_load_strictly(tmp_path, old, placeme
     from dataclasses import asdict
 
     from structgen.api import load_model
-    from structgen.train.checkpoint import save_checkpoint
+    from structgen.runtime.checkpoint_io import save_checkpoint
+    from structgen.runtime.tree_checkpoint import FORMAT
     torch.manual_seed(0)
     model = grow_to(TreeVAE(ModelSpec((1, 28, 28), spectral_norm=placement)), 3)
     weights = model.state_dict()
     old_keys = {f"decoder.{leaf}.{i}.parametrizations.weight.{part}" for leaf in model.tree.leaves()
                 for i in (0, 3, 6) for part in ("original", "0._u", "0._v")} if old else set()
     assert {k for k in weights if ".parametrizations." in k} == old_keys
-    path = save_checkpoint({"spec": {**asdict(model.spec), "spectral_norm": old}, "tree": model.tree.to_dict(),
-                            "model": weights}, tmp_path / "old.pt")
+    path = save_checkpoint({"format": FORMAT, "spec": {**asdict(model.spec), "spectral_norm": old},
+                            "tree": model.tree.to_dict(), "model": weights}, tmp_path / "old.pt")
     loaded, _ = load_model(path)                          # strict
     assert loaded.spec.spectral_norm == placement and loaded.tree == model.tree
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SYNTHETIC_FAST
 
 from structgen.config import ConfigError, load_config
+from structgen.runtime.metrics_log import read_metrics
 from structgen.sweeps import expand_trials, load_sweep, trial_overrides
-from structgen.train.metrics_log import read_metrics
-
-from conftest import SYNTHETIC_FAST
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SYNTHETIC_FAST + ["data.train_subset=384", "data.test_subset=128", "training.num_epochs=3",

@@ -41,7 +41,7 @@ def test_prepare_data_writes_betons_of_a_folder_and_training_reads_them(folder_r
 
 def test_generate_train_ddpm_and_sample_on_a_folder_run(folder_run, capsys):
     from structgen.api import generate
-    from structgen.diffusion.api import sample, train_ddpm
+    from structgen.ddpm_api import sample, train_ddpm
 
     tmp, root, vae_dir = folder_run
     for mode in ("vae_samples", "vae_recons"):

@@ -11,11 +11,11 @@ import pytest
 
 from structgen.api import train_tree
 from structgen.config import load_config
-from structgen.train.checkpoint import CheckpointError
+from structgen.errors import CheckpointError
 from user_images import CIFAR_JPEG, cifar_tree, digits_npz, digits_pngs
 
 # Three levels of 8 channels, 2 epochs, one split: a tree of 3 leaves in a few seconds.
-TINY = ["model.latent_channels=[4,4,4]", "model.bottom_up_channels=[8,8,8]", "training.batch_size=16",
+TINY = ["model.latent_channels=4", "model.bottom_up_channels=8", "model.levels=3", "training.batch_size=16",
         "training.num_epochs=2", "training.num_epochs_smalltree=1", "training.num_epochs_intermediate_fulltrain=0",
         "training.num_epochs_finetuning=1", "training.num_clusters_tree=3", "training.max_grow_iterations=1",
         "training.prune=false", "evaluation.samples_per_leaf=4", "evaluation.real_per_leaf=4",

@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from structgen.diffusion.api import compare_ddpm
+    from structgen.ddpm_api import compare_ddpm
 
     print(compare_ddpm(args.runs, args.n, labels=args.labels, sampler=args.sampler, steps=args.steps, eta=args.eta,
                        guidance=args.guidance, seed=args.seed, out=args.out))

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from structgen.diffusion.api import sample
+    from structgen.ddpm_api import sample
 
     for path in sample(args.run, args.mode, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                        guidance=args.guidance, leaf_choice=args.leaf_choice, seed=args.seed,

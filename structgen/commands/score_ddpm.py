@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from structgen.diffusion.api import score_ddpm
+    from structgen.ddpm_api import score_ddpm
 
     _, written = score_ddpm(args.run, classifier=args.classifier, n=args.n, per_leaf=args.per_leaf,
                             sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,

@@ -13,21 +13,18 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from structgen.config import load_config
-    from structgen.diffusion.api import train_ddpm
-    from structgen.launch.distributed import decided_on_rank0, process_group, several_processes
-    from structgen.runs import choose_run_dir, last_checkpoint
+    from structgen.config import apply_overrides, load_config
+    from structgen.ddpm_api import train_ddpm
+    from structgen.launch.distributed import run_stage_on_ranks, several_processes
+    from structgen.stages import STAGES
 
     cfg = load_config(args.config, args.overrides)
     if not several_processes():
-        run_dir = train_ddpm(cfg, args.vae, resume=args.resume)
-        print(f"DDPM run: {run_dir}")
+        print(f"DDPM run: {train_ddpm(cfg, args.vae, resume=args.resume)}")
         return 0
-    # Started by torchrun (or srun) as one of several ranks: one DDP group, one run folder.
-    with process_group(cfg.run.device) as ctx:
-        run_dir, resume = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, args.resume, "ddpm"))
-        train_ddpm(cfg, args.vae, ctx=ctx, run_dir=run_dir,
-                   resume_checkpoint=last_checkpoint(run_dir) if resume else None)
+    if args.vae:
+        cfg = apply_overrides(cfg, {"diffusion.vae_run": args.vae})
+    ctx, run_dir = run_stage_on_ranks(STAGES["ddpm"], cfg, args.resume)
     if ctx.is_main:
         print(f"DDPM run: {run_dir}")
     return 0

@@ -32,7 +32,7 @@ def _scalar(tp):
     return tp
 
 
-def flag_name(key: str) -> str:
+def _flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
@@ -44,18 +44,18 @@ def add_key_flags(group, section: str, keys: Iterable[str]) -> None:
         tp = _scalar(tp)
         help_text = f"{meta['help']} (config {section}.{key})".replace("%", "%%")   # argparse formats help
         if tp is bool:
-            group.add_argument(flag_name(key), dest=key, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(_flag_name(key), dest=key, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(flag_name(key), dest=key, type=tp, default=None, choices=meta["choices"],
+            group.add_argument(_flag_name(key), dest=key, type=tp, default=None, choices=meta["choices"],
                                help=help_text)
 
 
-def key_flag_values(args: argparse.Namespace, keys: Iterable[str]) -> dict:
+def _key_flag_values(args: argparse.Namespace, keys: Iterable[str]) -> dict:
     """The flags that were given, by key."""
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 
 def key_flag_overrides(args: argparse.Namespace, section: str, keys: Iterable[str]) -> list[str]:
     """The given flags as `--set` overrides (values JSON-quoted, which YAML reads back exactly)."""
-    return [f"{section}.{key}={json.dumps(value)}" for key, value in key_flag_values(args, keys).items()]
+    return [f"{section}.{key}={json.dumps(value)}" for key, value in _key_flag_values(args, keys).items()]

@@ -23,6 +23,28 @@ from structgen.runs import check_run_name
 
 
 
+# Before `model.levels`, the model section gave the channels as one value per level, all equal.
+CHANNEL_LISTS = ("latent_channels", "bottom_up_channels")
+
+
+def upgrade_channel_lists(model: dict, source: str) -> dict:
+    """A model section (plain data) with the old per-level channel lists as one value each plus
+    `levels`; a ConfigError naming the key when a list's values differ or the lists' lengths do."""
+    lists = {k: model[k] for k in CHANNEL_LISTS if isinstance(model.get(k), (list, tuple))}
+    if not lists:
+        return model
+    for key, values in lists.items():
+        if len(set(values)) > 1:
+            raise ConfigError(f"{source}: model.{key} = {list(values)}: structgen builds every level with the same "
+                              f"channels; give one value (model.{key}: {values[0]}) and the depth as model.levels")
+    lengths = {len(v) for v in lists.values()} | ({model["levels"]} if "levels" in model else set())
+    if len(lengths) > 1:
+        got = ", ".join([f"model.{k} has {len(v)} levels" for k, v in lists.items()]
+                        + ([f"model.levels = {model['levels']}"] if "levels" in model else []))
+        raise ConfigError(f"{source}: {got}; they must agree (give model.levels alone, with one value per key)")
+    return {**model, **{k: v[0] if v else v for k, v in lists.items()}, "levels": lengths.pop()}
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Defaults <- YAML file <- overrides, validated."""
     cfg = Config()
@@ -94,6 +116,8 @@ def _apply_mapping(obj: Any, data: dict, prefix: str, source: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' is a section; expected a mapping of its keys, "
                                   f"got {value!r}")
+            if dotted == "model":
+                value = upgrade_channel_lists(value, source)
             _apply_mapping(current, value, prefix=f"{dotted}.", source=source)
             continue
         setattr(obj, key, _coerce(value, hints[key], fields[key].metadata, dotted, source))
@@ -189,16 +213,10 @@ def check_consistency(cfg: Config, source: str) -> None:
     if t.grow and t.num_epochs == 0:
         raise ConfigError(f"{source}: training.num_epochs = 0 with training.grow = true: growth splits the leaves "
                           f"of a trained initial tree; train it for at least 1 epoch (or set training.grow=false)")
-    if len(m.latent_channels) != len(m.bottom_up_channels):
-        raise ConfigError(f"{source}: model.latent_channels has {len(m.latent_channels)} levels but "
-                          f"model.bottom_up_channels has {len(m.bottom_up_channels)}; they must match")
-    if len(set(m.bottom_up_channels)) != 1 or len(set(m.latent_channels)) != 1:
-        raise ConfigError(f"{source}: model.bottom_up_channels and model.latent_channels must hold one value "
-                          f"repeated per level (got {m.bottom_up_channels} / {m.latent_channels})")
-    chain = len(m.bottom_up_channels) - 1
+    chain = m.levels - 1
     if t.max_depth > chain:
         raise ConfigError(f"{source}: training.max_depth = {t.max_depth} is deeper than the bottom-up chain "
-                          f"allows ({chain} = len(model.bottom_up_channels) - 1)")
+                          f"allows ({chain} = model.levels - 1)")
     if t.initial_depth > cfg.depth_limit:
         raise ConfigError(f"{source}: training.initial_depth = {t.initial_depth} exceeds the depth limit "
                           f"{cfg.depth_limit}")

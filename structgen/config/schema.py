@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from structgen.config.fields import option
 
 DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
-PRECISIONS = ("fp32", "bf16", "fp16")    # run.precision: training arithmetic (structgen/train/precision.py)
+PRECISIONS = ("fp32", "bf16", "fp16")    # run.precision: training arithmetic (structgen/runtime/precision.py)
 
 # Where spectral norm goes (structgen/nn/spectral.py says what each placement covers).
 SPECTRAL_NORM = ("none", "decoders", "reference")
@@ -80,10 +80,10 @@ class ModelConfig:
                                   "side = r x 2^k); auto = cnn2 for RGB images that fit it, else cnn1",
                           choices=("auto", "cnn1", "cnn2"))
     representation_dim: int = option(2, "spatial side r of every latent and bottom-up feature", min=1, max=16)
-    latent_channels: list[int] = option(default_factory=lambda: [16] * 7, help="C_z per level (bottom -> root)",
-                                        min=1, min_len=2)
-    bottom_up_channels: list[int] = option(default_factory=lambda: [32] * 7,
-                                           help="C_d per level; its length L sets max depth L-1", min=1, min_len=2)
+    latent_channels: int = option(16, "C_z: channels of every node's latent z", min=1)
+    bottom_up_channels: int = option(32, "C_d: channels of every bottom-up feature", min=1)
+    levels: int = option(7, "bottom-up levels (the encoder's and one per depth below the root); the deepest "
+                            "possible leaf is at depth levels - 1", min=2, max=16)
     act_function: str = option("swish", "hidden activation", choices=("swish", "leaky_relu", "relu"))
     activation: str = option("sigmoid", "likelihood: sigmoid = BCE on [0,1] pixels, mse = sum of squares",
                              choices=("sigmoid", "mse"))
@@ -117,7 +117,7 @@ class TrainingConfig:
     prune_after_finetuning: bool = option(True, "with prune: prune again after the final finetuning, removing leaves "
                                                 "it left under prune_threshold (branches that died in it)")
     num_clusters_tree: int = option(10, "stop growing at this many effective leaves", min=1, max=64)
-    max_depth: int = option(0, "deepest allowed leaf; 0 = len(bottom_up_channels) - 1", min=0)
+    max_depth: int = option(0, "deepest allowed leaf; 0 = model.levels - 1", min=0)
     initial_depth: int = option(1, "depth of the initial tree", min=1, max=6)
     max_grow_iterations: int = option(150, "upper bound on grow-loop iterations", min=0)
     kl_start: float = option(0.0, "KL weight alpha at the start of each phase", min=0.0, max=1.0)
@@ -129,6 +129,8 @@ class TrainingConfig:
                                                "intermediate full-trains and the final finetuning (whose fresh Adam "
                                                "re-routes images in its first batches); 0 = none, as the reference",
                                           min=0.0)
+    finetune_lr_factor: float = option(1.0, "the final finetuning's learning rate as a multiple of training.lr "
+                                            "(1 = the reference)", min=1e-4, max=10.0)
     effective_leaf_threshold: float = option(0.01, "a leaf is effective above this share of probability mass",
                                              min=0.0, max=0.5)
     prune_threshold: float = option(0.01, "prune leaves below this share of argmax assignments", min=0.0, max=0.5)
@@ -259,5 +261,5 @@ class Config:
     @property
     def depth_limit(self) -> int:
         """The deepest leaf allowed: max_depth when set, else the bottom-up chain's limit."""
-        chain = len(self.model.bottom_up_channels) - 1
+        chain = self.model.levels - 1
         return min(self.training.max_depth, chain) if self.training.max_depth else chain

@@ -19,7 +19,7 @@ import torch
 
 from structgen.data.ffcv_files import check_beton, keep_torch_threads
 from structgen.data.ffcv_pipeline import compiled_loader
-from structgen.data.loader import _EPOCH_STRIDE
+from structgen.data.memory_loader import _EPOCH_STRIDE
 
 
 # ---- order -------------------------------------------------------------------------------

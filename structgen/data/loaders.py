@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.loader import TensorLoader
+from structgen.data.memory_loader import TensorLoader
 
 
 def ffcv_dir(data_cfg) -> Path:

@@ -15,18 +15,19 @@ import torch
 
 from structgen.config import config_to_dict
 from structgen.data.loaders import make_loader
-from structgen.diffusion import checkpoint as ddpm_ckpt
+from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.diffusion.ema import EMA
 from structgen.diffusion.network import build_model, signal_spec
+from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNetSpec
 from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_signed
-from structgen.runs import final_checkpoint, last_checkpoint
-from structgen.train.checkpoint import rng_state, set_rng_state
-from structgen.train.context import Context
 from structgen.errors import NonFiniteLossError
-from structgen.train.precision import StepPrecision
-from structgen.train.resources import memory_fields
+from structgen.runs import final_checkpoint, last_checkpoint
+from structgen.runtime.checkpoint_io import rng_state, set_rng_state
+from structgen.runtime.context import Context
+from structgen.runtime.precision import StepPrecision
+from structgen.runtime.resources import memory_fields
 
 QUARTILES = 4          # loss logged per quarter of the timestep range, as improved-diffusion does
 _RANK_SEED_STRIDE = 7919
@@ -62,6 +63,7 @@ class DDPMTrainer:
         else:
             torch.manual_seed(cfg.run.seed + 1 + _RANK_SEED_STRIDE * ctx.rank)
         self.train_module = ctx.wrap(self.model)
+        self.process = DiffusionProcess(self.train_module, self.schedule, self.precision.memory_format)
 
     # ---- state ------------------------------------------------------------------------------
     def _zero_sums(self) -> torch.Tensor:
@@ -118,12 +120,8 @@ class DDPMTrainer:
         parts = self.conditioner.posterior(x01)
         leaf = choose_leaf(parts.probs, "sample")                         # ∝ π(x), batched
         cond = self.conditioner.condition(parts, leaf).with_dropout(d.cfg_rate)
-        t = torch.randint(0, self.schedule.T, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
-        x_t = self.precision.batch(self.schedule.q_sample(x0, t, noise))
         with self.precision.autocast():
-            eps = self.train_module(x_t, t, cond)
-            per_sample = ((eps.float() - noise) ** 2).flatten(1).mean(1)
+            per_sample, t = self.process.loss(x0, cond)
             loss = per_sample.mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)

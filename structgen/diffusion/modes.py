@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.loader import to_device_float
-from structgen.diffusion.conditioning import guided_eps
-from structgen.diffusion.figures import all_leaves_figure
-from structgen.diffusion.samplers import make_scheduler, sample_loop
+from structgen.data.memory_loader import to_device_float
+from structgen.diffusion.comparison_figures import all_leaves_figure
+from structgen.diffusion.process import DiffusionProcess
+from structgen.diffusion.samplers import make_scheduler
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_unit
 from structgen.viz.grids import save_grid, save_side_by_side
@@ -61,6 +61,7 @@ class DiffusionSampler:
     def __init__(self, model: torch.nn.Module, conditioner: VAEConditioner, schedule: NoiseSchedule,
                  options: SamplerOptions, device, batch_size: int = 256, progress=None):
         self.model = model.eval()
+        self.process = DiffusionProcess(self.model, schedule)
         self.conditioner, self.schedule, self.options = conditioner, schedule, options
         self.device, self.batch_size, self.progress = torch.device(device), batch_size, progress
         self.scheduler = make_scheduler(schedule, options.sampler, n_steps=options.n_steps, eta=options.eta,
@@ -69,12 +70,10 @@ class DiffusionSampler:
     @torch.no_grad()
     def denoise(self, cond, generator: torch.Generator, group: int = 1) -> torch.Tensor:
         """Images in [0, 1] for a batch of conditions; ``group`` rows share their noise."""
-        shape = (len(cond), *self.conditioner.image_shape)
-        eps_fn = lambda x, t: guided_eps(self.model, x, t, cond, self.options.guidance)  # noqa: E731
-        bar = self.progress.epoch(len(self.scheduler.timesteps), f"sampling {shape[0]} images") \
+        bar = self.progress.epoch(len(self.scheduler.timesteps), f"sampling {len(cond)} images") \
             if self.progress is not None else None
-        x = sample_loop(eps_fn, self.scheduler, shape, generator, self.device, group=group,
-                        on_step=(lambda: bar.update(0, {})) if bar is not None else None)
+        x = self.process.sample(cond, self.scheduler, guidance=self.options.guidance, generator=generator, group=group,
+                                on_step=(lambda: bar.update(0, {})) if bar is not None else None)
         if bar is not None:
             bar.close()
         return to_unit(x)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from structgen.diffusion.modes import DiffusionSampler
-from structgen.scoring.figures import draw_generation_figure
+from structgen.scoring.generation_figure import draw_generation_figure
 from structgen.scoring.frechet import CFD_LABEL, classifier_frechet_distance
 from structgen.scoring.purity import generation_purity, leaf_class_histograms
 

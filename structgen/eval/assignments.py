@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.loader import to_device_float
+from structgen.data.memory_loader import to_device_float
 from structgen.eval.image_stream import ImageStream
 from structgen.tree.topology import ROOT
 

@@ -8,14 +8,13 @@ import time
 import numpy as np
 import torch
 
-from structgen.data.loader import to_device_float
+from structgen.data.memory_loader import to_device_float
 from structgen.eval.baselines import pixel_baselines
 from structgen.eval.clustering import clustering_report
 from structgen.models.elbo import log_importance_weights, per_sample_nelbo
 from structgen.models.treevae import TreeVAE
+from structgen.runtime.context import Context
 from structgen.train.assign import leaf_probabilities
-from structgen.train.context import Context
-
 
 LABELLED_METRICS = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
 

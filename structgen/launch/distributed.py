@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from structgen.launch.hosts import job_port, slurm_hosts
-from structgen.train.context import Context, resolve_device
+from structgen.runtime.context import Context, resolve_device
 
 # Ports in [PORT_BASE, PORT_BASE + PORT_SPAN): above the well-known range and below Linux's
 # ephemeral range (32768+), so a job's rendezvous port rarely collides with a client socket.
@@ -131,6 +131,18 @@ def decided_on_rank0(ctx: Context, decide):
     if kind == "error":
         raise value
     return value
+
+
+def run_stage_on_ranks(stage, cfg, resume, evaluate: bool = True) -> tuple[Context, Path]:
+    """A command started by torchrun (or srun) as one of several ranks: one DDP group, one run
+    folder chosen on rank 0 (``resume`` as the commands' --resume), the stage run on every rank."""
+    from structgen.runs import choose_run_dir, last_checkpoint
+
+    with process_group(cfg.run.device) as ctx:
+        run_dir, resuming = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, resume, stage.run_kind))
+        stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=evaluate,
+                  resume_checkpoint=last_checkpoint(run_dir) if resuming else None)
+    return ctx, run_dir
 
 
 def close_distributed() -> None:

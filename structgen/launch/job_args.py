@@ -21,11 +21,16 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def ray_flag_overrides(args) -> list[str]:
+    """The ray flags given, as `--set` overrides of their `ray.*` keys."""
+    return key_flag_overrides(args, "ray", RAY_FLAGS)
+
+
 def job_config(args):
     """The config file with --set and the ray flags applied (flag > --set > file), validated."""
     from structgen.config import load_config
 
-    return load_config(args.config, args.overrides + key_flag_overrides(args, "ray", RAY_FLAGS))
+    return load_config(args.config, args.overrides + ray_flag_overrides(args))
 
 
 def job_spec(args, cfg):

@@ -1,7 +1,7 @@
 """TreeVAE growth and DDPM training as Ray Train `TorchTrainer` jobs (DDP across workers).
 
 The worker function builds a `Context` from Ray's train context and calls the same
-`structgen.api.train_tree` / `structgen.diffusion.api.train_ddpm` the single-process commands
+`structgen.api.train_tree` / `structgen.ddpm_api.train_ddpm` the single-process commands
 call. Checkpoints are the run folder's
 `checkpoints/last.pt`, handed to `ray.train.report` at every epoch and phase boundary, so a
 restarted worker group (`max_failures`) resumes from the latest one; re-running with the same
@@ -9,6 +9,7 @@ restarted worker group (`max_failures`) resumes from the latest one; re-running 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -21,7 +22,8 @@ from structgen.config import Config, ConfigError, apply_overrides, config_from_d
 from structgen.launch.ray_checkpoints import report_file, restore_file
 from structgen.run_lock import OWNER_ENV
 from structgen.runs import LAST_CHECKPOINT, check_run_name, final_checkpoint, last_checkpoint
-from structgen.train.context import Context
+from structgen.runtime.context import Context
+from structgen.stages import Stage, get_stage
 
 
 @dataclass
@@ -37,7 +39,7 @@ class JobSpec:
     env: dict | None = None          # extra environment variables for the workers
 
 
-def ray_context(run_dir: Path) -> Context:
+def ray_context(run_dir: Path, stage: Stage) -> Context:
     import ray.train
     import ray.train.torch
 
@@ -45,11 +47,7 @@ def ray_context(run_dir: Path) -> Context:
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
 
     def report(state: dict, path: Path | None) -> None:
-        if "growth" in state:
-            metrics = {"stage": state["growth"]["stage"], "epochs_done": state["growth"]["epochs_done"]}
-        else:
-            metrics = {"step": state.get("step"), "epoch": state.get("epoch")}
-        metrics["run_dir"] = str(run_dir)
+        metrics = {**stage.checkpoint_metrics(state), "run_dir": str(run_dir)}
         report_file(ray.train.report, ray.train.Checkpoint, metrics, path)
 
     return Context(run_dir=run_dir, device=ray.train.torch.get_device(), rank=rank, world_size=world,
@@ -65,19 +63,19 @@ def stage_worker(loop_config: dict) -> None:
     run_dir = Path(loop_config["run_dir"])
     # A restarted worker group is this fit again: it may take over the run folder's lock (run_lock).
     os.environ[OWNER_ENV] = loop_config["owner"]
-    ctx = ray_context(run_dir)
-    # a restarted worker group, or a re-run of --name
-    resume_from = restore_file(ray.train.get_checkpoint(),
-                               Path(tempfile.mkdtemp(prefix="structgen-ckpt-")) / LAST_CHECKPOINT)
-    if resume_from is None and loop_config.get("resume_file"):
-        resume_from = Path(loop_config["resume_file"])
-    if loop_config["stage"] == "ddpm":
-        from structgen.diffusion.api import train_ddpm
-        train_ddpm(cfg, loop_config["vae_run"], ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
-    else:
-        from structgen.api import train_tree
-        train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
-                   evaluate=loop_config.get("evaluate", True))
+    stage = get_stage(loop_config["stage"])
+    ctx = ray_context(run_dir, stage)
+    # A restarted worker group, or a re-run of --name. The copy Ray restores lives only as long
+    # as this worker's stage (it was left in /tmp after every restart before).
+    with contextlib.ExitStack() as cleanup:
+        resume_from, checkpoint = None, ray.train.get_checkpoint()
+        if checkpoint is not None:
+            restored = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="structgen-ckpt-"))
+            resume_from = restore_file(checkpoint, Path(restored) / LAST_CHECKPOINT)
+        if resume_from is None and loop_config.get("resume_file"):
+            resume_from = Path(loop_config["resume_file"])
+        stage.run(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
+                  evaluate=loop_config.get("evaluate", True))
 
 
 def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
@@ -95,12 +93,15 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
     if finished:
         from structgen.runs import RunError
         raise RunError(f"{run_dir} is a finished run; choose another --name (nothing was overwritten)")
-    if job.stage == "ddpm" and not (job.vae_run or cfg.diffusion.vae_run or last.exists()):
-        raise ConfigError("a ddpm job needs the TreeVAE run to condition on: --vae RUN_DIR (or diffusion.vae_run)")
+    stage = get_stage(job.stage, "JobSpec.stage")
+    if job.vae_run:
+        cfg = apply_overrides(cfg, {"diffusion.vae_run": job.vae_run})
+    if not last.exists():
+        stage.check(cfg, f"Ray job {name}")
     if cfg.data.path:                # workers may start in another folder than the driver
         cfg = apply_overrides(cfg, {"data.path": str(Path(cfg.data.path).expanduser().resolve())})
     loop_config = {"config": config_to_dict(cfg), "run_dir": str(run_dir), "evaluate": evaluate,
-                   "stage": job.stage, "vae_run": job.vae_run or cfg.diffusion.vae_run,
+                   "stage": job.stage,
                    "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None,
                    "owner": f"ray-fit:{uuid.uuid4().hex}"}
     trainer = TorchTrainer(

@@ -7,11 +7,8 @@ from pathlib import Path
 
 from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
 from structgen.runs import check_run_name
+from structgen.stages import STAGES, get_stage
 from structgen.sweeps import Sweep
-
-STAGE_TRIALS = {"tree": "structgen.launch.tune_trials:tree_trial",
-                "ddpm": "structgen.launch.tune_trials:ddpm_trial"}
-
 
 def _tune_space(sweep: Sweep) -> dict:
     from ray import tune
@@ -22,15 +19,13 @@ def _tune_space(sweep: Sweep) -> dict:
 
 
 def _trainable(sweep: Sweep, cpus_per_trial: int):
-    import importlib
-
     from ray import tune
 
-    if sweep.stage not in STAGE_TRIALS:
+    stage = get_stage(sweep.stage, str(sweep.path))
+    if stage.trial is None:
         raise ConfigError(f"{sweep.path}: stage {sweep.stage!r} has no Tune trial in this release; "
-                          f"available: {', '.join(STAGE_TRIALS)}")
-    module, name = STAGE_TRIALS[sweep.stage].split(":")
-    return tune.with_resources(getattr(importlib.import_module(module), name), {"cpu": cpus_per_trial})
+                          f"available: {', '.join(s.name for s in STAGES.values() if s.trial)}")
+    return tune.with_resources(stage.trial_function(), {"cpu": cpus_per_trial})
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -53,9 +48,7 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
     if sweep.searcher == "optuna" and sweep.grid_keys:
         raise ConfigError(f"{sweep.path}: the optuna searcher cannot take grid parameters "
                           f"({', '.join(sweep.grid_keys)}); use choice instead")
-    if sweep.stage == "ddpm" and not cfg.diffusion.vae_run:
-        raise ConfigError(f"{sweep.path}: a ddpm sweep needs diffusion.vae_run (the TreeVAE run to condition on); "
-                          f"pass --set diffusion.vae_run=RUN_DIR")
+    get_stage(sweep.stage, str(sweep.path)).check(cfg, f"{sweep.path}: a {sweep.stage} sweep")
     cfg = _absolute_paths(cfg)             # trials run in their own working folders
     storage = Path(storage_path).resolve()
     experiment = storage / check_run_name(name, "sweep name (--name)")

@@ -10,7 +10,7 @@ import torch
 
 from structgen.config import apply_overrides, config_from_dict
 from structgen.launch.ray_checkpoints import report_file, restore_file
-from structgen.train.context import Context, resolve_device
+from structgen.runtime.context import Context, resolve_device
 
 HELD_OUT = 1000          # test images scored for the per-epoch held-out ELBO
 
@@ -107,7 +107,7 @@ def tree_trial(config: dict) -> None:
 def score_trial(run_dir: Path, cfg, n: int = 32) -> dict:
     """Generation purity and classifier-Fréchet distance of a DDPM trial's samples, when the
     dataset's classifier exists (structgen train-classifier); an empty dict otherwise."""
-    from structgen.diffusion.api import load_ddpm
+    from structgen.ddpm_api import load_ddpm
     from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
     from structgen.diffusion.score import score_generations
     from structgen.scoring.classifier import default_classifier_path, load_classifier
@@ -128,7 +128,7 @@ def score_trial(run_dir: Path, cfg, n: int = 32) -> dict:
 def ddpm_trial(config: dict) -> None:
     from ray import tune
 
-    from structgen.diffusion.api import train_ddpm
+    from structgen.ddpm_api import train_ddpm
 
     cfg = trial_config(config)
     if not cfg.diffusion.vae_run:
@@ -143,6 +143,6 @@ def ddpm_trial(config: dict) -> None:
     ctx = reporting_context(run_dir, cfg, epoch_metrics)
     resume_from = resume_file(run_dir)
     train_ddpm(cfg, cfg.diffusion.vae_run, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
-    from structgen.train.metrics_log import read_metrics
+    from structgen.runtime.metrics_log import read_metrics
     last = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"][-1]
     tune.report({"loss": last["loss"], "final": True, **score_trial(run_dir, cfg)})

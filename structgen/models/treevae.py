@@ -47,9 +47,9 @@ class ModelSpec:
     def from_config(cls, model_cfg, image_shape, contrastive: bool = False) -> "ModelSpec":
         return cls(image_shape=tuple(image_shape), encoder=model_cfg.encoder,
                    representation_dim=model_cfg.representation_dim,
-                   latent_channels=model_cfg.latent_channels[0],
-                   bottom_up_channels=model_cfg.bottom_up_channels[0],
-                   levels=len(model_cfg.bottom_up_channels), act_function=model_cfg.act_function,
+                   latent_channels=model_cfg.latent_channels,
+                   bottom_up_channels=model_cfg.bottom_up_channels,
+                   levels=model_cfg.levels, act_function=model_cfg.act_function,
                    likelihood=model_cfg.activation, res_connections=model_cfg.res_connections,
                    spectral_norm=model_cfg.spectral_norm, dim_mod_conv=model_cfg.dim_mod_conv,
                    dropout_router=model_cfg.dropout_router, contrastive=contrastive)

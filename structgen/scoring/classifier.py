@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structgen.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from structgen.errors import CheckpointError
+from structgen.runtime.checkpoint_io import read_checkpoint, save_checkpoint
 
 FORMAT = "structgen.classifier/1"
 # A stride-2 stem (28 -> 14 px), then one stride-2 BasicBlock per further width (14 -> 7 -> 4):
@@ -167,10 +168,10 @@ def train_classifier(dataset: str, data_dir=None, epochs: int | None = None, bat
     (augment.degrade), for judging blurry generations by their shapes.
     """
     from structgen.data import TensorLoader, load_split
+    from structgen.runtime.progress import Progress
     from structgen.scoring.augment import AUGMENT_BY_DEFAULT, augment_for
     from structgen.scoring.augment import degrade as degrade_images
     from structgen.scoring.predict import predict_classes
-    from structgen.train.progress import Progress
 
     epochs = DEFAULT_EPOCHS.get(dataset, 10) if epochs is None else int(epochs)
     augment = dataset in AUGMENT_BY_DEFAULT if augment is None else bool(augment)

@@ -1,1 +1,1 @@
-"""Training loops: phases, the growth schedule, checkpoints, metrics; they talk to a Context, never to Ray."""
+"""The TreeVAE's training: the growth schedule and its phases; they talk to a Context, never to Ray."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from structgen.data.loader import to_device_float
+from structgen.data.memory_loader import to_device_float
 from structgen.models.treevae import TreeVAE
-from structgen.train.context import Context
+from structgen.runtime.context import Context
 
 
 @torch.no_grad()

@@ -17,10 +17,11 @@ import torch
 from structgen.config import config_to_dict
 from structgen.models.treevae import ModelSpec, TreeVAE
 from structgen.runs import last_checkpoint
+from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_state
+from structgen.runtime.context import Context
+from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
 from structgen.train.assign import leaf_probabilities
-from structgen.train.checkpoint import rng_state, save_checkpoint, set_rng_state
-from structgen.train.context import Context
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
 from structgen.tree.topology import Tree
 
@@ -88,7 +89,8 @@ class TreeTrainer:
             elif self.state.stage == "finetune":
                 e = t.num_epochs_finetuning
                 self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e),
-                                  warmup_epochs=t.retrain_warmup_epochs), next_stage="final_prune")
+                                  warmup_epochs=t.retrain_warmup_epochs, lr_factor=t.finetune_lr_factor),
+                            next_stage="final_prune")
             elif self.state.stage == "final_prune":
                 # The finetuning can starve a branch that held real mass before it (MNIST: two
                 # leaves went from 9.4 % and 8.1 % to 0.0 %); such a leaf must not stay in the tree.
@@ -238,6 +240,7 @@ class TreeTrainer:
         if phase is not None:
             self.state.phase = phase.to_dict()
         state = {
+            "format": TREE_FORMAT,
             "config": config_to_dict(self.cfg),
             **self.model.to_state(),                   # spec, tree, model
             "growth": asdict(self.state),

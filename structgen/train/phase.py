@@ -18,11 +18,11 @@ from structgen.errors import NonFiniteLossError
 from structgen.models.elbo import Clamps, total_loss
 from structgen.models.objective import LEAF_MASS, Contrastive, FullTreeObjective, SubTreeObjective
 from structgen.models.treevae import SubTree, TreeVAE
+from structgen.runtime.context import Context
+from structgen.runtime.fault import maybe_die
+from structgen.runtime.precision import StepPrecision
+from structgen.runtime.resources import memory_fields
 from structgen.train.annealing import KLAnnealer
-from structgen.train.context import Context
-from structgen.train.fault import maybe_die
-from structgen.train.precision import StepPrecision
-from structgen.train.resources import memory_fields
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
 
@@ -39,6 +39,7 @@ class Phase:
     subset: list[int] | None = field(default=None, repr=False)   # subtree: training indices
     epoch: int = 0                # epochs completed
     warmup_epochs: float = 0.0    # linear learning-rate warm-up over this many epochs (0: none)
+    lr_factor: float = 1.0        # this phase's Adam rate is training.lr times this
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,7 @@ class PhaseRunner:
             params = list(subtree.parameters())
         else:
             params = list(self.model.parameters())
-        optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=t.lr * phase.lr_factor, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.decay_stepsize, gamma=t.decay_lr)
         annealer = KLAnnealer(phase.kl_start, phase.decay_kl, per_step=t.kl_anneal == "step")
         if saved is not None:
@@ -143,8 +144,9 @@ class PhaseRunner:
         # The scheduler's rate for this epoch; warm-up scales it per batch and hands it back
         # unscaled, so StepLR and the checkpoint at the epoch's end never see a scaled value.
         base_lr = [group["lr"] for group in state.optimizer.param_groups]
-        # image-weighted sums: the terms, the loss, the images, then each leaf's mass
-        sums = torch.zeros(len(TERMS) + 2 + len(self._mass_names(phase)), dtype=torch.float64)
+        # Image-weighted sums, kept on the device so that a step never waits for the host:
+        # the terms, the loss, the images, then each leaf's mass.
+        sums = torch.zeros(len(TERMS) + 2 + len(self._mass_names(phase)), dtype=torch.float64, device=self.ctx.device)
         bar = self.progress.epoch(len(loader), f"{phase.name} {phase.epoch + 1}/{phase.epochs}")
         for i, (x, _, _) in enumerate(loader):
             alpha = state.annealer.alpha_at(i / n_batches)
@@ -158,10 +160,10 @@ class PhaseRunner:
             state.optimizer.zero_grad(set_to_none=True)
             self.precision.backward(loss)
             self.precision.step(state.optimizer)
-            values = [float(terms[k].detach()) if k in terms else 0.0 for k in TERMS]
-            mass = terms[LEAF_MASS].double().cpu().tolist()
-            sums += torch.tensor(values + [float(loss.detach()), 1.0] + mass, dtype=torch.float64) * x.shape[0]
-            bar.update(x.shape[0], {"loss": float(loss.detach()), "rec": values[0]})
+            one = sums.new_ones(())
+            row = [terms[k].detach().double() if k in terms else one * 0 for k in TERMS] + [loss.detach().double(), one]
+            sums += torch.cat([torch.stack(row), terms[LEAF_MASS].detach().double()]) * x.shape[0]
+            bar.update(x.shape[0], {"loss": float(loss.detach()), "rec": float(terms["rec"].detach())})
         bar.close()
         for group, lr in zip(state.optimizer.param_groups, base_lr):
             group["lr"] = lr

@@ -19,10 +19,11 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from structgen.config import ConfigError, load_config
+from structgen.config import apply_overrides, load_config
 from structgen.runs import RunError, last_checkpoint
+from structgen.stages import STAGES as TRAINING_STAGES, get_stage
 
-STAGES = ("tree", "ddpm", "generate")
+STAGES = (*TRAINING_STAGES, "generate")          # the training stages, and generation from a trained TreeVAE
 GENERATE_MODES = ("vae_samples", "vae_recons")
 
 
@@ -111,21 +112,11 @@ class StageJob(Checkpointable):
         jid = job_id()
         run_dir = self._run_dir(cfg, jid).absolute()
         resume = decided_on_rank0(ctx, lambda: self._should_resume(run_dir))
-        if self.stage == "tree":
-            from structgen.api import train_tree
-
-            _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, evaluate=self.evaluate,
-                                   resume_checkpoint=last_checkpoint(run_dir) if resume else None)
-        elif self.stage == "ddpm":
-            from structgen.config import apply_overrides
-            from structgen.diffusion.api import train_ddpm
-
-            # train_ddpm names its folder after run.name: give it the job's deterministic name.
-            cfg = apply_overrides(cfg, {"run.name": run_dir.name, "run.runs_dir": str(run_dir.parent.parent)})
-            train_ddpm(cfg, vae_run=self.vae, resume=run_dir if resume else False, ctx=ctx)
-            report = None
-        else:
-            raise ConfigError(f"stage {self.stage!r}: expected one of {', '.join(STAGES)}")
+        stage = get_stage(self.stage)
+        if self.vae:
+            cfg = apply_overrides(cfg, {"diffusion.vae_run": self.vae})
+        _, report = stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=self.evaluate,
+                              resume_checkpoint=last_checkpoint(run_dir) if resume else None)
         if not ctx.is_main:
             return None
         return {"stage": self.stage, "run_dir": str(run_dir), "job_id": jid, "resumed": bool(resume),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from structgen.runs import checkpoint_of
-from structgen.train.checkpoint import read_checkpoint, save_checkpoint, upgrade_v1
+from structgen.runtime.checkpoint_io import read_checkpoint, save_checkpoint, upgrade_v1
 
 FORMAT = "structgen.ddpm-checkpoint/2"
 FORMAT_V1 = "structgen.ddpm-checkpoint/1"

@@ -1,4 +1,4 @@
-"""One checkpoint file holds everything a run needs to continue (design.md, "Tree topology").
+"""Checkpoint files: one holds everything a run needs to continue (design.md, "Tree topology").
 
 Writes are atomic (temporary file + rename), so a kill at any moment leaves either the old or
 the new checkpoint, never a torn one.
@@ -29,11 +29,6 @@ import torch
 
 import structgen
 from structgen.errors import CheckpointError
-
-FORMAT = "structgen.treevae-checkpoint/2"
-FORMAT_V1 = "structgen.treevae-checkpoint/1"
-
-
 
 
 # ---- RNG state as plain data ------------------------------------------------------------------
@@ -137,7 +132,7 @@ def git_sha() -> str | None:
 def save_checkpoint(state: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = plain_state({"format": FORMAT, "version": structgen.__version__, "git_sha": git_sha(), **state})
+    state = plain_state({"version": structgen.__version__, "git_sha": git_sha(), **state})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -233,24 +228,3 @@ def read_checkpoint(path: str | Path, *, kind: str, current: str,
                               f"structgen ({structgen.__version__}) cannot read; it reads {known}")
     extra = hint(found) if hint is not None else ""
     raise CheckpointError(f"{path}: not a structgen {kind} checkpoint (format {found!r}, expected {current!r}){extra}")
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A TreeVAE checkpoint (format /2; /1 converted on load)."""
-    return read_checkpoint(path, kind="TreeVAE", current=FORMAT,
-                           upgrades={FORMAT_V1: lambda state: upgrade_v1(state, FORMAT)})
-
-
-def load_model(path: str | Path, device="cpu"):
-    """(TreeVAE in eval mode on ``device``, its checkpoint) from a run folder or checkpoint file:
-    topology first, then the weights, strictly."""
-    from structgen.models.treevae import TreeVAE
-    from structgen.runs import checkpoint_of
-
-    ckpt_path = checkpoint_of(path)
-    state = load_checkpoint(ckpt_path)
-    try:
-        model = TreeVAE.from_state(state)
-    except (TypeError, KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt_path}: incompatible checkpoint: {err}") from None
-    return model.to(device).eval(), state

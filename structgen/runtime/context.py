@@ -68,7 +68,7 @@ class Context:
             return module
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from structgen.train.global_batchnorm import use_global_batchnorm
+        from structgen.runtime.global_batchnorm import use_global_batchnorm
 
         use_global_batchnorm(module)
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -82,6 +82,13 @@ class Context:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def setup_torch(cfg) -> torch.device:
+    """Apply `run.threads` (0 keeps torch's default) and return the device `run.device` names."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    return resolve_device(cfg.run.device)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,7 @@
 """The Python API of stage 2 (what `structgen train-ddpm`, `sample` and `compare-ddpm` call).
 
     from structgen.config import load_config
-    from structgen.diffusion.api import train_ddpm, sample
+    from structgen.ddpm_api import train_ddpm, sample
     run_dir = train_ddpm(load_config("configs/digits.yml"), vae_run="runs/digits/<tree run>")
     paths = sample(run_dir, "sample_all_leaves", n=8, sampler="ddim", steps=50)
 """
@@ -14,16 +14,17 @@ import numpy as np
 import torch
 
 from structgen.config import Config, ConfigError, load_config, save_config
-from structgen.diffusion import checkpoint as ddpm_ckpt
+from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, write_outputs
 from structgen.diffusion.network import build_model
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
+from structgen.errors import CheckpointError
 from structgen.run_lock import claimed
 from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, last_checkpoint, latest_run_dir, new_run_dir,
-                            run_dir_of)
-from structgen.errors import CheckpointError
-from structgen.train.resume import RUN_FREE, check_resumable
+                            run_config, run_dir_of)
+from structgen.runtime.context import setup_torch
+from structgen.runtime.resume import RUN_FREE, check_resumable
 from structgen.viz.grids import save_side_by_side
 
 # Keys a resumed run may change: where things live, how long to train, how and when to sample.
@@ -40,22 +41,14 @@ def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
     check_resumable(saved, cfg, where, free=RESUME_FREE, checked=RESUME_CHECKED)
 
 
-def _setup(cfg: Config) -> torch.device:
-    from structgen.train.context import resolve_device
-
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    return resolve_device(cfg.run.device)
-
-
 def _with(cfg: Config, section: str, **changes) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
 def _load_vae(vae_run, cfg: Config, device):
     """The TreeVAE to condition on, checked against the DDPM's data."""
-    from structgen.train.checkpoint import load_model
     from structgen.runs import checkpoint_of
+    from structgen.runtime.tree_checkpoint import load_model
 
     ckpt = checkpoint_of(vae_run).resolve()
     vae, _ = load_model(ckpt, device)
@@ -88,11 +81,11 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     Launchers that manage their own checkpoints (Ray) pass ``ctx``, ``run_dir`` (the same on every
     rank) and, after a restart, ``resume_checkpoint``. Only the main rank writes files.
     """
-    from structgen.train.context import Context
+    from structgen.runtime.context import Context
+    from structgen.runtime.progress import Progress
     from structgen.train.data import check_batch_fits, load_run_data
-    from structgen.train.progress import Progress
 
-    device = _setup(cfg) if ctx is None else ctx.device
+    device = setup_torch(cfg) if ctx is None else ctx.device
     is_main = ctx is None or ctx.is_main
     saved = None
     if resume_checkpoint is not None or resume:
@@ -141,7 +134,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
 def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progress, is_main: bool) -> None:
     """The DDPM training of ``train_ddpm`` inside its claimed run folder."""
     from structgen.diffusion.loop import DDPMTrainer
-    from structgen.train.metrics_log import MetricsLog
+    from structgen.runtime.metrics_log import MetricsLog
 
     log = MetricsLog(run_dir, enabled=is_main)
     if saved is not None:
@@ -190,13 +183,6 @@ def _run_dir(path) -> Path:
     return path if path.is_dir() else run_dir_of(path)
 
 
-def _run_config(path, overrides=()) -> Config:
-    cfg_path = _run_dir(path) / "config.yml"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{_run_dir(path)}: no config.yml in this DDPM run folder")
-    return load_config(cfg_path, overrides)
-
-
 def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> SamplerOptions:
     d = cfg.diffusion
     opts = SamplerOptions.from_config(d, sampler=sampler, n_steps=steps, eta=eta, guidance=guidance,
@@ -215,14 +201,14 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
            eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
            seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
     """Run one generation mode of a trained DDPM; writes PNGs, figures and a .npz, returns their paths."""
+    from structgen.runtime.progress import Progress
     from structgen.train.data import load_run_data
-    from structgen.train.progress import Progress
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     state = ddpm_ckpt.load(run)                             # a bad path is the first thing to report
-    cfg = _run_config(run, overrides)
-    device = _setup(cfg)
+    cfg = run_config(run, overrides)
+    device = setup_torch(cfg)
     model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
     d = cfg.diffusion
@@ -255,17 +241,17 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     """Score a DDPM run's generations against its TreeVAE's (structgen.diffusion.score) with the
     dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files)."""
     from structgen.diffusion.score import format_table, score_generations, write_scores
+    from structgen.runtime.progress import Progress
     from structgen.scoring.classifier import default_classifier_path, load_classifier
-    from structgen.train.progress import Progress
 
     if n < 2 or per_leaf < 1:
         raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
                           f"(got {n}, {per_leaf})")
     state = ddpm_ckpt.load(run)                             # bad paths first, before any sampling
-    cfg = _run_config(run, overrides)
+    cfg = run_config(run, overrides)
     dataset = cfg.data.dataset
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
-    device = _setup(cfg)
+    device = setup_torch(cfg)
     model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,
                                     device=device)
@@ -288,11 +274,11 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
                  seed: int | None = None, out: str | Path | None = None) -> Path:
     """The same TreeVAE root samples and the same noise through several DDPMs (e.g. conditioning
     none / leaf / path), every leaf side by side: one figure (+ .npz). The runs must share their TreeVAE."""
-    from structgen.diffusion.figures import compare_figure
+    from structgen.diffusion.comparison_figures import compare_figure
 
     if len(runs) < 2:
         raise RunError("compare-ddpm needs at least two DDPM runs")
-    loaded = [load_ddpm(r, _setup(_run_config(r))) for r in runs]
+    loaded = [load_ddpm(r, setup_torch(run_config(r))) for r in runs]
     ref_vae = loaded[0][3]["vae"]
     for r, (_, _, _, st) in zip(runs[1:], loaded[1:]):
         same = st["vae"]["tree"] == ref_vae["tree"] and all(
@@ -305,11 +291,11 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
     kinds = [st["signal"]["kind"] for _, _, _, st in loaded]
     labels = labels or (kinds if len(set(kinds)) == len(kinds) else [f"{k} ({_run_dir(r).name})"
                                                                       for k, r in zip(kinds, runs)])
-    cfg0 = _run_config(runs[0])
+    cfg0 = run_config(runs[0])
     seed = cfg0.run.seed if seed is None else seed
     by_model, vae, probs = {}, None, None
     for label, r, (model, conditioner, schedule, state) in zip(labels, runs, loaded):
-        cfg = _run_config(r)
+        cfg = run_config(r)
         opts = _options(cfg, sampler, steps, eta, guidance, None)
         device = next(model.parameters()).device
         # One chunk size for all runs: chunking decides which noise each root sample gets.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from structgen.config import Config, config_to_dict
-from structgen.train.checkpoint import CheckpointError
-
+from structgen.config.load import upgrade_channel_lists
+from structgen.errors import CheckpointError
 
 # Where a run lives and how its steps are computed: any stage's resume may change these.
 RUN_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
@@ -28,6 +28,7 @@ def check_resumable(saved: dict, cfg: Config, where: Path, *, free: tuple, check
     """Refuse to resume the checkpoint at ``where`` (config ``saved``) with a ``cfg`` that differs
     in a ``checked`` key other than the ``free`` ones (prefixes of dotted keys)."""
     # A key added after the checkpoint was written compares as its schema default.
+    saved = {**saved, "model": upgrade_channel_lists(saved.get("model", {}), str(where))}
     now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
     diff = [k for k in sorted(set(now) | set(then)) if k.startswith(checked) and not k.startswith(free)
             and now.get(k) != then.get(k, default.get(k))]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.loader import to_device_float
+from structgen.data.memory_loader import to_device_float
 from structgen.eval.clustering import leaf_histograms
 from structgen.models.treevae import TreeVAE
 from structgen.viz.grids import save_grid, save_side_by_side

@@ -1,0 +1,34 @@
+"""Benchmark scripts run end to end on a tiny schedule (what they measure at full size is in the
+README; here only that they work and report what they claim)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from structgen.runtime.metrics_log import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GROWTH = ["data.dataset=synthetic", "data.train_subset=512", "data.test_subset=256", "training.batch_size=64",
+               "training.num_epochs=2", "training.num_epochs_smalltree=1", "training.num_epochs_finetuning=2",
+               "training.num_epochs_intermediate_fulltrain=1", "training.max_grow_iterations=2",
+               "training.num_clusters_tree=3"]
+
+
+@pytest.mark.slow
+def test_finetune_study_reruns_the_finetuning_from_one_checkpoint_per_variant(tmp_path):
+    sets = [arg for key in TINY_GROWTH for arg in ("--set", key)]
+    out = subprocess.run([sys.executable, "benchmarks/finetune_study.py", "--config", "configs/digits.yml", *sets,
+                          "--set", f"run.runs_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "study"),
+                          "--variant", "slow=training.finetune_lr_factor=0.25"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert [r["variant"] for r in rows] == ["reference", "slow"]
+    assert all(len(r["emptiest_per_epoch"]) == 2 and r["leaves"] >= 1 for r in rows)
+    study = tmp_path / "study" / "seed42"
+    assert (study / "before_finetuning.pt").exists()
+    rates = {name: [r["lr"] for r in read_metrics(study / name) if r["event"] == "epoch"]
+             for name in ("reference", "slow")}
+    assert rates == {"reference": [1e-3, 1e-3], "slow": [2.5e-4, 2.5e-4]}     # the finetuning's rate, scaled

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
-from structgen.runs import (checkpoint_of, final_checkpoint, last_checkpoint, latest_run_dir, new_run_dir, run_config,
-                            run_dir_of)
+from structgen.runs import checkpoint_of, final_checkpoint, new_run_dir, resume_point, run_config, run_folder
 from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
 from structgen.runtime.tree_checkpoint import load_checkpoint, load_model
@@ -39,20 +38,12 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     data = load_run_data(cfg)                       # data problems surface before any folder is made
     check_batch_fits(cfg.training.batch_size // (2 if cfg.training.augment else 1), "training.batch_size", data)
     is_main = ctx is None or ctx.is_main
+    run_dir, ckpt_path = resume_point(cfg, "tree", resume=resume, run_dir=run_dir, resume_checkpoint=resume_checkpoint)
     saved = None
-    if resume_checkpoint is not None:
-        saved = load_checkpoint(Path(resume_checkpoint))
-        run_dir = Path(run_dir) if run_dir is not None else run_dir_of(Path(resume_checkpoint))
-        check_resumable(saved["config"], cfg, Path(resume_checkpoint), free=RESUME_FREE)
-    elif resume:
-        run_dir = latest_run_dir(cfg) if resume is True else Path(resume)
-        ckpt_path = last_checkpoint(run_dir)
+    if ckpt_path is not None:
         saved = load_checkpoint(ckpt_path)
         check_resumable(saved["config"], cfg, ckpt_path, free=RESUME_FREE)
-    elif run_dir is not None:
-        run_dir = Path(run_dir)
-    else:
-        run_dir = new_run_dir(cfg)
+    run_dir = run_dir or new_run_dir(cfg)
     ctx = ctx or Context(run_dir=run_dir, device=resolve_device(cfg.run.device))
     ctx.run_dir = run_dir
     progress = Progress(cfg.run.progress, enabled=is_main)
@@ -117,7 +108,7 @@ def evaluate_run(path, *, overrides=(), cfg=None, model=None, data=None, ctx=Non
     instead of the run's own files, which stay untouched."""
     from structgen.run_lock import claimed
 
-    run_dir = Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
+    run_dir = run_folder(path)
     if log is not None:                  # called by train_tree, inside its claim of the folder
         return _evaluate_into(run_dir, path, run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
     other = _evaluation_overrides(overrides, "evaluate")
@@ -170,7 +161,7 @@ def generate(path, mode: str, n: int | None = None, overrides=()):
     from structgen.runtime.context import resolve_device
     from structgen.train.data import load_run_data
 
-    run_dir = Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
+    run_dir = run_folder(path)
     other = _evaluation_overrides(overrides, "generate")
     checkpoint_of(path)
     cfg = run_config(run_dir, overrides)
@@ -188,7 +179,7 @@ def _run_model(path, device=None):
     """(model, run config, device) of a trained run, for commands that only read it."""
     from structgen.runtime.context import resolve_device
 
-    run_dir = Path(path) if Path(path).is_dir() else run_dir_of(Path(path))
+    run_dir = run_folder(path)
     checkpoint_of(path)
     cfg = run_config(run_dir)
     setup_torch(cfg)

@@ -21,8 +21,8 @@ from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
 from structgen.errors import CheckpointError
 from structgen.run_lock import claimed
-from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, last_checkpoint, latest_run_dir, new_run_dir,
-                            run_config, run_dir_of)
+from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, new_run_dir, resume_point, run_config,
+                            run_dir_of, run_folder)
 from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
 from structgen.viz.grids import save_side_by_side
@@ -87,14 +87,9 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
 
     device = setup_torch(cfg) if ctx is None else ctx.device
     is_main = ctx is None or ctx.is_main
+    run_dir, ckpt_path = resume_point(cfg, "ddpm", resume=resume, run_dir=run_dir, resume_checkpoint=resume_checkpoint)
     saved = None
-    if resume_checkpoint is not None or resume:
-        if resume_checkpoint is not None:
-            ckpt_path = Path(resume_checkpoint)
-            run_dir = Path(run_dir) if run_dir is not None else run_dir_of(ckpt_path)
-        else:
-            run_dir = latest_run_dir(cfg, "ddpm") if resume is True else Path(resume)
-            ckpt_path = last_checkpoint(run_dir)
+    if ckpt_path is not None:
         saved = ddpm_ckpt.load(ckpt_path)
         _check_resumable(saved["config"], cfg, ckpt_path)
         vae_blob = saved["vae"]
@@ -117,7 +112,6 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     check_batch_fits(cfg.diffusion.batch_size, "diffusion.batch_size", data)
     if saved is None:
         if run_dir is not None:
-            run_dir = Path(run_dir)
             cfg = _with(cfg, "run", name=run_dir.name)
         else:
             name = cfg.run.name or default_run_name(DDPM_PREFIX)
@@ -178,11 +172,6 @@ def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | No
     return model.to(device).eval(), conditioner, schedule, state
 
 
-def _run_dir(path) -> Path:
-    path = Path(path)
-    return path if path.is_dir() else run_dir_of(path)
-
-
 def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> SamplerOptions:
     d = cfg.diffusion
     opts = SamplerOptions.from_config(d, sampler=sampler, n_steps=steps, eta=eta, guidance=guidance,
@@ -221,7 +210,7 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
     meta = {"mode": mode, "sampler": opts.tag(d.n_timesteps), "guidance": opts.guidance, "eta": opts.eta,
             "leaf_choice": opts.leaf_choice, "seed": seed, "conditioning": state["signal"]["kind"],
             "step": state["step"]}
-    out = Path(out_dir) if out_dir else _run_dir(run) / "samples" / f"{mode}-{opts.tag(d.n_timesteps)}"
+    out = Path(out_dir) if out_dir else run_folder(run) / "samples" / f"{mode}-{opts.tag(d.n_timesteps)}"
     written = write_outputs(result, out, mode, conditioner.leaves, meta)
     line = f"{mode}: {len(result['images'])} x {conditioner.n_leaves if mode.endswith('_all_leaves') else 1} " \
            f"images with {opts.tag(d.n_timesteps)} in {float(result['seconds']):.1f} s " \
@@ -260,10 +249,10 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
                               progress=Progress(cfg.run.progress))
     seed = cfg.run.seed if seed is None else seed
     scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed)
-    meta = {"run": str(_run_dir(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
+    meta = {"run": str(run_folder(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
             "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "seed": seed, "n": n,
             "per_leaf": per_leaf, "classifier": str(clf_path), "classifier_test_accuracy": clf_meta["test_accuracy"]}
-    out = Path(out_dir) if out_dir else _run_dir(run) / "scores" / opts.tag(cfg.diffusion.n_timesteps)
+    out = Path(out_dir) if out_dir else run_folder(run) / "scores" / opts.tag(cfg.diffusion.n_timesteps)
     written = write_scores(scores, conditioner.tree, out, meta, class_names=clf_meta["class_names"])
     print(format_table(scores))
     return scores, written
@@ -289,7 +278,7 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
     if labels is not None and len(labels) != len(runs):
         raise RunError(f"compare-ddpm: {len(labels)} labels for {len(runs)} runs")
     kinds = [st["signal"]["kind"] for _, _, _, st in loaded]
-    labels = labels or (kinds if len(set(kinds)) == len(kinds) else [f"{k} ({_run_dir(r).name})"
+    labels = labels or (kinds if len(set(kinds)) == len(kinds) else [f"{k} ({run_folder(r).name})"
                                                                       for k, r in zip(kinds, runs)])
     cfg0 = run_config(runs[0])
     seed = cfg0.run.seed if seed is None else seed
@@ -305,7 +294,7 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
         vae, probs = (result["vae"], result["leaf_probs"]) if vae is None else (vae, probs)
         print(f"{label}: {n} x {conditioner.n_leaves} images with {opts.tag(cfg.diffusion.n_timesteps)} "
               f"({float(result['images_per_s']):.1f} img/s)")
-    out = Path(out) if out else _run_dir(runs[0]) / "figures" / "compare_ddpm.png"
+    out = Path(out) if out else run_folder(runs[0]) / "figures" / "compare_ddpm.png"
     leaves = loaded[0][1].leaves
     path = compare_figure(vae, by_model, probs, leaves, out, n_show=n,
                           title="same root samples and noise: " + " / ".join(labels))

@@ -85,6 +85,21 @@ def choose_run_dir(cfg, resume, kind: str = "tree") -> tuple[Path, bool]:
     return new_run_dir(cfg, DDPM_PREFIX if kind == "ddpm" else ""), False
 
 
+def resume_point(cfg, kind: str, *, resume=False, run_dir=None,
+                 resume_checkpoint=None) -> tuple[Path | None, Path | None]:
+    """(run folder, checkpoint to continue from) as every stage's run function takes them:
+    ``resume_checkpoint`` (a launcher's restored file; its folder unless ``run_dir`` is given),
+    else ``resume`` (True: the latest run of ``kind`` or run.name; a path: that folder), else
+    (``run_dir`` or None for a new folder, None)."""
+    if resume_checkpoint is not None:
+        checkpoint = Path(resume_checkpoint)
+        return (Path(run_dir) if run_dir is not None else run_dir_of(checkpoint)), checkpoint
+    if resume:
+        run_dir = latest_run_dir(cfg, kind) if resume is True else Path(resume)
+        return run_dir, last_checkpoint(run_dir)
+    return (Path(run_dir) if run_dir is not None else None), None
+
+
 def checkpoint_of(run_dir_or_file: str | Path) -> Path:
     """Accept a run folder or a checkpoint file."""
     path = Path(run_dir_or_file)
@@ -104,11 +119,16 @@ def run_config(path: str | Path, overrides=()):
     from structgen.config import load_config
     from structgen.errors import CheckpointError
 
-    path = Path(path)
-    run_dir = path if path.is_dir() else run_dir_of(path)
+    run_dir = run_folder(path)
     if not (run_dir / "config.yml").exists():
         raise CheckpointError(f"{run_dir}: no config.yml in this run folder")
     return load_config(run_dir / "config.yml", overrides)
+
+
+def run_folder(path: str | Path) -> Path:
+    """The run folder of ``path``: the folder itself, or the one a checkpoint file belongs to."""
+    path = Path(path)
+    return path if path.is_dir() else run_dir_of(path)
 
 
 def run_dir_of(checkpoint: Path) -> Path:

@@ -160,14 +160,17 @@ def test_interrupted_sweep_resumes_with_the_same_command(tmp_path):
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
+        # Watch the trials' own run folders (metrics.jsonl is written line by line), not Tune's
+        # result.json, which Tune flushes seconds late: by then a 9-second trial can be over.
+        runs = experiment / "runs"
         while time.monotonic() < deadline and first.poll() is None:
-            started = _trials_started(experiment) if experiment.exists() else []
+            started = sorted(runs.iterdir()) if runs.exists() else []
             try:
-                if len(started) >= 2 and _iterations(started[1]):  # the second trial has reported once
-                    break
+                if len(started) >= 2 and any(r["event"] == "epoch" for r in read_metrics(started[1])):
+                    break                                           # the second trial has trained an epoch
             except ValueError:                                      # a line half written: look again
                 pass
-            time.sleep(1)
+            time.sleep(0.5)
         assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + \
             (tmp_path / "first.log").read_text()[-3000:]
         first.send_signal(signal.SIGINT)

@@ -27,8 +27,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_resumable(saved: dict, cfg: Config, where: Path, *, free: tuple, checked: tuple = ("",)) -> None:
     """Refuse to resume the checkpoint at ``where`` (config ``saved``) with a ``cfg`` that differs
     in a ``checked`` key other than the ``free`` ones (prefixes of dotted keys)."""
+    saved = {**saved, "model": upgrade_channel_lists(saved.get("model", {}), str(where))}   # pre-`levels` lists
     # A key added after the checkpoint was written compares as its schema default.
-    saved = {**saved, "model": upgrade_channel_lists(saved.get("model", {}), str(where))}
     now, then, default = _flat(config_to_dict(cfg)), _flat(saved), _flat(config_to_dict(Config()))
     diff = [k for k in sorted(set(now) | set(then)) if k.startswith(checked) and not k.startswith(free)
             and now.get(k) != then.get(k, default.get(k))]

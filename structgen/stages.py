@@ -45,9 +45,8 @@ def _ddpm_progress(state: dict) -> dict:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                  # as `--stage`, a sweep file's `stage:` and a Ray job spell it
-    command: str               # the `structgen` command that runs it
-    run_kind: str              # which run folders `--resume` without a folder looks among (runs.latest_run_dir)
+    name: str                  # as `--stage`, a sweep file's `stage:` and a Ray job spell it; also the run
+                               # kind `--resume` without a folder looks among (runs.latest_run_dir)
     train: object              # (cfg, *, ctx, run_dir, resume_checkpoint, evaluate) -> (run_dir, report | None)
     checkpoint_metrics: object  # checkpoint state -> where the run stands, for Ray's report of that checkpoint
     trial: str | None = None   # its Ray Tune trial function, "module:function" (launch resolves it)
@@ -69,9 +68,9 @@ class Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    Stage("tree", "train-tree", "tree", _train_tree, _tree_progress, "structgen.launch.tune_trials:tree_trial",
+    Stage("tree", _train_tree, _tree_progress, "structgen.launch.tune_trials:tree_trial",
           ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")),
-    Stage("ddpm", "train-ddpm", "ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
+    Stage("ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
           ("loss", "generation_purity", "cfd"), needs_vae=True),
 )}
 

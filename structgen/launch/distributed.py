@@ -139,7 +139,7 @@ def run_stage_on_ranks(stage, cfg, resume, evaluate: bool = True) -> tuple[Conte
     from structgen.runs import choose_run_dir, last_checkpoint
 
     with process_group(cfg.run.device) as ctx:
-        run_dir, resuming = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, resume, stage.run_kind))
+        run_dir, resuming = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, resume, stage.name))
         stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=evaluate,
                   resume_checkpoint=last_checkpoint(run_dir) if resuming else None)
     return ctx, run_dir

@@ -20,7 +20,7 @@ import numpy as np
 from mnist_quality import one_run, spread
 
 from structgen.config import load_config
-from structgen.train.data import load_run_data
+from structgen.data.run_data import load_run_data
 
 
 def validation_overrides(config: str, overrides: list[str], seed: int, scratch: Path) -> list[str]:

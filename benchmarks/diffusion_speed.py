@@ -30,7 +30,7 @@ from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNet, UNetSpec
 from structgen.diffusion.vae_condition import choose_leaf, to_signed
-from structgen.train.data import load_run_data
+from structgen.data.run_data import load_run_data
 
 DATA = ["data.dataset=synthetic", "data.train_subset=512", "data.test_subset=64", "run.progress=plain"]
 VAE = DATA + ["training.batch_size=128", "training.num_epochs=3", "training.initial_depth=2", "training.grow=false",

@@ -27,7 +27,7 @@ from structgen.runtime.context import Context, resolve_device
 from structgen.runtime.metrics_log import MetricsLog, read_metrics
 from structgen.runtime.progress import Progress
 from structgen.runtime.tree_checkpoint import load_checkpoint
-from structgen.train.data import load_run_data
+from structgen.data.run_data import load_run_data
 from structgen.train.growth import TreeTrainer
 
 

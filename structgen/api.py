@@ -31,7 +31,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     from structgen.runtime.context import Context, resolve_device
     from structgen.runtime.metrics_log import MetricsLog
     from structgen.runtime.progress import Progress
-    from structgen.train.data import check_batch_fits, load_run_data
+    from structgen.data.run_data import check_batch_fits, load_run_data
     from structgen.train.growth import TreeTrainer
 
     setup_torch(cfg)
@@ -126,7 +126,7 @@ def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx,
     from structgen.eval.run_figures import write_generations, write_run_tree_figure
     from structgen.runtime.context import Context, resolve_device
     from structgen.runtime.metrics_log import MetricsLog
-    from structgen.train.data import load_run_data
+    from structgen.data.run_data import load_run_data
 
     setup_torch(cfg)
     if model is None:
@@ -137,7 +137,7 @@ def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx,
                           f"takes {tuple(model.spec.image_shape)}")
     data = data or load_run_data(cfg)
     ctx = ctx or Context(run_dir=run_dir, device=next(model.parameters()).device)
-    result, test_probs = evaluate_model(model, data, cfg, ctx)
+    result, test_probs = evaluate_model(model, data, cfg.evaluation, ctx, seed=cfg.run.seed)
     if not ctx.is_main:
         return result
     own_log = log is None
@@ -157,17 +157,11 @@ def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx,
 
 def generate(path, mode: str, n: int | None = None, overrides=()):
     """Write per-leaf PNG grids and .npz arrays for ``vae_samples`` or ``vae_recons``."""
+    from structgen.data.run_data import load_run_data
     from structgen.eval.run_figures import write_generations
-    from structgen.runtime.context import resolve_device
-    from structgen.train.data import load_run_data
 
-    run_dir = run_folder(path)
     other = _evaluation_overrides(overrides, "generate")
-    checkpoint_of(path)
-    cfg = run_config(run_dir, overrides)
-    setup_torch(cfg)
-    device = resolve_device(cfg.run.device)
-    model, _ = load_model(path, device)
+    model, cfg, device, run_dir = _run_model(path, overrides=overrides)
     test = load_run_data(cfg).test if mode == "vae_recons" else None
     out_dir = _other_data_dir(run_dir, other) if other and mode == "vae_recons" else run_dir
     return write_generations(model, mode, out_dir / "samples", n or cfg.evaluation.n_generate, cfg.run.seed,
@@ -175,41 +169,46 @@ def generate(path, mode: str, n: int | None = None, overrides=()):
 
 
 # ---- your own images: assign every image to a leaf, export the tree ---------------------------
-def _run_model(path, device=None):
-    """(model, run config, device) of a trained run, for commands that only read it."""
+def _run_model(path, device=None, overrides=()):
+    """(model, run config, device, run folder) of a trained run, for commands that only read it."""
     from structgen.runtime.context import resolve_device
 
     run_dir = run_folder(path)
-    checkpoint_of(path)
-    cfg = run_config(run_dir)
+    checkpoint_of(path)                   # a missing checkpoint is the first thing to report
+    cfg = run_config(run_dir, overrides)
     setup_torch(cfg)
     device = device or resolve_device(cfg.run.device)
     model, _ = load_model(path, device)
     return model, cfg, device, run_dir
 
 
+def _image_stream(run_dir, images, dataset, split, overrides, batch_size, on_bad_image, device=None):
+    """(model, device, stream of uint8 batches, file names or None) for `assign`/`assign_to_csv`."""
+    from structgen.eval.image_stream import open_images
+
+    model, cfg, device, _ = _run_model(run_dir, device)
+    source, names = _image_source(cfg, images, dataset, split, overrides)
+    return model, device, open_images(source, tuple(model.spec.image_shape), batch_size, on_bad_image), names
+
+
 def _image_source(run_cfg, images, dataset, split, overrides):
     """A path/array to stream, or a dataset's images (with their file names when known)."""
     if images is not None:
         return images, None
+    from dataclasses import asdict
+
     import numpy as np
 
     from structgen.data import load_split
 
-    cfg = load_config(None, [*(f"{k}={v}" for k, v in _data_keys(run_cfg).items()), *overrides,
-                             *([f"data.dataset={dataset}"] if dataset else [])])
+    run_data = [f"data.{k}={v}" for k, v in asdict(run_cfg.data).items() if v is not None and k != "fingerprint"]
+    cfg = load_config(None, [*run_data, *overrides, *([f"data.dataset={dataset}"] if dataset else [])])
     d, parts, names = cfg.data, [], []
     for s in (("train", "test") if split == "all" else (split,)):
         ds = load_split(d.dataset, s, d.data_dir, seed=run_cfg.run.seed, test_fraction=d.test_fraction, data_cfg=d)
         parts.append(ds.images)
         names += ds.sources if ds.sources is not None else [f"{d.dataset}/{s}#{i}" for i in range(len(ds))]
     return np.concatenate(parts), names
-
-
-def _data_keys(cfg) -> dict:
-    from dataclasses import asdict
-
-    return {f"data.{k}": v for k, v in asdict(cfg.data).items() if v is not None and k != "fingerprint"}
 
 
 def assign(run_dir, images=None, *, dataset: str | None = None, split: str = "all", overrides=(),
@@ -221,11 +220,9 @@ def assign(run_dir, images=None, *, dataset: str | None = None, split: str = "al
     ``dataset`` (default: the run's own data; ``overrides`` are ``data.*=value`` items) and its
     ``split`` (train, test or all)."""
     from structgen.eval.assignments import run_assignment
-    from structgen.eval.image_stream import open_images
 
-    model, cfg, device, _ = _run_model(run_dir, device)
-    source, names = _image_source(cfg, images, dataset, split, overrides)
-    stream = open_images(source, tuple(model.spec.image_shape), batch_size, on_bad_image)
+    model, device, stream, names = _image_stream(run_dir, images, dataset, split, overrides, batch_size,
+                                                 on_bad_image, device)
     result = run_assignment(model, stream, device, latents=latents)
     if names is not None:
         result.names = list(names)
@@ -240,12 +237,10 @@ def assign_to_csv(run_dir, out, images=None, *, dataset: str | None = None, spli
     import numpy as np
 
     from structgen.eval.assignments import CsvWriter, assign_batch
-    from structgen.eval.image_stream import open_images
     from structgen.runtime.progress import Progress
 
-    model, cfg, device, _ = _run_model(run_dir)
-    source, names = _image_source(cfg, images, dataset, split, overrides)
-    stream = open_images(source, tuple(model.spec.image_shape), batch_size, on_bad_image)
+    model, device, stream, names = _image_stream(run_dir, images, dataset, split, overrides, batch_size,
+                                                 on_bad_image)
     if names is not None:
         stream.names = list(names)
         stream.batches = ((names[i * batch_size:(i + 1) * batch_size], x) for i, (_, x) in enumerate(stream.batches))
@@ -291,8 +286,8 @@ def export_tree(run_dir, out_dir=None) -> tuple[Path, Path]:
         mass, hist = last["leaf_mass"], last.get("leaf_histograms")
     else:                                   # never evaluated: the mass the tree gives its own test split
         from structgen.runtime.context import Context
-        from structgen.train.assign import leaf_probabilities
-        from structgen.train.data import load_run_data
+        from structgen.runtime.leaf_probabilities import leaf_probabilities
+        from structgen.data.run_data import load_run_data
 
         test = load_run_data(cfg).test
         probs = leaf_probabilities(model, test.images, Context(run_dir=run, device="cpu"), cfg.evaluation.batch_size)

@@ -16,13 +16,12 @@ import torch
 from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.diffusion.modes import MODES, DiffusionSampler, SamplerOptions, write_outputs
-from structgen.diffusion.network import build_model
+from structgen.diffusion.conditioning import ConditionalUNet
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, vae_state
 from structgen.errors import CheckpointError
 from structgen.run_lock import claimed
-from structgen.runs import (DDPM_PREFIX, RunError, default_run_name, new_run_dir, resume_point, run_config,
-                            run_dir_of, run_folder)
+from structgen.runs import DDPM_PREFIX, RunError, new_run_dir, resume_point, run_config, run_dir_of, run_folder
 from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
 from structgen.viz.grids import save_side_by_side
@@ -35,10 +34,6 @@ RESUME_FREE = RUN_FREE + (
     "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
 # Only these sections shape a DDPM run (the TreeVAE's own keys are frozen inside its checkpoint).
 RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
-
-
-def _check_resumable(saved: dict, cfg: Config, where: Path) -> None:
-    check_resumable(saved, cfg, where, free=RESUME_FREE, checked=RESUME_CHECKED)
 
 
 def _with(cfg: Config, section: str, **changes) -> Config:
@@ -83,7 +78,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     """
     from structgen.runtime.context import Context
     from structgen.runtime.progress import Progress
-    from structgen.train.data import check_batch_fits, load_run_data
+    from structgen.data.run_data import check_batch_fits, load_run_data
 
     device = setup_torch(cfg) if ctx is None else ctx.device
     is_main = ctx is None or ctx.is_main
@@ -91,7 +86,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     saved = None
     if ckpt_path is not None:
         saved = ddpm_ckpt.load(ckpt_path)
-        _check_resumable(saved["config"], cfg, ckpt_path)
+        check_resumable(saved["config"], cfg, ckpt_path, free=RESUME_FREE, checked=RESUME_CHECKED)
         vae_blob = saved["vae"]
         vae = vae_from_state(vae_blob, device)
         cfg = _with(cfg, "diffusion", vae_run=saved["vae_run"])
@@ -111,12 +106,8 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     _validate(cfg, data.image_shape)
     check_batch_fits(cfg.diffusion.batch_size, "diffusion.batch_size", data)
     if saved is None:
-        if run_dir is not None:
-            cfg = _with(cfg, "run", name=run_dir.name)
-        else:
-            name = cfg.run.name or default_run_name(DDPM_PREFIX)
-            cfg = _with(cfg, "run", name=name)
-            run_dir = new_run_dir(cfg)
+        run_dir = run_dir or new_run_dir(cfg, DDPM_PREFIX)
+        cfg = _with(cfg, "run", name=run_dir.name)
     ctx = ctx or Context(run_dir=run_dir, device=device)
     ctx.run_dir = run_dir
     progress = Progress(cfg.run.progress, enabled=is_main)
@@ -127,6 +118,8 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
 
 def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progress, is_main: bool) -> None:
     """The DDPM training of ``train_ddpm`` inside its claimed run folder."""
+    from structgen.config import config_to_dict
+    from structgen.data.loaders import run_loaders
     from structgen.diffusion.loop import DDPMTrainer
     from structgen.runtime.metrics_log import MetricsLog
 
@@ -149,7 +142,9 @@ def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progr
         return save_side_by_side(result["vae"], result["images"], run_dir / "samples" / "train" /
                                  f"epoch{epoch:05d}.png", titles=("VAE", "DDPM"))
 
-    trainer = DDPMTrainer(cfg, ctx, data.train, conditioner, vae_blob, log, progress, saved=saved, preview=preview)
+    trainer = DDPMTrainer(cfg.diffusion, cfg.run, ctx, data.train, conditioner, loaders=run_loaders(cfg),
+                          record={"config": config_to_dict(cfg), "vae": vae_blob}, log=log, progress=progress,
+                          saved=saved, preview=preview)
     trainer.run()
     if is_main and cfg.diffusion.sample_every:
         progress.line(f"samples: {preview(trainer.ema.shadow, trainer.epoch).parent}")
@@ -162,7 +157,7 @@ def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | No
 
     state = state if state is not None else ddpm_ckpt.load(path)
     try:
-        model = build_model(state["unet_spec"], state["signal"])
+        model = ConditionalUNet.build(state["unet_spec"], state["signal"])
         model.load_state_dict(state["ema"]["shadow"] if ema else state["model"], strict=True)
         vae = vae_from_state(state["vae"], device)
         schedule = NoiseSchedule.from_config(config_from_dict(state["config"]).diffusion)
@@ -186,26 +181,34 @@ def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> Sampler
     return opts
 
 
-def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
-           eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
-           seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
-    """Run one generation mode of a trained DDPM; writes PNGs, figures and a .npz, returns their paths."""
+def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, guidance=None, leaf_choice=None):
+    """(sampler, run config, checkpoint state, seed) to generate from the DDPM run ``run``: a bad
+    path, then bad sampler options, are reported before any sampling."""
     from structgen.runtime.progress import Progress
-    from structgen.train.data import load_run_data
 
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
-    state = ddpm_ckpt.load(run)                             # a bad path is the first thing to report
+    state = ddpm_ckpt.load(run)
     cfg = run_config(run, overrides)
     device = setup_torch(cfg)
     model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
-    d = cfg.diffusion
+    runner = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size,
+                              progress=Progress(cfg.run.progress))
+    return runner, cfg, state, cfg.run.seed if seed is None else seed
+
+
+def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
+           eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
+           seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
+    """Run one generation mode of a trained DDPM; writes PNGs, figures and a .npz, returns their paths."""
+    from structgen.data.run_data import load_run_data
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
+                                             guidance=guidance, leaf_choice=leaf_choice)
+    opts, conditioner, d = runner.options, runner.conditioner, cfg.diffusion
     n = n or d.n_samples
     test = load_run_data(cfg).test if mode.startswith("recons") else None
-    runner = DiffusionSampler(model, conditioner, schedule, opts, device, d.sample_batch_size,
-                              progress=Progress(cfg.run.progress))
-    seed = cfg.run.seed if seed is None else seed
     result = runner.run(mode, n, seed, None if test is None else test.images, None if test is None else test.labels)
     meta = {"mode": mode, "sampler": opts.tag(d.n_timesteps), "guidance": opts.guidance, "eta": opts.eta,
             "leaf_choice": opts.leaf_choice, "seed": seed, "conditioning": state["signal"]["kind"],
@@ -230,24 +233,17 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     """Score a DDPM run's generations against its TreeVAE's (structgen.diffusion.score) with the
     dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files)."""
     from structgen.diffusion.score import format_table, score_generations, write_scores
-    from structgen.runtime.progress import Progress
     from structgen.scoring.classifier import default_classifier_path, load_classifier
 
     if n < 2 or per_leaf < 1:
         raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
                           f"(got {n}, {per_leaf})")
-    state = ddpm_ckpt.load(run)                             # bad paths first, before any sampling
-    cfg = run_config(run, overrides)
-    dataset = cfg.data.dataset
+    runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
+                                             guidance=guidance)
+    opts, conditioner, dataset = runner.options, runner.conditioner, cfg.data.dataset
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
-    device = setup_torch(cfg)
-    model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,
-                                    device=device)
-    opts = _options(cfg, sampler, steps, eta, guidance, None)
-    runner = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size,
-                              progress=Progress(cfg.run.progress))
-    seed = cfg.run.seed if seed is None else seed
+                                    device=runner.device)
     scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed)
     meta = {"run": str(run_folder(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
             "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "seed": seed, "n": n,

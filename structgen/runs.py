@@ -17,8 +17,6 @@ LAST_CHECKPOINT, FINAL_CHECKPOINT = "last.pt", "final.pt"
 DDPM_PREFIX = "ddpm-"          # DDPM runs share runs/<dataset>/ with TreeVAE runs; the prefix tells them apart
 
 
-
-
 # A run name becomes one folder under runs_dir/<dataset>: no separators, no "..", no leading
 # dot or dash (hidden files, command-line flags), nothing a shell or a SLURM job name mangles.
 RUN_NAME_RULE = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -61,10 +59,7 @@ def latest_run_dir(cfg, kind: str = "tree") -> Path:
     ddpm, told apart by DDPM_PREFIX) with a checkpoint."""
     root = Path(cfg.run.runs_dir) / cfg.data.dataset
     if cfg.run.name:
-        run_dir = root / cfg.run.name
-        if not last_checkpoint(run_dir).exists():
-            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
-        return run_dir
+        return root / cfg.run.name
     candidates = sorted((p.parent.parent for p in root.glob(f"*/checkpoints/{LAST_CHECKPOINT}")
                          if p.parent.parent.name.startswith(DDPM_PREFIX) == (kind == "ddpm")),
                         key=lambda p: last_checkpoint(p).stat().st_mtime)
@@ -74,29 +69,23 @@ def latest_run_dir(cfg, kind: str = "tree") -> Path:
     return candidates[-1]
 
 
-def choose_run_dir(cfg, resume, kind: str = "tree") -> tuple[Path, bool]:
-    """(run folder, whether to resume it) for a command's --resume value: True continues the
-    latest run of ``kind`` (or run.name), a path continues that folder, False makes a new one."""
-    if resume:
-        run_dir = latest_run_dir(cfg, kind) if resume is True else Path(resume)
-        if not last_checkpoint(run_dir).exists():
-            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
-        return run_dir, True
-    return new_run_dir(cfg, DDPM_PREFIX if kind == "ddpm" else ""), False
-
-
-def resume_point(cfg, kind: str, *, resume=False, run_dir=None,
-                 resume_checkpoint=None) -> tuple[Path | None, Path | None]:
+def resume_point(cfg, kind: str, *, resume=False, run_dir=None, resume_checkpoint=None,
+                 new_folder: bool = False) -> tuple[Path | None, Path | None]:
     """(run folder, checkpoint to continue from) as every stage's run function takes them:
     ``resume_checkpoint`` (a launcher's restored file; its folder unless ``run_dir`` is given),
     else ``resume`` (True: the latest run of ``kind`` or run.name; a path: that folder), else
-    (``run_dir`` or None for a new folder, None)."""
+    (``run_dir``, None). Without a folder that is (None, None), or with ``new_folder`` the path
+    a new run of ``kind`` will use (for launchers that must name it once for every rank)."""
     if resume_checkpoint is not None:
         checkpoint = Path(resume_checkpoint)
         return (Path(run_dir) if run_dir is not None else run_dir_of(checkpoint)), checkpoint
     if resume:
         run_dir = latest_run_dir(cfg, kind) if resume is True else Path(resume)
+        if not last_checkpoint(run_dir).exists():
+            raise RunError(f"--resume: {run_dir} has no checkpoint (checkpoints/last.pt) to resume from")
         return run_dir, last_checkpoint(run_dir)
+    if run_dir is None and new_folder:
+        return new_run_dir(cfg, DDPM_PREFIX if kind == "ddpm" else ""), None
     return (Path(run_dir) if run_dir is not None else None), None
 
 

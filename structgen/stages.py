@@ -1,5 +1,5 @@
-"""The training stages in one table. The CLI's multi-process path, Ray Train, Ray Tune and SLURM
-all dispatch through it, so adding a stage is one entry here (its API function, and its Tune
+"""The training stages in one table. The CLI (one process, or several under torchrun), Ray Train,
+Ray Tune and SLURM all dispatch through it, so adding a stage is one entry here (its API function, and its Tune
 trial if sweeps should reach it), not an edit in every launcher.
 
 Every stage runs with one signature, whoever launches it:
@@ -11,16 +11,10 @@ the config comes from the config too (the DDPM's TreeVAE is `diffusion.vae_run`)
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from structgen.errors import ConfigError
-
-
-def _function(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _train_tree(cfg, *, ctx, run_dir, resume_checkpoint, evaluate: bool = True):
@@ -47,18 +41,16 @@ def _ddpm_progress(state: dict) -> dict:
 class Stage:
     name: str                  # as `--stage`, a sweep file's `stage:` and a Ray job spell it; also the run
                                # kind `--resume` without a folder looks among (runs.latest_run_dir)
+    command: str               # the structgen subcommand that trains it alone (train-tree, train-ddpm)
     train: object              # (cfg, *, ctx, run_dir, resume_checkpoint, evaluate) -> (run_dir, report | None)
     checkpoint_metrics: object  # checkpoint state -> where the run stands, for Ray's report of that checkpoint
-    trial: str | None = None   # its Ray Tune trial function, "module:function" (launch resolves it)
+    trial: str | None = None   # its Ray Tune trial function, "module:function" (tune_sweep imports it)
     sweep_metrics: tuple = ()  # what its trials report, so what a sweep file may name as its metric
     needs_vae: bool = False    # conditions on a trained TreeVAE (diffusion.vae_run)
 
     def run(self, cfg, *, ctx=None, run_dir: Path | None = None, resume_checkpoint: Path | None = None,
             evaluate: bool = True):
         return self.train(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_checkpoint, evaluate=evaluate)
-
-    def trial_function(self):
-        return _function(self.trial)
 
     def check(self, cfg, where: str) -> None:
         """Refuse, before anything starts, a config this stage cannot run."""
@@ -68,9 +60,9 @@ class Stage:
 
 
 STAGES = {stage.name: stage for stage in (
-    Stage("tree", _train_tree, _tree_progress, "structgen.launch.tune_trials:tree_trial",
+    Stage("tree", "train-tree", _train_tree, _tree_progress, "structgen.launch.tune_trials:tree_trial",
           ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")),
-    Stage("ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
+    Stage("ddpm", "train-ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
           ("loss", "generation_purity", "cfd"), needs_vae=True),
 )}
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from structgen.config import Config, ConfigError, all_keys, load_config
+from structgen.config import Config, ConfigError, all_keys, apply_overrides
+from structgen.config.dump import _scalar
 from structgen.config.load import _closest
 from structgen.stages import STAGES
 
@@ -46,10 +47,6 @@ class Distribution:
         if self.kind == "uniform":
             return rng.uniform(lo, hi)
         return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-
-    def probes(self) -> list:
-        """Values that validation tries: every listed value, or both bounds."""
-        return list(self.values)
 
 
 @dataclass
@@ -75,7 +72,9 @@ def _fail(path: Path, msg: str) -> ConfigError:
 
 
 def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
-    """Parse and validate a sweep file; every probe value must be a valid setting of its key."""
+    """Parse and validate a sweep file; every probe value must be a valid setting of its key on
+    top of ``base`` (the config the trials start from; schema defaults without it), whose tune
+    section gives the settings the file leaves out."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
@@ -88,7 +87,9 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
     for key in data:
         if key not in known:
             raise _fail(path, f"unknown sweep setting '{key}'; valid: {', '.join(sorted(known))}")
-    sweep = Sweep(path=path, **{k: v for k, v in data.items() if k != "params"})
+    # A setting the file leaves out comes from the config's tune section.
+    settings = {**asdict((base or Config()).tune), **{k: v for k, v in data.items() if k != "params"}}
+    sweep = Sweep(path=path, **settings)
     checks = {"stage": tuple(METRICS), "mode": ("max", "min"), "scheduler": ("asha", "fifo"), "searcher": ("random", "optuna")}
     for key, allowed in checks.items():
         if getattr(sweep, key) not in allowed:
@@ -113,9 +114,9 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
         if kind == "loguniform" and min(values) <= 0:
             raise _fail(path, f"params.{key}: loguniform bounds must be > 0, got {values}")
         dist = Distribution(kind, values)
-        for probe in dist.probes():
+        for probe in dist.values:                   # every listed value, or both bounds
             try:
-                load_config(None, [f"{key}={yaml.safe_dump(probe, default_flow_style=True).strip().removesuffix('...').strip()}"])
+                apply_overrides(base or Config(), {key: probe}, source="base config" if base else "defaults")
             except ConfigError as err:
                 raise _fail(path, f"params.{key}: value {probe!r} is not valid: {err}") from None
         sweep.params[key] = dist
@@ -137,6 +138,4 @@ def expand_trials(sweep: Sweep, seed: int = 0) -> list[dict[str, Any]]:
 
 def trial_overrides(trial: dict[str, Any]) -> list[str]:
     """`--set` strings for one trial."""
-    def fmt(v):
-        return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-    return [f"{k}={fmt(v)}" for k, v in trial.items()]
+    return [f"{k}={_scalar(v)}" for k, v in trial.items()]

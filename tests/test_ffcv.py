@@ -178,7 +178,7 @@ def test_a_treevae_train_step_consumes_make_loader_batches(files):
     ds = files["grey"]
     cfg = load_config("configs/digits.yml", ["data.loader=ffcv", f"data.ffcv_dir={files['dir']}",
                                               "data.ffcv_workers=1"])
-    loader = make_loader(cfg, ds.images, ds.labels, BS, seed=4)
+    loader = make_loader(cfg.data, ds.images, ds.labels, BS, seed=4)
     assert isinstance(loader, FFCVLoader)
     torch.manual_seed(0)
     model = TreeVAE(ModelSpec.from_config(cfg.model, (1, 28, 28)))
@@ -194,16 +194,16 @@ def test_a_treevae_train_step_consumes_make_loader_batches(files):
     other = load_config(None, ["data.dataset=digits", "data.loader=ffcv", f"data.ffcv_dir={files['dir']}",
                                "data.train_subset=100"])
     with pytest.raises(DataError, match="count 400, expected count 100.*--set data.train_subset=100"):
-        make_loader(other, ds.images[:100], ds.labels[:100], BS)
+        make_loader(other.data, ds.images[:100], ds.labels[:100], BS)
     with pytest.raises(DataError, match="different images"):
-        make_loader(cfg, ds.images[::-1], ds.labels[::-1], BS)
-    memory = make_loader(load_config("configs/digits.yml"), ds.images, ds.labels, BS, seed=4, two_views=True)
+        make_loader(cfg.data, ds.images[::-1], ds.labels[::-1], BS)
+    memory = make_loader(load_config("configs/digits.yml").data, ds.images, ds.labels, BS, seed=4, two_views=True)
     assert isinstance(memory.loader, TensorLoader) and next(iter(memory))[0].shape == (2 * BS, 1, 28, 28)
 
 
 def test_prepare_data_writes_the_files_a_run_reads(tmp_path, capsys):
     from structgen.cli import main
-    from structgen.train.data import load_run_data
+    from structgen.data.run_data import load_run_data
 
     sets = ["--set", "data.train_subset=300", "--set", "data.test_subset=200"]
     assert main(["prepare-data", "--dataset", "digits", "--format", "ffcv", "--ffcv-dir", str(tmp_path),
@@ -212,7 +212,7 @@ def test_prepare_data_writes_the_files_a_run_reads(tmp_path, capsys):
     cfg = load_config(None, ["data.dataset=digits", "data.loader=ffcv", f"data.ffcv_dir={tmp_path}",
                              "data.ffcv_workers=1", "data.train_subset=300", "data.test_subset=200"])
     data = load_run_data(cfg)
-    test = make_loader(cfg, data.test.images, data.test.labels, 50, split="test", shuffle=False, drop_last=False)
+    test = make_loader(cfg.data, data.test.images, data.test.labels, 50, split="test", shuffle=False, drop_last=False)
     x, y, idx = _all(test)
     assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(data.test.images))
     meta = json.loads(sidecar_path(beton_path(tmp_path, "digits", "train")).read_text())

@@ -18,10 +18,10 @@ TINY = SYNTHETIC_FAST + ["data.train_subset=256", "data.test_subset=64", "traini
                          "training.num_clusters_tree=3", "run.threads=1"]
 
 
-def torchrun(*args: str, port: int) -> subprocess.CompletedProcess:
+def torchrun(*args: str, port: int, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([TORCHRUN, "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}",
-                           "-m", "structgen.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+                           "-m", "structgen.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_train_tree_under_torchrun_writes_one_run(tmp_path):
@@ -36,6 +36,15 @@ def test_train_tree_under_torchrun_writes_one_run(tmp_path):
     assert epochs and len(epochs) == len(set(epochs)), "only rank 0 writes metrics.jsonl"
     assert {"initial", "finetune"} <= {phase for phase, _ in epochs}
     load_model(run_dir)                                 # the final checkpoint loads
+
+    # A DDPM of 0 epochs still leaves a loadable run: its one checkpoint is a collective that
+    # every rank must join (rank 0 alone would wait forever in the barrier).
+    ddpm = ["diffusion.dim=16", "diffusion.n_heads=4", "diffusion.n_residual=1", "diffusion.attn_resolutions=[]",
+            "diffusion.batch_size=16", "diffusion.epochs=0", "diffusion.sample_every=0"]
+    sets += [a for s in ddpm for a in ("--set", s)]
+    out = torchrun("train-ddpm", "--vae", str(run_dir), *sets, port=29613, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert len(list((tmp_path / "synthetic").glob("ddpm-*/checkpoints/final.pt"))) == 1
 
 
 def test_a_rank0_error_stops_every_rank(tmp_path):

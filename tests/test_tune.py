@@ -43,6 +43,36 @@ def test_sweep_settings_are_checked(tmp_path):
         load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, trials=3))
 
 
+def test_sweep_values_are_checked_on_top_of_the_base_config(tmp_path):
+    """cnn2 cannot take the default dataset's 28x28 images but can take cifar10's 32x32: a
+    cifar10 sweep over it is valid, the same sweep without that base is not."""
+    sweep = write_sweep(tmp_path, {"model.encoder": {"choice": ["cnn2"]}})
+    with pytest.raises(ConfigError, match="value 'cnn2' is not valid"):
+        load_sweep(sweep)
+    assert load_sweep(sweep, load_config(None, ["data.dataset=cifar10"])).params["model.encoder"].values == ["cnn2"]
+
+
+def test_a_sweep_file_takes_the_settings_it_leaves_out_from_the_config_tune_section(tmp_path):
+    base = load_config(None, ["tune.num_samples=7", "tune.scheduler=fifo"])
+    sweep = load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [1e-3, 2e-3]}}, num_samples=2), base)
+    assert (sweep.num_samples, sweep.scheduler, sweep.searcher) == (2, "fifo", "random")
+
+
+def test_a_trial_restarted_without_a_checkpoint_sets_its_first_attempt_aside(tmp_path):
+    """A trial stopped after its first metrics but before Tune stored its checkpoint is started
+    over by Tune: the folder it wrote moves aside (nothing lost), and a fresh one is free."""
+    from structgen.launch.tune_trials import set_aside_unfinished_attempt
+    from structgen.run_lock import claim_run_dir
+
+    run_dir = tmp_path / "runs" / "tree_trial_00001"
+    assert set_aside_unfinished_attempt(run_dir) is None          # a first attempt: nothing to move
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"event": "epoch"}\n')
+    aside = set_aside_unfinished_attempt(run_dir)
+    assert aside.name.startswith("tree_trial_00001.attempt-") and (aside / "metrics.jsonl").exists()
+    claim_run_dir(run_dir, fresh=True).release()                  # the restarted attempt may claim it
+
+
 def test_grid_times_samples_and_overrides_round_trip(tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, {"training.num_epochs": {"grid": [1, 2]},
                                               "training.lr": {"loguniform": [1e-4, 1e-2]}}, num_samples=3))

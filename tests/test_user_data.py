@@ -9,7 +9,7 @@ import pytest
 
 from structgen.config import ConfigError, load_config
 from structgen.data import DataError, load_split
-from structgen.train.data import load_run_data
+from structgen.data.run_data import load_run_data
 from user_images import (CIFAR_JPEG, corrupt_jpeg, cifar_tree, digits_npz, digits_pngs, mixed_folder)
 
 needs_cifar = pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason=f"{CIFAR_JPEG} absent")
@@ -95,6 +95,26 @@ def test_idx_file_by_path(tmp_path):
     assert data.labelled and len(data.train) + len(data.test) == 40
     assert sorted(np.concatenate([data.train.labels, data.test.labels]).tolist()) == sorted(labels.tolist())
 
+
+
+def test_idx_labels_read_are_the_labels_fingerprinted_and_the_named_file_is_read(tmp_path):
+    import gzip
+    import struct
+
+    from user_images import digits_arrays
+
+    images, labels = digits_arrays(40)
+    idx3 = lambda n: struct.pack(">4i", 2051, n, 8, 8) + images[:n].tobytes()  # noqa: E731
+    (tmp_path / "x-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx3(40)))
+    (tmp_path / "x-labels-idx1-ubyte").write_bytes(struct.pack(">2i", 2049, 40) + labels.astype(np.uint8).tobytes())
+    cfg = _cfg(tmp_path / "x-images-idx3-ubyte.gz", dataset="arrays")
+    assert load_run_data(cfg).labelled
+    assert cfg.data.fingerprint.startswith("2 files, ")     # the plain labels file is part of the data
+    # Naming the plain images file reads it, not the (now shorter) .gz copy beside it.
+    (tmp_path / "x-images-idx3-ubyte").write_bytes(idx3(40))
+    (tmp_path / "x-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx3(30)))
+    data = _data(tmp_path / "x-images-idx3-ubyte", dataset="arrays")
+    assert data.labelled and len(data.train) + len(data.test) == 40
 
 def test_mixed_sizes_and_modes_convert_to_one_shape(tmp_path):
     root = mixed_folder(tmp_path / "mixed")

@@ -101,7 +101,7 @@ def _predicted(run_dir, cfg_overrides=()):
 
     from structgen.api import load_model
     from structgen.config import load_config as load
-    from structgen.train.data import load_run_data
+    from structgen.data.run_data import load_run_data
 
     model, _ = load_model(run_dir)
     data = load_run_data(load(run_dir / "config.yml"))

@@ -1,3 +1,5 @@
+from structgen.config.flags import add_set_argument
+
 NAME = "assign"
 HELP = "the leaf of every image under a trained run, with its probabilities, as a CSV"
 
@@ -16,8 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--latents", action="store_true", help="also write the root latent means to <out>.latents.npy")
     p.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
                    help="an unreadable image stops the command (error) or is logged and left out (skip)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="data keys for --dataset, e.g. --set data.path=DIR")
+    add_set_argument(p, "data keys for --dataset, e.g. --set data.path=DIR")
 
 
 def run(args) -> int:

@@ -1,3 +1,5 @@
+from structgen.commands import add_sampler_arguments
+
 NAME = "compare-ddpm"
 HELP = "the same TreeVAE root samples through several DDPM runs (e.g. conditioning none / leaf / path)"
 
@@ -6,11 +8,7 @@ def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="DDPM runs trained on the same TreeVAE")
     p.add_argument("--n", type=int, default=4, help="root samples (default 4)")
     p.add_argument("--labels", nargs="+", help="row labels (default: each run's conditioning)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"))
-    p.add_argument("--steps", type=int)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int)
+    add_sampler_arguments(p)          # each run's own diffusion.* settings; the first run's run.seed
     p.add_argument("--out", metavar="PNG", help="default FIRST_RUN/figures/compare_ddpm.png")
 
 

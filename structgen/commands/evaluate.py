@@ -1,11 +1,12 @@
+from structgen.config.flags import add_set_argument
+
 NAME = "evaluate"
 HELP = "test-set metrics, baselines and figures of a trained run"
 
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or checkpoint file")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override evaluation keys, e.g. --set evaluation.compute_ll=true")
+    add_set_argument(p, "override evaluation keys, e.g. --set evaluation.compute_ll=true")
 
 
 def run(args) -> int:

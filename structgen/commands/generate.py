@@ -1,3 +1,5 @@
+from structgen.config.flags import add_set_argument
+
 NAME = "generate"
 HELP = "per-leaf images from a trained run (PNG grids + .npz)"
 
@@ -6,7 +8,7 @@ def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or checkpoint file")
     p.add_argument("--mode", required=True, choices=("vae_recons", "vae_samples"))
     p.add_argument("--n", type=int, help="number of images (default evaluation.n_generate)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(p)
 
 
 def run(args) -> int:

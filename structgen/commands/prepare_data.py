@@ -56,10 +56,10 @@ def run(args) -> int:
 
     from structgen.data.ffcv_files import beton_path, write_beton
     from structgen.data.loaders import ffcv_dir, rebuild_command
-    from structgen.train.data import load_run_data
+    from structgen.data.run_data import load_run_data
 
     data = load_run_data(cfg)            # the arrays a run with this config trains on
-    folder, command = ffcv_dir(cfg.data), rebuild_command(cfg)
+    folder, command = ffcv_dir(cfg.data), rebuild_command(cfg.data, cfg.run.seed)
     for ds in (data.train, data.test):
         print(format_summary(summarize(ds)))
         t0 = time.perf_counter()

@@ -1,3 +1,6 @@
+from structgen.commands import add_sampler_arguments
+from structgen.config.flags import add_set_argument
+
 NAME = "score-ddpm"
 HELP = "classifier-Fréchet distance and per-leaf purity of a DDPM run's samples next to its TreeVAE's"
 
@@ -8,13 +11,9 @@ def add_arguments(p) -> None:
                    help="classifier from `structgen train-classifier` (default runs/classifiers/<dataset>.pt)")
     p.add_argument("--n", type=int, default=500, help="root samples scored by CFD (default 500)")
     p.add_argument("--per-leaf", type=int, default=50, help="images per leaf for purity (default 50)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default diffusion.sampler")
-    p.add_argument("--steps", type=int, help="DDIM steps (default diffusion.n_steps)")
-    p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default diffusion.eta)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (default diffusion.guidance_weight)")
-    p.add_argument("--seed", type=int, help="default run.seed")
+    add_sampler_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN/scores/<sampler>)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(p)
 
 
 def run(args) -> int:

@@ -14,17 +14,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from structgen.config import apply_overrides, load_config
-    from structgen.ddpm_api import train_ddpm
-    from structgen.launch.distributed import run_stage_on_ranks, several_processes
+    from structgen.launch.distributed import run_stage
     from structgen.stages import STAGES
 
     cfg = load_config(args.config, args.overrides)
-    if not several_processes():
-        print(f"DDPM run: {train_ddpm(cfg, args.vae, resume=args.resume)}")
-        return 0
-    if args.vae:
+    if args.vae:                        # as given, not parsed as YAML like a --set value
         cfg = apply_overrides(cfg, {"diffusion.vae_run": args.vae})
-    ctx, run_dir = run_stage_on_ranks(STAGES["ddpm"], cfg, args.resume)
-    if ctx.is_main:
+    is_main, run_dir = run_stage(STAGES["ddpm"], cfg, args.resume)
+    if is_main:
         print(f"DDPM run: {run_dir}")
     return 0

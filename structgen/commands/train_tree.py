@@ -12,14 +12,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from structgen.api import train_tree
     from structgen.config import load_config
-    from structgen.launch.distributed import run_stage_on_ranks, several_processes
+    from structgen.launch.distributed import run_stage
     from structgen.stages import STAGES
 
-    cfg = load_config(args.config, args.overrides)
-    if several_processes():
-        run_stage_on_ranks(STAGES["tree"], cfg, args.resume, evaluate=not args.no_eval)
-    else:
-        train_tree(cfg, resume=args.resume, evaluate=not args.no_eval)
+    run_stage(STAGES["tree"], load_config(args.config, args.overrides), args.resume, evaluate=not args.no_eval)
     return 0

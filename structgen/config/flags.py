@@ -19,6 +19,11 @@ from typing import Iterable
 from structgen.config.schema import Config
 
 
+def add_set_argument(p, help: str | None = None) -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides``: any config key."""
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _fields(section: str) -> dict[str, tuple[type, dict]]:
     cls = typing.get_type_hints(Config)[section]
     hints = typing.get_type_hints(cls)

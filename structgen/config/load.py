@@ -20,9 +20,6 @@ from structgen.config.schema import Config
 from structgen.errors import ConfigError, RunError
 from structgen.runs import check_run_name
 
-
-
-
 # Before `model.levels`, the model section gave the channels as one value per level, all equal.
 CHANNEL_LISTS = ("latent_channels", "bottom_up_channels")
 

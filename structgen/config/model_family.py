@@ -6,7 +6,6 @@ with a shape error in the first forward pass.
 """
 from __future__ import annotations
 
-FAMILIES = ("cnn1", "cnn2")
 MAX_SIDE = 512
 
 

@@ -218,6 +218,7 @@ class RayConfig:
 
 @dataclass
 class TuneConfig:
+    # The defaults of a sweep file's settings (structgen.sweeps): what the file gives wins.
     num_samples: int = option(4, "trials per sweep", min=1)
     metric: str = option("elbo", "objective reported by trials")
     mode: str = option("max", "maximise or minimise the metric", choices=("max", "min"))

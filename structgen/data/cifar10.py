@@ -92,10 +92,10 @@ def _decode(path: Path):
 
 
 def _class_folders(split_dir: Path) -> list[str]:
-    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())  # for CIFAR-10: CLASS_NAMES order
     if not names:
         raise DataError(f"cifar10: {split_dir}: no class folders inside")
-    return CLASS_NAMES if set(names) == set(CLASS_NAMES) else names
+    return names
 
 
 def _read_tree_split(split_dir: Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +125,8 @@ def _read_tree(root: Path, split: str, seed: int, test_fraction: float):
     class_names = next(iter(classes.values()))
     if len(dirs) == 2:
         return (*_read_tree_split(dirs[split], class_names), class_names)
-    (only,) = dirs  # one split on disk: both splits are carved out of it
-    images, labels = _read_tree_split(dirs[only], class_names)
-    return (*take_split(images, labels, split, test_fraction, seed), class_names)
+    (only,) = dirs.values()  # one split on disk: both splits are carved out of it
+    return (*take_split(*_read_tree_split(only, class_names), split, test_fraction, seed), class_names)
 
 
 # ---- entry point ---------------------------------------------------------------------------
@@ -143,17 +142,14 @@ def read_cifar10(data_dir: Path, split: str, seed: int, test_fraction: float):
     """(images N x 3 x 32 x 32 uint8, labels int64, class_names) of one split."""
     for folder in pickle_folders(data_dir):
         if folder.is_dir():
-            have = {s: any((folder / n).is_file() for n in names)
-                    for s, names in (("train", _TRAIN_BATCHES), ("test", _TEST_BATCHES))}
-            if have["train"] and have["test"]:
-                names = _TRAIN_BATCHES if split == "train" else _TEST_BATCHES
-                return (*_read_batches(folder, names), CLASS_NAMES)
-            if not (have["train"] or have["test"]):
+            have = [names for names in (_TRAIN_BATCHES, _TEST_BATCHES) if any((folder / n).is_file() for n in names)]
+            if not have:
                 raise DataError(f"cifar10: {folder}: no pickle batches "
                                 f"({', '.join(_TRAIN_BATCHES + _TEST_BATCHES)}) inside")
+            if len(have) == 2:
+                return (*_read_batches(folder, _TRAIN_BATCHES if split == "train" else _TEST_BATCHES), CLASS_NAMES)
             # one split on disk: both splits are carved out of it
-            got = _read_batches(folder, _TRAIN_BATCHES if have["train"] else _TEST_BATCHES)
-            return (*take_split(*got, split, test_fraction, seed), CLASS_NAMES)
+            return (*take_split(*_read_batches(folder, have[0]), split, test_fraction, seed), CLASS_NAMES)
     for folder in tree_folders(data_dir):
         if folder.is_dir():
             return _read_tree(folder, split, seed, test_fraction)

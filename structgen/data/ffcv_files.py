@@ -65,10 +65,6 @@ def keep_torch_threads():
         torch.set_num_threads(threads)
 
 
-def _workers(num_workers) -> int:
-    return int(num_workers) if num_workers else len(os.sched_getaffinity(0))
-
-
 # ---- writing ---------------------------------------------------------------------------------
 class _Samples:
     """The indexable FFCV's writer reads: (HWC uint8 RGB image, label, index) per sample."""
@@ -111,8 +107,8 @@ def write_beton(ds, path, image_mode: str = "raw", num_workers: int | None = Non
     fields = {"image": RGBImageField(write_mode=image_mode, jpeg_quality=JPEG_QUALITY),
               "label": IntField(), "index": IntField()}
     try:
-        writer = DatasetWriter(str(tmp), fields, page_size=_PAGE_SIZE,
-                               num_workers=min(_workers(num_workers), max(1, n // 1000)))
+        workers = int(num_workers) if num_workers else len(os.sched_getaffinity(0))
+        writer = DatasetWriter(str(tmp), fields, page_size=_PAGE_SIZE, num_workers=min(workers, max(1, n // 1000)))
         writer.from_indexed_dataset(_Samples(hwc, ds.labels), chunksize=1000)
         os.replace(tmp, path)
     finally:

@@ -113,9 +113,8 @@ def _ffcv_classes() -> dict:
                                 red, grn, blu = min(1.0, max(0.0, r2)), min(1.0, max(0.0, g2)), min(1.0, max(0.0, b2))
                             if gray[i]:
                                 red = grn = blu = 0.299 * red + 0.587 * grn + 0.114 * blu
-                            dst[i, r, q, 0] = np.uint8(red * 255.0 + 0.5)
-                            dst[i, r, q, 1] = np.uint8(grn * 255.0 + 0.5)
-                            dst[i, r, q, 2] = np.uint8(blu * 255.0 + 0.5)
+                            for c, v in enumerate((red, grn, blu)):
+                                dst[i, r, q, c] = np.uint8(v * 255.0 + 0.5)
                 return dst
 
             color.is_parallel = True

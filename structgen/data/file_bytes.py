@@ -47,15 +47,30 @@ def _read(path: Path, dataset: str) -> bytes:
         raise DataError(f"{dataset}: {path}: cannot read ({e.strerror or e})") from None
 
 
-def _read_whole_or_parts(folder: Path, name: str, dataset: str) -> tuple[bytes, str] | None:
-    path = folder / name
-    if path.exists():
-        return _read(path, dataset), str(path)
-    parts = _find_parts(folder, name, dataset)
-    if not parts:
-        return None
-    shown = f"{path} (joined from {parts[0].name} .. {parts[-1].name})"
-    return b"".join(_read(p, dataset) for p in parts), shown
+def find_stored(folder: Path, name: str, dataset: str) -> tuple[Path, list[Path]] | None:
+    """Where ``folder/name`` (``name`` without ``.gz``) is stored: ``(path, files)`` with ``files``
+    [path] or its ``.partNN`` pieces. Tries ``name.gz`` first, then plain ``name``; None if neither."""
+    for path in (folder / (name + ".gz"), folder / name):
+        files = [path] if path.exists() else _find_parts(folder, path.name, dataset)
+        if files:
+            return path, files
+    return None
+
+
+def read_stored(path: Path, files: list[Path], dataset: str) -> tuple[bytes, str]:
+    """The content of ``path``, stored as ``files`` (itself or its pieces), gunzipped when the
+    name ends in ``.gz``, and a path for messages."""
+    raw = b"".join(_read(p, dataset) for p in files)
+    shown = str(path) if files == [path] else f"{path} (joined from {files[0].name} .. {files[-1].name})"
+    if not path.name.endswith(".gz"):
+        return raw, shown
+    try:
+        return gzip.decompress(raw), shown
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        raise DataError(
+            f"{dataset}: {shown}: corrupt or truncated gzip data "
+            f"({type(e).__name__}: {e}); {len(raw)} compressed bytes read"
+        ) from e
 
 
 def read_file_bytes(folder: Path, name: str, dataset: str) -> tuple[bytes, str]:
@@ -63,20 +78,10 @@ def read_file_bytes(folder: Path, name: str, dataset: str) -> tuple[bytes, str]:
 
     Tries ``name.gz``, its ``.partNN`` pieces, then plain ``name`` and its pieces.
     """
-    found = _read_whole_or_parts(folder, name + ".gz", dataset)
-    if found is not None:
-        raw, shown = found
-        try:
-            return gzip.decompress(raw), shown
-        except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-            raise DataError(
-                f"{dataset}: {shown}: corrupt or truncated gzip data "
-                f"({type(e).__name__}: {e}); {len(raw)} compressed bytes read"
-            ) from e
-    found = _read_whole_or_parts(folder, name, dataset)
-    if found is not None:
-        return found
-    raise DataError(
-        f"{dataset}: missing file: expected {folder / (name + '.gz')} (or its .partNN pieces, "
-        f"or the uncompressed {folder / name})"
-    )
+    found = find_stored(folder, name, dataset)
+    if found is None:
+        raise DataError(
+            f"{dataset}: missing file: expected {folder / (name + '.gz')} (or its .partNN pieces, "
+            f"or the uncompressed {folder / name})"
+        )
+    return read_stored(*found, dataset)

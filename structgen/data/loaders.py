@@ -1,7 +1,7 @@
 """The training loader a config asks for: ``data.loader`` = memory (TensorLoader) or ffcv.
 
 Both kinds take the same arguments, serve the same order for the same seed (see
-ffcv_loader.epoch_order) and yield (x float [0,1] NCHW, y int64, idx int64). With
+memory_loader.ShardedOrder) and yield (x float [0,1] NCHW, y int64, idx int64). With
 ``two_views`` both yield [views1; views2] (2B, C, H, W): FFCV augments inside its pipeline, the
 memory loader through ``augment.two_views`` on the batch.
 
@@ -11,6 +11,7 @@ subset or data folder is refused with the command that rebuilds it.
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 
@@ -27,11 +28,12 @@ def ffcv_dir(data_cfg) -> Path:
     return Path("data") / "ffcv"
 
 
-def rebuild_command(cfg) -> str:
-    """The prepare-data command that writes the .beton files this config's run reads."""
+def rebuild_command(d, seed: int) -> str:
+    """The prepare-data command that writes the .beton files a run with data section ``d`` and
+    run.seed ``seed`` (which draws its splits and subsets) reads."""
     from structgen.config.schema import DataConfig, RunConfig
 
-    d, defaults = cfg.data, DataConfig()
+    defaults = DataConfig()
     parts = ["structgen prepare-data", f"--dataset {d.dataset}", "--format ffcv",
              f"--ffcv-dir {shlex.quote(str(ffcv_dir(d)))}"]
     if d.data_dir:
@@ -40,13 +42,19 @@ def rebuild_command(cfg) -> str:
         parts.append(f"--path {shlex.quote(str(d.path))}")
     if d.ffcv_image_mode != "raw":
         parts.append(f"--image-mode {d.ffcv_image_mode}")
-    if cfg.run.seed != RunConfig().seed:
-        parts.append(f"--seed {cfg.run.seed}")
+    if seed != RunConfig().seed:
+        parts.append(f"--seed {seed}")
     for key in ("test_fraction", "num_clusters_data", "train_subset", "test_subset", "image_size", "channels",
                 "labels", "on_bad_image"):
         if getattr(d, key) != getattr(defaults, key):
             parts.append(f"--set data.{key}={getattr(d, key)}")
     return " ".join(parts)
+
+
+def run_loaders(cfg):
+    """`make_loader` bound to a run's data section and seed: what the training loops are handed,
+    so that they never see the config's data keys."""
+    return functools.partial(make_loader, cfg.data, split_seed=cfg.run.seed)
 
 
 def _numpy(a) -> np.ndarray:
@@ -74,16 +82,17 @@ class _WithViews:
             yield two_views(x), y, idx
 
 
-def make_loader(cfg, images, labels, batch_size: int, *, split: str = "train", shuffle: bool = True,
+def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shuffle: bool = True,
                 seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
-                device="cpu", two_views: bool = False):
-    """TensorLoader or FFCVLoader per ``cfg.data.loader``, over ``images``/``labels`` of ``split``.
+                device="cpu", two_views: bool = False, split_seed: int = 0):
+    """TensorLoader or FFCVLoader per the data section ``d`` (``d.loader``), over
+    ``images``/``labels`` of ``split``; ``seed`` orders the batches.
 
-    ``images``/``labels`` are the run's arrays of that split (after the config's subsets); the
-    FFCV loader reads the same images from the split's .beton file and refuses a file that
-    holds anything else.
+    ``images``/``labels`` are the run's arrays of that split (after the config's subsets, drawn
+    with run.seed = ``split_seed``); the FFCV loader reads the same images from the split's
+    .beton file and refuses a file that holds anything else.
     """
-    kind = cfg.data.loader
+    kind = d.loader
     if kind == "memory":
         loader = TensorLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
                               world_size=world_size, drop_last=drop_last, indices=indices, device=device)
@@ -93,11 +102,10 @@ def make_loader(cfg, images, labels, batch_size: int, *, split: str = "train", s
     from structgen.data.ffcv_files import beton_path, fingerprint
     from structgen.data.ffcv_loader import FFCVLoader
 
-    d = cfg.data
     images, labels = _numpy(images), _numpy(labels)
     expect = {"dataset": d.dataset, "split": split, "count": len(images), "shape": list(images.shape[1:]),
               "image_mode": d.ffcv_image_mode, "fingerprint": fingerprint(images, labels),
-              "rebuild": rebuild_command(cfg)}
+              "rebuild": rebuild_command(d, split_seed)}
     return FFCVLoader(beton_path(ffcv_dir(d), d.dataset, split), batch_size, shuffle=shuffle, seed=seed,
                       rank=rank, world_size=world_size, drop_last=drop_last, indices=indices, device=device,
                       num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect)

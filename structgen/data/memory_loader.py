@@ -50,42 +50,33 @@ def to_device_float(batch_uint8: torch.Tensor, device) -> torch.Tensor:
     return batch_uint8.float().div_(255.0)
 
 
-class TensorLoader:
-    """In-memory batches from uint8 NCHW arrays.
+class ShardedOrder:
+    """The order a loader serves its samples in: per rank, per epoch (see the module docstring).
 
-    Yields (x, y, idx): x float32 in [0,1] (B,C,H,W), y int64 labels, idx int64 dataset indices.
-    ``indices`` restricts the loader to a subset (sub-tree training); ``idx`` still refers to
-    the full arrays.
+    Shared by TensorLoader and FFCVLoader so that both serve the same indices for the same seed.
+    Holds the argument checks, the batch count, the epoch counter and the checkpoint state;
+    subclasses add the data and ``__iter__``. Messages name the subclass.
     """
 
-    def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
-                 device="cpu"):
-        self.device = torch.device(device)
-        self.images = _as_tensor(images, torch.uint8, "images").to(self.device)
-        self.labels = _as_tensor(labels, torch.int64, "labels").to(self.device)
-        n_total = len(self.images)
-        if self.images.ndim != 4:
-            raise ValueError("TensorLoader: images must be N x C x H x W, got shape "
-                             f"{tuple(self.images.shape)}")
-        if self.labels.shape != (n_total,):
-            raise ValueError(f"TensorLoader: {n_total} images but labels of shape {tuple(self.labels.shape)}")
+    def __init__(self, n_total: int, batch_size: int, *, shuffle: bool, seed: int, rank: int,
+                 world_size: int, drop_last: bool, indices=None):
+        name = type(self).__name__
         if not 0 <= rank < world_size:
-            raise ValueError(f"TensorLoader: rank {rank} is outside 0..{world_size - 1} "
+            raise ValueError(f"{name}: rank {rank} is outside 0..{world_size - 1} "
                              f"(world_size {world_size})")
         if batch_size < 1:
-            raise ValueError(f"TensorLoader: batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
 
         if indices is None:
             self.indices = torch.arange(n_total, dtype=torch.int64)
         else:
             self.indices = _as_tensor(indices, torch.int64, "indices").reshape(-1).cpu()
             if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n_total):
-                raise ValueError(f"TensorLoader: indices must lie in 0..{n_total - 1}, got range "
+                raise ValueError(f"{name}: indices must lie in 0..{n_total - 1}, got range "
                                  f"{int(self.indices.min())}..{int(self.indices.max())}")
         n = len(self.indices)
         if n == 0:
-            raise ValueError("TensorLoader: no samples to serve (empty images or indices)")
+            raise ValueError(f"{name}: no samples to serve (empty images or indices)")
 
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
@@ -96,7 +87,7 @@ class TensorLoader:
                      else math.ceil(self.num_samples / batch_size))
         if n_batches == 0:
             raise ValueError(
-                f"TensorLoader: batch_size {batch_size} is larger than this rank's shard of "
+                f"{name}: batch_size {batch_size} is larger than this rank's shard of "
                 f"{self.num_samples} samples ({n} samples over world_size {world_size}) and "
                 f"drop_last=True, so there would be no batches"
             )
@@ -121,9 +112,43 @@ class TensorLoader:
             order = order.repeat(reps)[: self.total_size]
         return order[self.rank :: self.world_size]
 
-    # ---- iteration -----------------------------------------------------------------------
     def __len__(self) -> int:
         return self._num_batches
+
+    # ---- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"epoch", "seed"} - set(state)
+        if missing:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {sorted(missing)} "
+                           f"in {state}")
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+
+
+class TensorLoader(ShardedOrder):
+    """In-memory batches from uint8 NCHW arrays.
+
+    Yields (x, y, idx): x float32 in [0,1] (B,C,H,W), y int64 labels, idx int64 dataset indices.
+    ``indices`` restricts the loader to a subset (sub-tree training); ``idx`` still refers to
+    the full arrays.
+    """
+
+    def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
+                 device="cpu"):
+        self.device = torch.device(device)
+        self.images = _as_tensor(images, torch.uint8, "images").to(self.device)
+        self.labels = _as_tensor(labels, torch.int64, "labels").to(self.device)
+        n_total = len(self.images)
+        if self.images.ndim != 4:
+            raise ValueError("TensorLoader: images must be N x C x H x W, got shape "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.shape != (n_total,):
+            raise ValueError(f"TensorLoader: {n_total} images but labels of shape {tuple(self.labels.shape)}")
+        super().__init__(n_total, batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size, drop_last=drop_last, indices=indices)
 
     def __iter__(self):
         shard = self.epoch_indices().to(self.device)
@@ -133,13 +158,3 @@ class TensorLoader:
             x = self.images[idx].float().div_(255.0)
             yield x, self.labels[idx], idx
         self.epoch += 1  # only reached after a complete pass
-
-    # ---- checkpointing -------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = {"epoch", "seed"} - set(state)
-        if missing:
-            raise KeyError(f"TensorLoader.load_state_dict: missing keys {sorted(missing)} in {state}")
-        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])

@@ -16,7 +16,6 @@ import numpy as np
 
 SIDE = 28
 CLASS_NAMES = ["big disk", "small disk", "thick frame", "thin frame"]
-SUPERCLASS_NAMES = ["disk", "frame"]
 SIZES = {"train": 2000, "test": 500}
 _SPLIT_STREAM = {"train": 0, "test": 1}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from structgen.errors import DataError
-from structgen.data.file_bytes import read_file_bytes
+from structgen.data.file_bytes import find_stored, read_stored
 from structgen.data.idx import parse_idx_images, parse_idx_labels
 
 
@@ -70,17 +70,30 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | No
     return images, (_check_labels(labels, len(images), where) if labels is not None else None), names
 
 
+def _idx_labels_file(images: Path) -> tuple[Path, list[Path]] | None:
+    """The idx1 labels file beside an idx3 images file, as ``file_bytes.find_stored`` finds it
+    (``.gz`` first, whole or in pieces, then plain); None for other files or when there is none.
+    Reading and fingerprinting both ask here, so the labels read are the labels hashed."""
+    name = images.name.removesuffix(".gz")
+    labels = name.replace("images-idx3", "labels-idx1")
+    return find_stored(images.parent, labels, "arrays") if labels != name else None
+
+
+def data_files(path: Path) -> list[Path]:
+    """The files an arrays data set is read from: ``path`` and, for idx, its labels file (or pieces)."""
+    labels = _idx_labels_file(path)
+    return [path] + (labels[1] if labels else [])
+
+
 def _read_idx(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    data, where = read_file_bytes(path.parent, name, "arrays")
+    data, where = read_stored(path, [path], "arrays")   # the file named, not a .gz copy beside it
     if len(data) < 16:
         raise DataError(f"{where}: truncated: shorter than the 16-byte IDX images header")
     rows, cols = struct.unpack(">2i", data[8:16])
     images = parse_idx_images(data, where, (rows, cols))
-    labels = None
-    label_name = name.replace("images-idx3", "labels-idx1")
-    if label_name != name and any(path.parent.glob(label_name + "*")):
-        label_bytes, label_where = read_file_bytes(path.parent, label_name, "arrays")
+    labels, labels_file = None, _idx_labels_file(path)
+    if labels_file is not None:
+        label_bytes, label_where = read_stored(*labels_file, "arrays")
         labels = parse_idx_labels(label_bytes, label_where, 256)
         if len(labels) != len(images):
             raise DataError(f"{where} holds {len(images)} images but {label_where} holds {len(labels)} labels")
@@ -98,7 +111,6 @@ def read_arrays(path: Path, hasher) -> tuple[np.ndarray, np.ndarray | None, list
     if labels is not None and names is not None and len(names) <= int(labels.max(initial=-1)):
         raise DataError(f"{path}: 'labels' go up to {int(labels.max())} but 'class_names' has only {len(names)} "
                         f"names")
-    label_name = path.name.replace("images-idx3", "labels-idx1")
-    for p in [path] + (sorted(path.parent.glob(label_name + "*")) if label_name != path.name else []):
+    for p in data_files(path):
         hasher.add(p.name, p.read_bytes())     # the labels file belongs to the data too
     return images, labels, names

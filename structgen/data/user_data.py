@@ -39,8 +39,8 @@ class FileHasher:
 def _data_files(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
-    labels = path.name.replace("images-idx3", "labels-idx1")
-    return [path] + sorted(path.parent.glob(labels + "*") if labels != path.name else [])
+    from structgen.data.user_arrays import data_files
+    return data_files(path)
 
 
 def _key(d, seed: int, path: Path) -> tuple:
@@ -49,13 +49,20 @@ def _key(d, seed: int, path: Path) -> tuple:
             seed, stats)
 
 
-def _pool_split(labels: np.ndarray, test_fraction: float, seed: int, where: str):
+def _check_pool_size(n: int, where: str) -> None:
+    if n < 2:
+        raise DataError(f"{where}: only {n} image; a run needs at least 2 (one to train on, one to test on)")
+
+
+def _split_pool(images, labels, names, sources, fp: str, test_fraction: float, seed: int, where: str) -> dict:
+    """Train and test drawn from one pool of images (a seeded stratified split), as _CACHE holds them."""
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     if not len(train_idx) or not len(test_idx):
         raise DataError(f"{where}: {len(labels)} images are too few to hold out data.test_fraction = "
                         f"{test_fraction} for testing and keep the rest for training; add images, or make "
                         f"train/ and test/ folders")
-    return train_idx, test_idx
+    return {s: (images[i], labels[i], names, [sources[k] for k in i], fp)
+            for s, i in (("train", train_idx), ("test", test_idx))}
 
 
 def _read_folder(d, seed: int, root: Path) -> dict:
@@ -72,17 +79,12 @@ def _read_folder(d, seed: int, root: Path) -> dict:
         if bool(train.class_names) != bool(test.class_names):
             raise DataError(f"folder {root}: train/ and test/ must both have class folders or both be unlabelled")
         test = relabel(test, names, f"folder {splits['test']}")
-        parts = {"train": train, "test": test}
-    else:
-        pool = read(next(iter(splits.values())) if splits else root)
-        if len(pool.images) < 2:
-            raise DataError(f"folder {root}: only {len(pool.images)} image; a run needs at least 2 (one to train "
-                            f"on, one to test on)")
-        tr, te = _pool_split(pool.labels, d.test_fraction, seed, f"folder {root}")
-        parts = {s: type(pool)(pool.images[i], pool.labels[i], pool.class_names, [pool.sources[k] for k in i])
-                 for s, i in (("train", tr), ("test", te))}
-    fp = hasher.describe()
-    return {s: (p.images, p.labels, p.class_names, p.sources, fp) for s, p in parts.items()}
+        fp = hasher.describe()
+        return {s: (p.images, p.labels, p.class_names, p.sources, fp) for s, p in (("train", train), ("test", test))}
+    pool = read(next(iter(splits.values())) if splits else root)
+    _check_pool_size(len(pool.images), f"folder {root}")
+    return _split_pool(pool.images, pool.labels, pool.class_names, pool.sources, hasher.describe(), d.test_fraction,
+                       seed, f"folder {root}")
 
 
 def _read_arrays(d, seed: int, path: Path) -> dict:
@@ -91,8 +93,7 @@ def _read_arrays(d, seed: int, path: Path) -> dict:
 
     hasher = FileHasher()
     images, labels, names = read_arrays(path, hasher)
-    if len(images) < 2:
-        raise DataError(f"{path}: only {len(images)} image; a run needs at least 2 (one to train on, one to test on)")
+    _check_pool_size(len(images), str(path))     # before converting: labels.max() below needs an image
     images = convert_array_images(images, d.image_size, d.channels, str(path))
     if labels is None or d.labels == "none":
         if d.labels == "folders":
@@ -100,10 +101,8 @@ def _read_arrays(d, seed: int, path: Path) -> dict:
         labels, names = np.full(len(images), -1, dtype=np.int64), []
     elif names is None:
         names = [str(k) for k in range(int(labels.max()) + 1)]
-    tr, te = _pool_split(labels, d.test_fraction, seed, str(path))
-    fp = hasher.describe()
     sources = [f"{path}#{i}" for i in range(len(images))]
-    return {s: (images[i], labels[i], names, [sources[k] for k in i], fp) for s, i in (("train", tr), ("test", te))}
+    return _split_pool(images, labels, names, sources, hasher.describe(), d.test_fraction, seed, str(path))
 
 
 def read_user_split(d, split: str, seed: int):

@@ -3,5 +3,5 @@
 Layers, each usable alone: `schedule` (the noise process), `samplers` (DDPM / DDIM behind one
 `set_timesteps` / `step` interface), `unet` (the network), `conditioning` + `vae_condition`
 (what the network is told about the tree), `loop` (training with EMA), `modes` (the four
-generation modes), `api` (what the CLI calls).
+generation modes); what the CLI calls is `structgen/ddpm_api.py`.
 """

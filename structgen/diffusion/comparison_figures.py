@@ -23,6 +23,8 @@ def leaf_rows_figure(blocks: list[list[tuple[str, np.ndarray]]], probs: np.ndarr
     column with the encoded image (reconstruction modes)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no backend selection
 
+    from structgen.viz import save_figure
+
     n_leaves = len(leaves)
     first = 1 if originals is not None else 0
     n_rows = sum(len(b) for b in blocks)
@@ -49,12 +51,7 @@ def leaf_rows_figure(blocks: list[list[tuple[str, np.ndarray]]], probs: np.ndarr
                 ax.imshow(_as_hwc(images[leaf]), cmap="gray", vmin=0, vmax=1)
                 if r == 0:
                     ax.set_title(f"{leaves[leaf]}  p={probs[s, leaf]:.2f}", fontsize=7, pad=2)
-    if title:
-        fig.suptitle(title, y=1 - 0.05 / height, va="top", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path, DPI, title, title_gap=0.05, title_size=10)
 
 
 def all_leaves_figure(vae: np.ndarray, ddpm: np.ndarray, probs: np.ndarray, leaves: list[str], path,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+from structgen.diffusion.unet import UNet, UNetSpec
 from structgen.tree.topology import Tree
 
 KINDS = ("none", "leaf", "path")
@@ -37,13 +38,6 @@ class Condition:
 
     def __len__(self) -> int:
         return self.recon.shape[0]
-
-    def _map(self, fn) -> "Condition":
-        return Condition(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name)))
-                            for f in fields(self)})
-
-    def index(self, idx) -> "Condition":
-        return self._map(lambda v: v[idx])
 
     @staticmethod
     def cat(parts: list["Condition"]) -> "Condition":
@@ -135,6 +129,21 @@ class ConditionalUNet(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.unet(x_t, t, cond.recon_input(), self.signal(cond))
+
+    @classmethod
+    def build(cls, unet_spec: UNetSpec | dict, signal: dict) -> "ConditionalUNet":
+        """The module from plain data (a checkpoint's ``unet_spec`` and ``signal``), so that a
+        checkpoint rebuilds the architecture it holds before loading its weights."""
+        if isinstance(unet_spec, dict):
+            unet_spec = UNetSpec(**{**unet_spec, "image_shape": tuple(unet_spec["image_shape"])})
+        return cls(UNet(unet_spec), SignalEmbedding(signal["kind"], unet_spec.emb_dim, signal["n_leaves"],
+                                                    signal["n_nodes"], signal["z_dim"]))
+
+
+def signal_spec(kind: str, conditioner) -> dict:
+    """The signal part of `ConditionalUNet.build`'s plain data, for ``conditioner``'s tree."""
+    return {"kind": kind, "n_leaves": conditioner.n_leaves, "n_nodes": conditioner.paths.n_nodes,
+            "z_dim": conditioner.z_dim}
 
 
 def guided_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Condition, weight: float) -> torch.Tensor:

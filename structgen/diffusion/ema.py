@@ -23,16 +23,13 @@ class EMA:
         self.updates = 0
 
     def current_decay(self) -> float:
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        d = self.current_decay()
         online = dict(module.named_parameters())
         shadow = [(p, online[n]) for n, p in self.shadow.named_parameters()]
-        torch._foreach_lerp_([s for s, _ in shadow], [o.detach() for _, o in shadow], 1.0 - d)
+        torch._foreach_lerp_([s for s, _ in shadow], [o.detach() for _, o in shadow], 1.0 - self.current_decay())
         for (_, b_s), (_, b_o) in zip(self.shadow.named_buffers(), module.named_buffers()):
             b_s.copy_(b_o)
         self.updates += 1

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import torch
 
-from structgen.config import config_to_dict
-from structgen.data.loaders import make_loader
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.diffusion.ema import EMA
-from structgen.diffusion.network import build_model, signal_spec
+from structgen.diffusion.conditioning import ConditionalUNet, signal_spec
 from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNetSpec
@@ -34,34 +32,37 @@ _RANK_SEED_STRIDE = 7919
 
 
 class DDPMTrainer:
-    def __init__(self, cfg, ctx: Context, train_set, conditioner: VAEConditioner, vae_blob: dict, log, progress,
-                 saved: dict | None = None, preview=None):
-        d = cfg.diffusion
-        self.cfg, self.d, self.ctx, self.log, self.progress = cfg, d, ctx, log, progress
-        self.conditioner, self.vae_blob, self.preview = conditioner, vae_blob, preview
+    """Trains with the ``diffusion`` and ``run`` config sections; batches come from ``loaders``
+    (`data.loaders.make_loader` bound to the run's data section) and ``record`` (the run's
+    resolved config and its frozen TreeVAE) goes unchanged into every checkpoint."""
+
+    def __init__(self, d, run, ctx: Context, train_set, conditioner: VAEConditioner, *, loaders, record: dict,
+                 log, progress, saved: dict | None = None, preview=None):
+        self.d, self.seed, self.ctx, self.log, self.progress = d, run.seed, ctx, log, progress
+        self.conditioner, self.record, self.preview = conditioner, record, preview
         per_rank = d.batch_size // ctx.world_size
         if per_rank < 1:
             raise ValueError(f"diffusion.batch_size = {d.batch_size} is smaller than the {ctx.world_size} workers")
-        torch.manual_seed(cfg.run.seed)                  # identical initial weights on every rank
+        torch.manual_seed(run.seed)                      # identical initial weights on every rank
         self.unet_spec = UNetSpec.from_config(d, conditioner.image_shape)
         self.signal = signal_spec(d.conditioning, conditioner)
-        self.precision = StepPrecision.of_run(cfg.run, ctx.device)
-        self.model = self.precision.module(build_model(self.unet_spec, self.signal).to(ctx.device))
+        self.precision = StepPrecision.of_run(run, ctx.device)
+        self.model = self.precision.module(ConditionalUNet.build(self.unet_spec, self.signal).to(ctx.device))
         self.ema = EMA(self.model, d.ema_decay, d.ema_warmup)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr)
         warmup = max(d.warmup_steps, 1)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.schedule = NoiseSchedule.from_config(d)
         # Shuffled, unlike the reference (§8 perf 6); sharded by rank with equal batch counts.
-        self.loader = make_loader(cfg, train_set.images, train_set.labels, per_rank, split="train", shuffle=True,
-                                  seed=cfg.run.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
-                                  device=ctx.device)
+        self.loader = loaders(train_set.images, train_set.labels, per_rank, split="train", shuffle=True,
+                              seed=run.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
+                              device=ctx.device)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.sums = self._zero_sums()
         if saved is not None:
             self._restore(saved)
         else:
-            torch.manual_seed(cfg.run.seed + 1 + _RANK_SEED_STRIDE * ctx.rank)
+            torch.manual_seed(run.seed + 1 + _RANK_SEED_STRIDE * ctx.rank)
         self.train_module = ctx.wrap(self.model)
         self.process = DiffusionProcess(self.train_module, self.schedule, self.precision.memory_format)
 
@@ -80,15 +81,15 @@ class DDPMTrainer:
         if self.ctx.rank == 0:
             set_rng_state(saved["rng"])
         else:
-            torch.manual_seed(self.cfg.run.seed + 1 + _RANK_SEED_STRIDE * self.ctx.rank + self.step)
+            torch.manual_seed(self.seed + 1 + _RANK_SEED_STRIDE * self.ctx.rank + self.step)
 
     def state(self) -> dict:
-        return {"config": config_to_dict(self.cfg), "unet_spec": self.unet_spec.to_dict(), "signal": self.signal,
+        return {**self.record, "unet_spec": self.unet_spec.to_dict(), "signal": self.signal,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "epoch_sums": self.sums.cpu(), "rng": rng_state(), "metrics_lines": self.log.lines,
-                "vae": self.vae_blob, "vae_run": self.cfg.diffusion.vae_run}
+                "vae_run": self.d.vae_run}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -169,9 +170,10 @@ class DDPMTrainer:
                 self.checkpoint()
             if self.preview is not None and d.sample_every and self.epoch % d.sample_every == 0:
                 self._preview()
+        # epochs = 0: still leave a loadable run. Every rank checkpoints (a collective), on rank 0's word.
+        if self.ctx.broadcast_object(not self.checkpoint_path.exists() if self.ctx.is_main else None):
+            self.checkpoint()
         if self.ctx.is_main:
-            if not self.checkpoint_path.exists():   # epochs = 0: still leave a loadable run
-                self.checkpoint()
             shutil.copyfile(self.checkpoint_path, final_checkpoint(self.ctx.run_dir))
         self.ctx.barrier()
         return self.ema.shadow

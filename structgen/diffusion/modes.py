@@ -128,9 +128,8 @@ class DiffusionSampler:
             result["originals"] = o.astype(np.float32) / 255.0 if o.dtype == np.uint8 else o
             if labels is not None:
                 result["labels"] = np.asarray(labels[:n])
-        n_images = n * (n_leaves if all_leaves else 1)
         result["seconds"] = np.float64(seconds)
-        result["images_per_s"] = np.float64(n_images / max(seconds, 1e-9))
+        result["images_per_s"] = np.float64(n * (n_leaves if all_leaves else 1) / max(seconds, 1e-9))
         return result
 
 
@@ -141,8 +140,7 @@ def write_outputs(result: dict, out_dir: Path, mode: str, leaves: list[str], met
     written = []
     images, vae = result["images"], result["vae"]
     if mode.endswith("_all_leaves"):
-        for i, leaf in enumerate(leaves):
-            written.append(save_grid(images[:, i], out_dir / f"leaf{i:02d}_{leaf}.png"))
+        written += [save_grid(images[:, i], out_dir / f"leaf{i:02d}_{leaf}.png") for i, leaf in enumerate(leaves)]
         written.append(all_leaves_figure(vae, images, result["leaf_probs"], leaves, out_dir / "all_leaves.png",
                                          originals=result.get("originals"),
                                          title=f"{mode}: VAE and DDPM image of every leaf ({meta.get('sampler', '')})"))

@@ -37,8 +37,6 @@ class _Scheduler:
 
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
-        self.timesteps = torch.arange(schedule.T - 1, -1, -1)
-        self._prev: dict[int, int] = {}
 
     def _set(self, ascending: torch.Tensor) -> None:
         ts = ascending.tolist()
@@ -67,12 +65,11 @@ class DDPMScheduler(_Scheduler):
     def __init__(self, schedule: NoiseSchedule, variance: str = "fixedlarge"):
         super().__init__(schedule)
         if variance == "fixedlarge":
-            var = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])
+            self.variance = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])
         elif variance == "fixedsmall":
-            var = schedule.posterior_variance
+            self.variance = schedule.posterior_variance
         else:
             raise ValueError(f"unknown DDPM variance {variance!r}: expected fixedlarge or fixedsmall")
-        self.variance = var
         self.set_timesteps()
 
     def set_timesteps(self, n: int | None = None) -> None:
@@ -99,28 +96,24 @@ class DDIMScheduler(_Scheduler):
     ancestral sampling with the posterior variance.
     """
 
-    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "quad"):
+    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, spacing: str = "quad", n_steps: int | None = None):
         super().__init__(schedule)
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"DDIM eta must lie in [0, 1]; got {eta}")
         self.eta, self.spacing = eta, spacing
         self.needs_noise = eta > 0
-        self.set_timesteps(schedule.T)
+        self.set_timesteps(n_steps)
 
     def set_timesteps(self, n: int | None = None) -> None:
         self._set(spaced_timesteps(self.schedule.T, n or self.schedule.T, self.spacing))
-
-    def sigma(self, t: int, t_prev: int) -> float:
-        ab, ab_prev = self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_prev)
-        return self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab)) * math.sqrt(1.0 - ab / ab_prev)
 
     def step(self, eps, t, x_t, generator=None, noise=None) -> StepOutput:
         t = int(t)
         t_prev = self.prev_timestep(t)
         x0 = self.x0(eps, t, x_t)
         eps = self.schedule.eps_from_x0(x_t, t, x0)      # consistent with the clamped x̂_0
-        ab_prev = self.schedule.alpha_bar(t_prev)
-        sigma = self.sigma(t, t_prev)
+        ab, ab_prev = self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_prev)
+        sigma = self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab)) * math.sqrt(1.0 - ab / ab_prev)
         out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1.0 - ab_prev - sigma ** 2, 0.0)) * eps
         if sigma > 0 and t_prev >= 0:
             out = out + sigma * _noise(x_t, generator, noise)
@@ -132,9 +125,7 @@ def make_scheduler(schedule: NoiseSchedule, sampler: str, *, n_steps: int | None
     if sampler == "ddpm":
         return DDPMScheduler(schedule, variance)
     if sampler == "ddim":
-        sched = DDIMScheduler(schedule, eta, spacing)
-        sched.set_timesteps(n_steps)
-        return sched
+        return DDIMScheduler(schedule, eta, spacing, n_steps)
     raise ValueError(f"unknown sampler {sampler!r}: expected ddpm or ddim")
 
 

@@ -20,11 +20,10 @@ class NoiseSchedule:
             raise ValueError(f"NoiseSchedule needs at least 2 timesteps; got {n_timesteps}")
         self.T = n_timesteps
         self.betas = torch.linspace(beta1, beta2, n_timesteps, dtype=torch.float64)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         # Variance of q(x_{t-1} | x_t, x_0); zero at t=0, where x_0 is reached.
-        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_variance = self.betas * (1.0 - ab_prev) / (1.0 - self.alphas_cumprod)
 
     @classmethod
     def from_config(cls, d) -> "NoiseSchedule":
@@ -34,13 +33,9 @@ class NoiseSchedule:
         """ᾱ_t for one timestep; t = -1 means "before the first step" (ᾱ = 1)."""
         return 1.0 if t < 0 else float(self.alphas_cumprod[t])
 
-    def _per_sample(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        v = values.to(t.device)[t].to(like.dtype)
-        return v.view(-1, *([1] * (like.ndim - 1)))
-
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε, with t one timestep per sample."""
-        ab = self._per_sample(self.alphas_cumprod, t, x0)
+        ab = self.alphas_cumprod.to(t.device)[t].to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
 
     def predict_x0(self, x_t: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,9 @@ def write_scores(scores: dict, tree, out_dir: Path, meta: dict, class_names=None
     """scores.json and one generation figure per model; returns the written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for model, title in MODELS.items():
-        written.append(draw_generation_figure(tree, scores["leaf_images"][model], scores[model]["histograms"],
-                                              scores["leaf_weights"], out_dir / f"generation_{model}.png",
-                                              class_names=class_names, title=title))
+    written = [draw_generation_figure(tree, scores["leaf_images"][model], scores[model]["histograms"],
+                                      scores["leaf_weights"], out_dir / f"generation_{model}.png",
+                                      class_names=class_names, title=title) for model, title in MODELS.items()]
     summary = {**meta, "cfd_label": CFD_LABEL, "train_floor_cfd": scores["train_floor_cfd"],
                "leaves": tree.leaves(), "leaf_weights": np.asarray(scores["leaf_weights"]).round(4).tolist(),
                **{model: {"cfd": scores[model]["cfd"], "purity": scores[model]["purity"],
@@ -78,8 +76,7 @@ def write_scores(scores: dict, tree, out_dir: Path, meta: dict, class_names=None
 
 def format_table(scores: dict) -> str:
     rows = [f"{'':22s} {'CFD to test':>12s} {'purity':>8s}"]
-    for model, title in MODELS.items():
-        rows.append(f"{title:22s} {scores[model]['cfd']:12.3f} {scores[model]['purity']:8.3f}")
+    rows += [f"{title:22s} {scores[m]['cfd']:12.3f} {scores[m]['purity']:8.3f}" for m, title in MODELS.items()]
     if scores.get("train_floor_cfd") is not None:
         rows.append(f"{'training images':22s} {scores['train_floor_cfd']:12.3f} {'':>8s}")
     return "\n".join(rows)

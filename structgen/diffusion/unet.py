@@ -113,7 +113,7 @@ class Attention(nn.Module):
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.proj = zero(nn.Conv1d(ch, ch, 1))
 
-    def forward(self, x, emb=None):
+    def forward(self, x):
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, h * w))                 # (B, 3C, N)
         q, k, v = qkv.reshape(b, 3, self.n_heads, c // self.n_heads, h * w).transpose(-1, -2).unbind(1)
@@ -122,35 +122,24 @@ class Attention(nn.Module):
         return x + self.proj(out).reshape(b, c, h, w)
 
 
-class InConv(nn.Conv2d):
-    def forward(self, x, emb=None):
-        return super().forward(x)
+class Resample(nn.Module):
+    """Halve the feature map (stride-2 convolution) or double it (nearest upsampling, then a convolution)."""
 
-
-class Down(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, up: bool):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.up = up
+        self.conv = nn.Conv2d(ch, ch, 3, stride=1 if up else 2, padding=1)
 
-    def forward(self, x, emb=None):
-        return self.conv(x)
-
-
-class Up(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x, emb=None):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest") if self.up else x)
 
 
 class Stage(nn.ModuleList):
-    """Layers applied in order, each given the embedding (improved-diffusion's TimestepEmbedSequential)."""
+    """Layers applied in order, residual blocks given the embedding (improved-diffusion's TimestepEmbedSequential)."""
 
     def forward(self, x, emb):
         for layer in self:
-            x = layer(x, emb)
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
 
 
@@ -169,7 +158,7 @@ class UNet(nn.Module):
                 layers.append(Attention(ch_out, spec.n_heads))
             return layers
 
-        self.down = nn.ModuleList([Stage([InConv(2 * c, dim, 3, padding=1)])])
+        self.down = nn.ModuleList([Stage([nn.Conv2d(2 * c, dim, 3, padding=1)])])
         skips, ch = [dim], dim
         for level, mult in enumerate(spec.dim_mults):
             for _ in range(spec.n_residual):
@@ -177,7 +166,7 @@ class UNet(nn.Module):
                 ch = dim * mult
                 skips.append(ch)
             if level < len(spec.dim_mults) - 1:
-                self.down.append(Stage([Down(ch)]))
+                self.down.append(Stage([Resample(ch, up=False)]))
                 skips.append(ch)
         self.middle = Stage([ResBlock(ch, ch, emb_dim, spec.dropout), Attention(ch, spec.n_heads),
                              ResBlock(ch, ch, emb_dim, spec.dropout)])
@@ -187,7 +176,7 @@ class UNet(nn.Module):
                 layers = res(ch + skips.pop(), dim * spec.dim_mults[level], sizes[level])
                 ch = dim * spec.dim_mults[level]
                 if level and i == spec.n_residual:
-                    layers.append(Up(ch))
+                    layers.append(Resample(ch, up=True))
                 self.up.append(Stage(layers))
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, c, 3, padding=1)))
 

@@ -47,22 +47,14 @@ class VAEConditioner:
         self.kind = kind
         self.tree = vae.tree
         self.leaves = vae.tree.leaves()
+        self.n_leaves = len(self.leaves)
         self.paths = PathTable(vae.tree)
         s = vae.spec
         self.z_dim = s.latent_channels * s.representation_dim ** 2
-
-    @property
-    def n_leaves(self) -> int:
-        return len(self.leaves)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.vae.spec.image_shape)
+        self.image_shape: tuple[int, int, int] = tuple(s.image_shape)
 
     def _z_all(self, z: dict) -> torch.Tensor | None:
-        if self.kind != "path":
-            return None
-        return torch.stack([z[p].flatten(1) for p in self.tree.bfs()], dim=1)
+        return torch.stack([z[p].flatten(1) for p in self.tree.bfs()], dim=1) if self.kind == "path" else None
 
     @torch.no_grad()
     def posterior(self, x01: torch.Tensor) -> LeafParts:

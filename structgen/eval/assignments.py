@@ -91,22 +91,15 @@ class CsvWriter:
         self.file.close()
 
 
-def run_assignment(model, stream: ImageStream, device, *, latents: bool = False, on_batch=None,
-                   keep: bool = True) -> Assignments:
-    """Assign every image of ``stream``; ``on_batch(names, probs, z)`` sees each batch (the CSV
-    writer, progress). With ``keep=False`` nothing is accumulated (bounded memory)."""
+def run_assignment(model, stream: ImageStream, device, *, latents: bool = False) -> Assignments:
+    """Assign every image of ``stream``, kept in memory (`api.assign_to_csv` streams instead)."""
     names, probs, zs = [], [], []
     for batch_names, x in stream.batches:
         p, z = assign_batch(model, x, device, latents)
-        if on_batch is not None:
-            on_batch(batch_names, p, z)
-        if keep:
-            names += batch_names
-            probs.append(p)
-            if z is not None:
-                zs.append(z)
+        names += batch_names
+        probs.append(p)
+        if z is not None:
+            zs.append(z)
     leaves = model.tree.leaves()
-    if not keep:
-        return Assignments([], leaves, np.zeros((0, len(leaves)), np.float32))
     return Assignments(names, leaves, np.concatenate(probs) if probs else np.zeros((0, len(leaves)), np.float32),
                        np.concatenate(zs) if zs else None)

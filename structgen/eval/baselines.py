@@ -12,20 +12,6 @@ import numpy as np
 from structgen.eval.clustering import ari, cluster_acc, nmi
 
 
-def _flat_pixels(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim < 2:
-        raise ValueError(f"pixel_baselines expects images shaped (N, C, H, W); got shape {images.shape}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"pixel_baselines expects uint8 images (0..255); got dtype {images.dtype}")
-    # float32 halves memory versus float64 and k-means is insensitive to the difference.
-    return images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
-
-
-def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    return {"acc": cluster_acc(y_true, y_pred), "nmi": nmi(y_true, y_pred), "ari": ari(y_true, y_pred)}
-
-
 def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, max_ward: int = 10000) -> dict:
     """k-means and Ward agglomerative clustering on raw pixels: ACC/NMI/ARI against ``y_true``,
     or, when ``y_true`` is None (unlabelled data), the cluster sizes (largest first).
@@ -37,29 +23,33 @@ def pixel_baselines(images_uint8_NCHW, y_true, n_clusters: int, seed: int = 0, m
     """
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
-    x = _flat_pixels(images_uint8_NCHW)
+    images = np.asarray(images_uint8_NCHW)
+    if images.ndim < 2:
+        raise ValueError(f"pixel_baselines expects images shaped (N, C, H, W); got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"pixel_baselines expects uint8 images (0..255); got dtype {images.dtype}")
+    # float32 halves memory versus float64 and k-means is insensitive to the difference.
+    x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
     y = np.zeros(x.shape[0], dtype=np.int64) if y_true is None else np.asarray(y_true).astype(np.int64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"y_true has shape {y.shape} but there are {x.shape[0]} images")
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters must be in 1..{x.shape[0]} (the number of images); got {n_clusters}")
 
-    def scored(pred: np.ndarray, truth: np.ndarray) -> dict:
-        # Without labels (y_true None) a baseline can only say how it splits the images.
-        if y_true is not None:
-            return _scores(truth, pred)
-        return {"sizes": sorted(np.bincount(pred, minlength=n_clusters).tolist(), reverse=True)}
+    def fit_and_score(model, x_fit: np.ndarray, y_fit: np.ndarray) -> dict:
+        start = time.perf_counter()
+        pred = model.fit(x_fit).labels_
+        seconds = round(time.perf_counter() - start, 2)
+        if y_true is None:  # without labels a baseline can only say how it splits the images
+            scores = {"sizes": sorted(np.bincount(pred, minlength=n_clusters).tolist(), reverse=True)}
+        else:
+            scores = {"acc": cluster_acc(y_fit, pred), "nmi": nmi(y_fit, pred), "ari": ari(y_fit, pred)}
+        return {**scores, "seconds": seconds}
 
-    start = time.perf_counter()
-    kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(x)
-    result = {"kmeans": {**scored(kmeans.labels_, y), "seconds": round(time.perf_counter() - start, 2)}}
-
-    x_ward, y_ward = x, y
+    result = {"kmeans": fit_and_score(KMeans(n_clusters=n_clusters, n_init=10, random_state=seed), x, y)}
     if x.shape[0] > max_ward:
         keep = np.random.default_rng(seed).choice(x.shape[0], size=max_ward, replace=False)
-        x_ward, y_ward = x[keep], y[keep]
+        x, y = x[keep], y[keep]
         result["ward_subset"] = int(max_ward)
-    start = time.perf_counter()
-    ward = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward").fit(x_ward)
-    result["ward"] = {**scored(ward.labels_, y_ward), "seconds": round(time.perf_counter() - start, 2)}
+    result["ward"] = fit_and_score(AgglomerativeClustering(n_clusters=n_clusters, linkage="ward"), x, y)
     return result

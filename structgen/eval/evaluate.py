@@ -14,7 +14,7 @@ from structgen.eval.clustering import clustering_report
 from structgen.models.elbo import log_importance_weights, per_sample_nelbo
 from structgen.models.treevae import TreeVAE
 from structgen.runtime.context import Context
-from structgen.train.assign import leaf_probabilities
+from structgen.runtime.leaf_probabilities import leaf_probabilities
 
 LABELLED_METRICS = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
 
@@ -26,8 +26,7 @@ def _batches(images: np.ndarray, batch_size: int, device):
 
 
 @torch.no_grad()
-def elbo_and_ll(model: TreeVAE, images: np.ndarray, batch_size: int, device, ll_samples: int = 0,
-                progress=None) -> dict:
+def elbo_and_ll(model: TreeVAE, images: np.ndarray, batch_size: int, device, ll_samples: int = 0) -> dict:
     """Mean ELBO (nats per image) and, when ll_samples > 0, the K-sample importance-weighted
     log-likelihood estimate; both with the model in eval mode."""
     model.eval()
@@ -46,9 +45,9 @@ def elbo_and_ll(model: TreeVAE, images: np.ndarray, batch_size: int, device, ll_
     return result
 
 
-def evaluate_model(model: TreeVAE, data, cfg, ctx: Context, progress=None) -> tuple[dict, torch.Tensor]:
-    """All test-set numbers in one JSON-serialisable dict, and the test leaf probabilities."""
-    ev = cfg.evaluation
+def evaluate_model(model: TreeVAE, data, ev, ctx: Context, *, seed: int) -> tuple[dict, torch.Tensor]:
+    """All test-set numbers in one JSON-serialisable dict, and the test leaf probabilities, as
+    the ``evaluation`` config section ``ev`` asks; ``seed`` seeds the pixel baselines."""
     t0 = time.perf_counter()
     test, train = data.test, data.train
     labelled = getattr(data, "labelled", True)
@@ -68,11 +67,10 @@ def evaluate_model(model: TreeVAE, data, cfg, ctx: Context, progress=None) -> tu
         train_report = clustering_report(model.tree, train.labels, train_probs.argmax(1).numpy(), data.num_classes)
         result["train"] = {k: train_report[k] for k in LABELLED_METRICS}
         result["class_names"] = list(data.train.class_names)
-    result.update(elbo_and_ll(model, test.images, ev.batch_size, ctx.device,
-                              ev.ll_samples if ev.compute_ll else 0, progress))
+    result.update(elbo_and_ll(model, test.images, ev.batch_size, ctx.device, ev.ll_samples if ev.compute_ll else 0))
     if ev.baselines:
         result["baselines"] = pixel_baselines(test.images, test.labels if labelled else None,
-                                              len(model.tree.leaves()), seed=cfg.run.seed)
+                                              len(model.tree.leaves()), seed=seed)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result, probs
 

@@ -26,11 +26,6 @@ class ImageStream:
         return len(self.names)
 
 
-def _chunks(names: list[str], batch_size: int):
-    for start in range(0, len(names), batch_size):
-        yield names[start:start + batch_size]
-
-
 def _array_stream(images: np.ndarray, names: list[str], shape, batch_size: int, where: str) -> ImageStream:
     from structgen.data.convert import convert_array_images
     from structgen.data.user_arrays import _nchw, _uint8
@@ -52,9 +47,9 @@ def _file_stream(files: list[Path], shape, batch_size: int, on_bad: str) -> Imag
     names = [str(f) for f in files]
 
     def batches():
-        for chunk in _chunks(names, batch_size):
+        for start in range(0, len(names), batch_size):
             kept, arrays = [], []
-            for name in chunk:            # decoding is per file; only one batch is held at a time
+            for name in names[start:start + batch_size]:  # decoded per file; one batch held at a time
                 try:
                     arrays.append(decode_image(Path(name).read_bytes(), name, side, channels))
                     kept.append(name)

@@ -73,36 +73,26 @@ def most_confident(probs: np.ndarray, k: int) -> list[np.ndarray]:
     return out
 
 
-def write_tree_figure(model: TreeVAE, path: Path, test, leaf_pred: np.ndarray, leaf_mass, num_classes: int,
-                      class_names, samples_per_leaf: int, seed: int, title: str | None = None,
-                      leaf_probs=None, real_per_leaf: int = 0) -> Path:
-    """The learned tree with each leaf's prior samples and probability mass; the class histogram
-    when ``test`` is labelled (num_classes > 0); with ``leaf_probs`` (test images x leaves) and
-    ``real_per_leaf``, the test images each leaf holds most confidently."""
-    images, _ = leaf_samples(model, samples_per_leaf, seed)
-    leaves = model.tree.leaves()
+def write_run_tree_figure(model: TreeVAE, path: Path, data, test_probs, result: dict, cfg) -> Path:
+    """figures/tree.png of an evaluation: the learned tree with each leaf's prior samples and
+    probability mass, the test images it holds most confidently (evaluation.real_per_leaf), and
+    its class histogram when the data has classes; titled with ACC/NMI when it has labels, with
+    the ELBO and image count when it has none."""
+    probs, leaves, test, ev = np.asarray(test_probs), model.tree.leaves(), data.test, cfg.evaluation
+    images, _ = leaf_samples(model, ev.samples_per_leaf, cfg.run.seed)
     hist = None
-    if num_classes:
-        counts = leaf_histograms(model.tree, test.labels, leaf_pred, num_classes)
+    if data.num_classes:
+        counts = leaf_histograms(model.tree, test.labels, probs.argmax(1), data.num_classes)
         hist = {leaf: counts[i] for i, leaf in enumerate(leaves)}
     examples = None
-    if leaf_probs is not None and real_per_leaf:
-        examples = {leaf: test.images[idx] for leaf, idx in zip(leaves, most_confident(leaf_probs, real_per_leaf))}
-    return draw_tree_figure(model.tree, {leaf: images[:, i].numpy() for i, leaf in enumerate(leaves)},
-                            {leaf: float(leaf_mass[i]) for i, leaf in enumerate(leaves)},
-                            hist, path, class_names=class_names if num_classes else None, title=title,
-                            leaf_examples=examples)
-
-
-def write_run_tree_figure(model: TreeVAE, path: Path, data, test_probs, result: dict, cfg) -> Path:
-    """figures/tree.png of an evaluation: titled with ACC/NMI when the data has labels, with
-    the ELBO and image count when it has none."""
-    probs = np.asarray(test_probs)
+    if ev.real_per_leaf:
+        examples = {leaf: test.images[idx] for leaf, idx in zip(leaves, most_confident(probs, ev.real_per_leaf))}
     name = Path(cfg.data.path).name if cfg.data.dataset in ("folder", "arrays") and cfg.data.path else cfg.data.dataset
     if data.labelled:
         title = f"{name}: ACC {result['acc']:.3f}  NMI {result['nmi']:.3f}"
     else:
         title = f"{name}: {result['n_test']} unlabelled test images  ELBO {result['elbo']:.1f}"
-    return write_tree_figure(model, path, data.test, probs.argmax(1), result["leaf_mass"], data.num_classes,
-                             data.train.class_names, cfg.evaluation.samples_per_leaf, cfg.run.seed, title=title,
-                             leaf_probs=probs, real_per_leaf=cfg.evaluation.real_per_leaf)
+    return draw_tree_figure(model.tree, {leaf: images[:, i].numpy() for i, leaf in enumerate(leaves)},
+                            {leaf: float(result["leaf_mass"][i]) for i, leaf in enumerate(leaves)},
+                            hist, path, class_names=data.train.class_names if data.num_classes else None,
+                            title=title, leaf_examples=examples)

@@ -19,20 +19,11 @@ from structgen.tree.topology import ROOT, Tree
 FORMAT = "structgen.tree-export/1"
 
 
-def _mass_below(tree: Tree, leaf_mass: dict[str, float]) -> dict[str, float]:
-    mass = {}
-    for node in reversed(tree.bfs()):            # children before parents
-        kids = tree.children(node)
-        mass[node] = float(leaf_mass.get(node, 0.0)) if not kids else sum(mass[k] for k in kids)
-    return mass
-
-
-def to_newick(tree: Tree, node: str = ROOT) -> str:
+def to_newick(tree: Tree) -> str:
     def walk(p: str) -> str:
         kids = tree.children(p)
-        inner = f"({','.join(walk(k) + ':1' for k in kids)})" if kids else ""
-        return inner + p
-    return walk(node) + ";"
+        return (f"({','.join(walk(k) + ':1' for k in kids)})" if kids else "") + p
+    return walk(ROOT) + ";"
 
 
 _TOKEN = re.compile(r"\s*([(),;:])\s*|\s*([^(),;:\s]+)\s*")
@@ -57,10 +48,9 @@ def parse_newick(text: str) -> dict[str, str | None]:
                 raise ValueError(f"newick: expected ')' at token {pos}, got {tokens[pos]!r}")
             pos += 1
         name = tokens[pos] if pos < len(tokens) and tokens[pos] not in "(),;:" else ""
-        if name:
-            pos += 1
         if not name:
             raise ValueError("newick: every node needs a name here")
+        pos += 1
         if pos < len(tokens) and tokens[pos] == ":":
             pos += 2
         for k in kids:
@@ -79,7 +69,8 @@ def linkage(tree: Tree) -> tuple[np.ndarray, list[str]]:
     ids = {leaf: i for i, leaf in enumerate(leaves)}
     counts = {leaf: 1 for leaf in leaves}
     rows, top = [], tree.max_depth()
-    for node in reversed(tree.bfs()):            # children before parents, deepest first
+    # Children before parents, deepest first: so heights never decrease row by row, as scipy wants.
+    for node in reversed(tree.bfs()):
         kids = tree.children(node)
         if len(kids) == 1:                       # pass-through: the same cluster as its child
             ids[node], counts[node] = ids[kids[0]], counts[kids[0]]
@@ -88,25 +79,21 @@ def linkage(tree: Tree) -> tuple[np.ndarray, list[str]]:
             counts[node] = counts[kids[0]] + counts[kids[1]]
             rows.append([a, b, float(top - tree.depth(node) + 1), counts[node]])
             ids[node] = len(leaves) + len(rows) - 1
-    z = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    # scipy wants heights that never decrease row by row: sort, renumbering clusters to match
-    order = np.argsort(z[:, 2], kind="stable")
-    new_id = {len(leaves) + int(old): len(leaves) + new for new, old in enumerate(order)}
-    z = z[order]
-    for col in (0, 1):
-        z[:, col] = [new_id.get(int(v), int(v)) for v in z[:, col]]
-    return z, leaves
+    return np.array(rows, dtype=np.float64).reshape(-1, 4), leaves
 
 
 def export_document(tree: Tree, leaf_mass, leaf_hist=None, class_names=None, leaf_grids=None) -> dict:
     """The tree.json document. ``leaf_mass``/``leaf_hist`` are in ``tree.leaves()`` order;
     ``leaf_grids`` maps a leaf to {kind: path}."""
     leaves = tree.leaves()
-    mass = _mass_below(tree, dict(zip(leaves, map(float, leaf_mass))))
+    mass = dict(zip(leaves, map(float, leaf_mass)))
+    for node in reversed(tree.bfs()):            # children before parents: an inner node sums its leaves
+        kids = tree.children(node)
+        mass[node] = sum(mass[k] for k in kids) if kids else mass.get(node, 0.0)
     hist = dict(zip(leaves, np.asarray(leaf_hist, dtype=np.int64).tolist())) if leaf_hist is not None else None
     nodes = []
-    for node in tree.bfs():
-        entry = {"name": node, "id": tree.node_id(node), "parent": tree.parent(node), "depth": tree.depth(node),
+    for node_id, node in enumerate(tree.bfs()):
+        entry = {"name": node, "id": node_id, "parent": tree.parent(node), "depth": tree.depth(node),
                  "leaf": tree.kind(node) == "leaf", "kind": tree.kind(node), "mass": mass[node],
                  "children": tree.children(node)}
         if entry["leaf"]:

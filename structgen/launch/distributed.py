@@ -45,11 +45,6 @@ def port_for_job(job_id: str) -> int:
     return job_port(job_id, PORT_BASE, PORT_SPAN)
 
 
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list ("node[03-05,7]" -> "node03"): the rendezvous host."""
-    return slurm_hosts(nodelist)[0]
-
-
 def detect_layout(env=None) -> Layout:
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -62,7 +57,7 @@ def detect_layout(env=None) -> Layout:
         if world == 1:
             return Layout("single")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-        addr = env.get("MASTER_ADDR") or first_host(nodelist)
+        addr = env.get("MASTER_ADDR") or slurm_hosts(nodelist)[0]     # "node[03-05,7]" -> "node03"
         port = int(env.get("MASTER_PORT") or port_for_job(env.get("SLURM_JOB_ID", "0")))
         return Layout("slurm", int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)), addr, port)
     if "SUBMITIT_LOCAL_NTASKS" in env and int(env["SUBMITIT_LOCAL_NTASKS"]) > 1:
@@ -133,16 +128,20 @@ def decided_on_rank0(ctx: Context, decide):
     return value
 
 
-def run_stage_on_ranks(stage, cfg, resume, evaluate: bool = True) -> tuple[Context, Path]:
-    """A command started by torchrun (or srun) as one of several ranks: one DDP group, one run
-    folder chosen on rank 0 (``resume`` as the commands' --resume), the stage run on every rank."""
-    from structgen.runs import choose_run_dir, last_checkpoint
+def run_stage(stage, cfg, resume, evaluate: bool = True) -> tuple[bool, Path]:
+    """A training command's stage (``resume`` as its --resume), in this process; or, when torchrun
+    (or srun) started several, on every rank of one DDP group, with one run folder chosen on rank
+    0. Returns (whether this is the main process, the run folder)."""
+    from structgen.runs import resume_point
 
+    if not several_processes():
+        run_dir, checkpoint = resume_point(cfg, stage.name, resume=resume)
+        return True, stage.run(cfg, ctx=None, run_dir=run_dir, resume_checkpoint=checkpoint, evaluate=evaluate)[0]
     with process_group(cfg.run.device) as ctx:
-        run_dir, resuming = decided_on_rank0(ctx, lambda: choose_run_dir(cfg, resume, stage.name))
-        stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=evaluate,
-                  resume_checkpoint=last_checkpoint(run_dir) if resuming else None)
-    return ctx, run_dir
+        run_dir, checkpoint = decided_on_rank0(ctx, lambda: resume_point(cfg, stage.name, resume=resume,
+                                                                         new_folder=True))
+        stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=evaluate, resume_checkpoint=checkpoint)
+    return ctx.is_main, run_dir
 
 
 def close_distributed() -> None:

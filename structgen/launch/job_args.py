@@ -1,21 +1,41 @@
 """Arguments and the run of a Ray job, shared by the entry points in `ray_jobs/` and by
-`python -m structgen.launch.tune_main` (what a SLURM allocation runs, installed or not)."""
+`python -m structgen.launch.tune_main` (what a SLURM allocation runs, installed or not); and
+what every launcher needs: pinned paths, the bad-input exit."""
 from __future__ import annotations
 
 import argparse
 import sys
+from operator import attrgetter
+from pathlib import Path
 
-from structgen.config.flags import add_key_flags, key_flag_overrides
+from structgen.config.flags import add_key_flags, add_set_argument, key_flag_overrides
 
 
 # The ray section's keys a job takes as flags; each overrides the config for this job.
 RAY_FLAGS = ("address", "num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures")
+# Every config key naming a file or folder that a launched process opens.
+PATH_KEYS = ("run.runs_dir", "data.data_dir", "data.ffcv_dir", "data.path", "diffusion.vae_run")
+
+
+def absolute_paths(cfg) -> dict[str, str]:
+    """The relative PATH_KEYS of ``cfg`` made absolute, as overrides: a Ray worker, Tune trial or
+    SLURM job may start in another folder than the command that launched it. Unset (None, empty)
+    and already absolute values are left out, so they stay as they are."""
+    values = {key: attrgetter(key)(cfg) for key in PATH_KEYS}
+    return {key: str(Path(value).expanduser().absolute()) for key, value in values.items()
+            if value and not Path(value).is_absolute()}
+
+
+def bad_input(prog: str, err: Exception) -> int:
+    """Report a bad-input error (structgen.errors.BAD_INPUT) as the structgen command does; exit code 2."""
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", "-c", help="YAML config (configs/*.yml)")
-    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(p)
     p.add_argument("--name", help="run name: the run folder runs/<dataset>/<name> and the Ray run")
     add_key_flags(p, "ray", RAY_FLAGS)
     return p
@@ -54,8 +74,7 @@ def run_training_job(args, stage: str, vae_run: str | None = None, prog: str = "
         init_ray(cfg.ray.address)
         run_dir, result = run_job(cfg, job)
     except BAD_INPUT as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return bad_input(prog, err)
     except Exception as err:
         import ray.train
         if not isinstance(err, ray.train.TrainingFailedError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from structgen.launch.job_args import job_parser, ray_flag_overrides
+from structgen.launch.job_args import bad_input, job_parser, ray_flag_overrides
 
 TREE_MODES = ("vae_samples", "vae_recons")
 
@@ -24,7 +24,7 @@ def shard(run: str, mode: str, n: int, seed: int, out: str) -> list[str]:
         from structgen.api import load_model
         from structgen.eval.run_figures import write_generations
         from structgen.runs import run_config
-        from structgen.train.data import load_run_data
+        from structgen.data.run_data import load_run_data
 
         model, _ = load_model(run)
         test = load_run_data(run_config(run)).test if mode == "vae_recons" else None
@@ -49,8 +49,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--n {args.n}: expected at least 1 image")
         r = run_config(args.run, args.overrides + ray_flag_overrides(args)).ray
     except BAD_INPUT as err:
-        print(f"generate: error: {err}", file=sys.stderr)
-        return 2
+        return bad_input("generate", err)
     ray = init_ray(r.address)
     task = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=1 if r.use_gpu else 0)(shard)
     base = Path(args.run) / "samples" / f"ray-{args.mode}"

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from structgen.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
-from structgen.launch.ray_checkpoints import report_file, restore_file
+from structgen.launch.job_args import absolute_paths
 from structgen.run_lock import OWNER_ENV
 from structgen.runs import LAST_CHECKPOINT, check_run_name, final_checkpoint, last_checkpoint
 from structgen.runtime.context import Context
@@ -37,6 +39,30 @@ class JobSpec:
     stage: str = "tree"              # tree | ddpm
     vae_run: str | None = None       # ddpm: the TreeVAE run to condition on
     env: dict | None = None          # extra environment variables for the workers
+
+
+# A run folder's checkpoint file in and out of Ray: one file, `LAST_CHECKPOINT`, in a Ray checkpoint
+# directory. Ray Train workers (here) and Ray Tune trials (tune_trials) report and restore this way.
+
+def report_file(report: Callable, checkpoint_type, metrics: dict, path: Path | None) -> None:
+    """``report(metrics, checkpoint=...)`` with a copy of the checkpoint file at ``path`` (Ray
+    moves the directory into its storage); without a file, the metrics alone."""
+    if path is None:
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, Path(tmp) / LAST_CHECKPOINT)
+        report(metrics, checkpoint=checkpoint_type.from_directory(tmp))
+
+
+def restore_file(checkpoint, dest: Path) -> Path | None:
+    """Copy the checkpoint file out of a Ray checkpoint (None: nothing to restore) to ``dest``."""
+    if checkpoint is None:
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as d:
+        shutil.copyfile(Path(d) / LAST_CHECKPOINT, dest)
+    return dest
 
 
 def ray_context(run_dir: Path, stage: Stage) -> Context:
@@ -98,8 +124,7 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
         cfg = apply_overrides(cfg, {"diffusion.vae_run": job.vae_run})
     if not last.exists():
         stage.check(cfg, f"Ray job {name}")
-    if cfg.data.path:                # workers may start in another folder than the driver
-        cfg = apply_overrides(cfg, {"data.path": str(Path(cfg.data.path).expanduser().resolve())})
+    cfg = apply_overrides(cfg, absolute_paths(cfg))    # workers may start in another folder than the driver
     loop_config = {"config": config_to_dict(cfg), "run_dir": str(run_dir), "evaluate": evaluate,
                    "stage": job.stage,
                    "threads": job.cpus_per_worker, "resume_file": str(last) if last.exists() else None,

@@ -10,7 +10,7 @@ takes the same arguments and needs no checkout (a SLURM allocation runs it that 
 import sys
 from pathlib import Path
 
-from structgen.launch.job_args import job_config, job_parser
+from structgen.launch.job_args import bad_input, job_config, job_parser
 
 
 def main(argv=None) -> int:
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = job_config(args)
-        sweep = load_sweep(args.sweep)                    # every key validated before any trial starts
+        sweep = load_sweep(args.sweep, cfg)               # every value validated before any trial starts
         name = args.name or Path(args.sweep).stem
         storage = cfg.ray.storage_path or str(Path(cfg.run.runs_dir).resolve() / "tune")
         init_ray(cfg.ray.address)
@@ -31,8 +31,7 @@ def main(argv=None) -> int:
         experiment, results = run_sweep(cfg, sweep, name, storage, cpus_per_trial=cfg.ray.cpus_per_worker)
         summarise(cfg, sweep, experiment, results)
     except BAD_INPUT as err:
-        print(f"tune: error: {err}", file=sys.stderr)
-        return 2
+        return bad_input("tune", err)
     print(f"experiment: {experiment}  (tensorboard --logdir {experiment} --host 127.0.0.1)")
     return 0 if not results.errors else 1
 

@@ -2,10 +2,12 @@
 table, the best config as YAML, and PNG plots. Re-running the same command resumes it."""
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
 from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
+from structgen.launch.job_args import absolute_paths
 from structgen.runs import check_run_name
 from structgen.stages import STAGES, get_stage
 from structgen.sweeps import Sweep
@@ -25,19 +27,8 @@ def _trainable(sweep: Sweep, cpus_per_trial: int):
     if stage.trial is None:
         raise ConfigError(f"{sweep.path}: stage {sweep.stage!r} has no Tune trial in this release; "
                           f"available: {', '.join(s.name for s in STAGES.values() if s.trial)}")
-    return tune.with_resources(stage.trial_function(), {"cpu": cpus_per_trial})
-
-
-def _absolute_paths(cfg: Config) -> Config:
-    import copy
-
-    cfg = copy.deepcopy(cfg)
-    cfg.run.runs_dir = str(Path(cfg.run.runs_dir).resolve())
-    for section, key in (("data", "data_dir"), ("data", "ffcv_dir"), ("data", "path"), ("diffusion", "vae_run")):
-        value = getattr(getattr(cfg, section), key)
-        if value:
-            setattr(getattr(cfg, section), key, str(Path(value).resolve()))
-    return cfg
+    module, function = stage.trial.split(":")
+    return tune.with_resources(getattr(importlib.import_module(module), function), {"cpu": cpus_per_trial})
 
 
 def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cpus_per_trial: int = 1):
@@ -49,7 +40,7 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
         raise ConfigError(f"{sweep.path}: the optuna searcher cannot take grid parameters "
                           f"({', '.join(sweep.grid_keys)}); use choice instead")
     get_stage(sweep.stage, str(sweep.path)).check(cfg, f"{sweep.path}: a {sweep.stage} sweep")
-    cfg = _absolute_paths(cfg)             # trials run in their own working folders
+    cfg = apply_overrides(cfg, absolute_paths(cfg))     # trials run in their own working folders
     storage = Path(storage_path).resolve()
     experiment = storage / check_run_name(name, "sweep name (--name)")
     trainable = _trainable(sweep, cpus_per_trial)
@@ -90,13 +81,15 @@ def summarise(cfg: Config, sweep: Sweep, experiment: Path, results) -> dict:
     header = ["trial", *keys, sweep.metric, "n_leaves", "depth", "training_iteration", "stopped_early"]
     print(" | ".join(header))
     for row in rows:
-        print(" | ".join(_fmt(row.get(h)) for h in header))
+        print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in map(row.get, header)))
     best = results.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="last", filter_nan_and_inf=True)
     best_cfg = apply_overrides(cfg, best.config["params"], source="best trial")
     best_cfg.run.name = None
+    command = get_stage(sweep.stage, str(sweep.path)).command
     best_yaml = save_config(best_cfg, experiment / "best.yml",
                             header=f"best trial of sweep {sweep.path} ({sweep.metric} {sweep.mode}: "
-                                   f"{best.metrics.get(sweep.metric)})\nrun it: structgen train-tree --config {experiment / 'best.yml'}")
+                                   f"{best.metrics.get(sweep.metric)})\n"
+                                   f"run it: structgen {command} --config {experiment / 'best.yml'}")
     import csv
     with open(experiment / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header + ["error"], extrasaction="ignore")
@@ -106,12 +99,6 @@ def summarise(cfg: Config, sweep: Sweep, experiment: Path, results) -> dict:
     print(f"best config: {best_yaml}")
     print(f"plots: {', '.join(map(str, plots))}")
     return {"best": best_yaml, "plots": plots, "rows": rows}
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _plots(sweep: Sweep, rows: list[dict], experiment: Path) -> list[Path]:

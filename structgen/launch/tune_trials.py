@@ -3,21 +3,18 @@ every epoch and phase boundary (with a checkpoint, so ASHA can stop it and an in
 can resume it) and once more with the final evaluation."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from structgen.config import apply_overrides, config_from_dict
-from structgen.launch.ray_checkpoints import report_file, restore_file
+from structgen.launch.ray_train import report_file, restore_file
+from structgen.run_lock import holds_a_run
 from structgen.runtime.context import Context, resolve_device
 
 HELD_OUT = 1000          # test images scored for the per-epoch held-out ELBO
-
-
-def trial_config(config: dict):
-    base = config_from_dict(config["base"], source="sweep base config")
-    return apply_overrides(base, config.get("params", {}), source="trial")
 
 
 def held_out_elbo(model, images: np.ndarray, batch_size: int, device) -> float:
@@ -57,32 +54,44 @@ def reporting_context(run_dir: Path, cfg, epoch_metrics) -> Context:
                    on_epoch_end=on_epoch_end)
 
 
-def trial_run_dir(config: dict) -> Path:
-    """This trial's run folder: <experiment>/runs/<trial name>. Not Tune's trial working folder:
-    that one is new in every Ray session, so a resumed sweep would start the run folder (its
-    metrics.jsonl history) afresh and then sync the stub over the stored one."""
+def start_trial(config: dict):
+    """What every trial starts with: (its config, its run folder, the checkpoint to resume from or None).
+
+    The run folder is <experiment>/runs/<trial name>, not Tune's trial working folder: that one is
+    new in every Ray session, so a resumed sweep would start the run folder (its metrics.jsonl
+    history) afresh and then sync the stub over the stored one. The checkpoint is the one Tune
+    restored this trial with (a resumed sweep or trial), copied out."""
     from ray import tune
 
-    return Path(config["runs_root"]) / tune.get_context().get_trial_name()
+    base = config_from_dict(config["base"], source="sweep base config")
+    cfg = apply_overrides(base, config.get("params", {}), source="trial")
+    cfg.run.progress = "plain"
+    torch.set_num_threads(max(1, config.get("threads", 1)))
+    run_dir = Path(config["runs_root"]) / tune.get_context().get_trial_name()
+    resume_from = restore_file(tune.get_checkpoint(), run_dir / "resume.pt")
+    if resume_from is None:
+        set_aside_unfinished_attempt(run_dir)
+    return cfg, run_dir, resume_from
 
 
-def resume_file(run_dir: Path) -> Path | None:
-    """The checkpoint Tune restored this trial with (a resumed sweep or trial), copied out; or None."""
-    from ray import tune
-
-    return restore_file(tune.get_checkpoint(), run_dir / "resume.pt")
+def set_aside_unfinished_attempt(run_dir: Path) -> Path | None:
+    """Tune starts a trial over when it was stopped before it stored a checkpoint; what that
+    attempt wrote into the trial's run folder (its first metrics) moves aside, not overwritten,
+    to ``<trial name>.attempt-<time>``, so the new attempt trains in a fresh folder."""
+    if not holds_a_run(run_dir):
+        return None
+    aside = run_dir.with_name(f"{run_dir.name}.attempt-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    return aside
 
 
 def tree_trial(config: dict) -> None:
     from ray import tune
 
     from structgen.api import train_tree
-    from structgen.train.data import load_run_data
+    from structgen.data.run_data import load_run_data
 
-    cfg = trial_config(config)
-    torch.set_num_threads(max(1, config.get("threads", 1)))
-    run_dir = trial_run_dir(config)
-    cfg.run.progress = "plain"
+    cfg, run_dir, resume_from = start_trial(config)
     test_images = load_run_data(cfg).test.images
 
     def epoch_metrics(record: dict, state: dict) -> dict | None:
@@ -94,7 +103,6 @@ def tree_trial(config: dict) -> None:
                 "elbo": held_out_elbo(model, test_images, cfg.evaluation.batch_size, ctx.device)}
 
     ctx = reporting_context(run_dir, cfg, epoch_metrics)
-    resume_from = resume_file(run_dir)
     _, report = train_tree(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from, evaluate=True)
     model = ctx.model
     # unlabelled data (a user's folder) has no class metrics; the ELBO objective needs none
@@ -130,18 +138,14 @@ def ddpm_trial(config: dict) -> None:
 
     from structgen.ddpm_api import train_ddpm
 
-    cfg = trial_config(config)
+    cfg, run_dir, resume_from = start_trial(config)
     if not cfg.diffusion.vae_run:
         raise ValueError("a ddpm sweep needs diffusion.vae_run: the TreeVAE run every trial conditions on")
-    torch.set_num_threads(max(1, config.get("threads", 1)))
-    run_dir = trial_run_dir(config)
-    cfg.run.progress = "plain"
 
     def epoch_metrics(record: dict, state: dict) -> dict:
         return {"loss": record["loss"], "step": state["step"], "epoch": state["epoch"]}
 
     ctx = reporting_context(run_dir, cfg, epoch_metrics)
-    resume_from = resume_file(run_dir)
     train_ddpm(cfg, cfg.diffusion.vae_run, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from)
     from structgen.runtime.metrics_log import read_metrics
     last = [r for r in read_metrics(run_dir) if r["event"] == "ddpm_epoch"][-1]

@@ -7,7 +7,7 @@ a checkpoint's optimiser state maps back onto the right tensors.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -45,14 +45,10 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, model_cfg, image_shape, contrastive: bool = False) -> "ModelSpec":
-        return cls(image_shape=tuple(image_shape), encoder=model_cfg.encoder,
-                   representation_dim=model_cfg.representation_dim,
-                   latent_channels=model_cfg.latent_channels,
-                   bottom_up_channels=model_cfg.bottom_up_channels,
-                   levels=model_cfg.levels, act_function=model_cfg.act_function,
-                   likelihood=model_cfg.activation, res_connections=model_cfg.res_connections,
-                   spectral_norm=model_cfg.spectral_norm, dim_mod_conv=model_cfg.dim_mod_conv,
-                   dropout_router=model_cfg.dropout_router, contrastive=contrastive)
+        """The spec of the config's model section: its keys of the same name, and `activation`
+        as the likelihood."""
+        same = {f.name: getattr(model_cfg, f.name) for f in fields(cls) if hasattr(model_cfg, f.name)}
+        return cls(**same, image_shape=tuple(image_shape), likelihood=model_cfg.activation, contrastive=contrastive)
 
     def __post_init__(self):
         # The one place an old bool becomes its placement: every loader of a checkpoint's spec

@@ -36,14 +36,19 @@ def rng_state() -> dict:
     """Torch, NumPy (legacy global MT19937), Python and CUDA generator states, as tensors and
     plain values only, so they load with ``weights_only=True``; `set_rng_state` restores them
     exactly."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"bit_generator": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-            "python": {"version": int(py_version), "internal": [int(v) for v in py_internal],
-                       "gauss_next": None if py_gauss is None else float(py_gauss)},
+    return {"torch": torch.get_rng_state(), "numpy": _plain_numpy_rng(*np.random.get_state()),
+            "python": _plain_python_rng(*random.getstate()),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _plain_numpy_rng(kind, key, pos, has_gauss, gauss) -> dict:
+    return {"bit_generator": str(kind), "key": torch.from_numpy(np.asarray(key).astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+
+
+def _plain_python_rng(version, internal, gauss_next) -> dict:
+    return {"version": int(version), "internal": [int(v) for v in internal],
+            "gauss_next": None if gauss_next is None else float(gauss_next)}
 
 
 def _numpy_rng_tuple(state) -> tuple:
@@ -73,13 +78,8 @@ def set_rng_state(state: dict) -> None:
 
 def plain_rng(state: dict) -> dict:
     """An RNG state of format /1 (NumPy's tuple with an ndarray, Python's tuple) in today's form."""
-    kind, key, pos, has_gauss, gauss = _numpy_rng_tuple(state["numpy"])
-    py_version, py_internal, py_gauss = _python_rng_tuple(state["python"])
-    return {**state,
-            "numpy": {"bit_generator": str(kind), "key": torch.from_numpy(np.asarray(key).astype(np.int64)),
-                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-            "python": {"version": int(py_version), "internal": [int(v) for v in py_internal],
-                       "gauss_next": None if py_gauss is None else float(py_gauss)}}
+    return {**state, "numpy": _plain_numpy_rng(*_numpy_rng_tuple(state["numpy"])),
+            "python": _plain_python_rng(*_python_rng_tuple(state["python"]))}
 
 
 def upgrade_v1(state: dict, new_format: str) -> dict:

@@ -14,7 +14,7 @@ from structgen.errors import CheckpointError
 
 # Where a run lives and how its steps are computed: any stage's resume may change these.
 RUN_FREE = ("run.name", "run.device", "run.threads", "run.precision", "run.channels_last", "run.progress",
-            "run.runs_dir", "data.data_dir")
+            "run.runs_dir", "data.data_dir", "data.ffcv_dir")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -135,11 +135,10 @@ def load_classifier(path, expect_dataset: str | None = None, expect_shape=None, 
         raise CheckpointError(f"{path}: classifier expects images of shape {tuple(state['image_shape'])}, "
                               f"got {tuple(expect_shape)}")
     arch = state["arch"]
-    model = SmallResNet(arch["in_channels"], arch["num_classes"], arch["widths"], arch["mean"], arch["std"],
-                        arch["stem_stride"])
     try:
+        model = SmallResNet(**arch)  # arch holds exactly the constructor's arguments
         model.load_state_dict(state["state_dict"])
-    except RuntimeError as err:
+    except (TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the stored architecture {arch}: {err}") from None
     model.dataset = state["dataset"]  # lets scores refuse to judge another dataset's images
     return model.to(device).eval(), state

@@ -33,17 +33,14 @@ def leaf_class_histograms(classifier, leaf_images, num_classes: int, batch_size:
         raise ValueError(f"num_classes={num_classes} but the classifier has {k} outputs")
     flat = leaf_images.reshape(n * n_leaves, *shape[2:])
     pred = predict_classes(classifier, flat, batch_size).reshape(n, n_leaves)
-    # One bincount over (leaf, class) pairs: row l counts leaf l's predictions.
-    leaf = np.broadcast_to(np.arange(n_leaves), (n, n_leaves))
-    counts = np.bincount((leaf * num_classes + pred).ravel(), minlength=n_leaves * num_classes)
-    return counts.reshape(n_leaves, num_classes) / n
+    return (pred[..., None] == np.arange(num_classes)).sum(0) / n  # (n, L, K) one-hot, summed over n
 
 
 def generation_purity(histograms, leaf_weights) -> float:
     """Σ_l w_l · max_k h_lk with w normalised to sum 1 and each row h_l normalised to sum 1."""
     h = np.asarray(histograms, dtype=np.float64)
-    w = np.asarray(torch.as_tensor(leaf_weights).detach().cpu().numpy() if torch.is_tensor(leaf_weights)
-                   else leaf_weights, dtype=np.float64).ravel()
+    w = np.asarray(leaf_weights.detach().cpu() if torch.is_tensor(leaf_weights) else leaf_weights,
+                   dtype=np.float64).ravel()
     if h.ndim != 2 or h.shape[0] != len(w):
         raise ValueError(f"histograms must be (L, K) with L = len(leaf_weights) = {len(w)}, got shape {h.shape}")
     if (h < 0).any() or (w < 0).any() or not (np.isfinite(h).all() and np.isfinite(w).all()):

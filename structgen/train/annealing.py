@@ -8,7 +8,7 @@ leaf alive but gave a worse held-out ELBO and worse training-label clusters than
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass
@@ -33,8 +33,7 @@ class KLAnnealer:
         self.epochs_done += 1
 
     def state_dict(self) -> dict:
-        return {"kl_start": self.kl_start, "decay": self.decay, "epochs_done": self.epochs_done,
-                "per_step": self.per_step}
+        return asdict(self)
 
     @classmethod
     def from_state(cls, state: dict) -> "KLAnnealer":

@@ -3,7 +3,7 @@ full-trains) -> prune -> finetune -> final prune, as a resumable state machine.
 
 `GrowthState` is plain data and goes into every checkpoint; `TreeTrainer.run()` continues from
 whatever state it is given, so a killed run resumes at the same phase and epoch. All decisions
-come from statistics gathered over every rank (`assign.leaf_probabilities`) and are broadcast
+come from statistics gathered over every rank (`runtime.leaf_probabilities`) and are broadcast
 from rank 0 as a guard, so every rank holds the same topology.
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from structgen.config import config_to_dict
+from structgen.data.loaders import run_loaders
 from structgen.models.treevae import ModelSpec, TreeVAE
 from structgen.runs import last_checkpoint
 from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_state
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
-from structgen.train.assign import leaf_probabilities
+from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
 from structgen.tree.topology import Tree
 
@@ -58,8 +59,8 @@ class TreeTrainer:
             self._resume_rng = resume["rng"]
             set_rng_state(self._resume_rng)
         ctx.model = self.model
-        self.runner = PhaseRunner(cfg, ctx, self.model, data.train.images, data.train.labels, log, progress,
-                                  self._checkpoint)
+        self.runner = PhaseRunner(cfg.training, cfg.run, ctx, self.model, data.train.images, data.train.labels,
+                                  run_loaders(cfg), log, progress, self._checkpoint)
 
     @property
     def _contrastive(self) -> bool:

@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from structgen.data.loaders import make_loader
 from structgen.errors import NonFiniteLossError
 from structgen.models.elbo import Clamps, total_loss
 from structgen.models.objective import LEAF_MASS, Contrastive, FullTreeObjective, SubTreeObjective
@@ -63,20 +62,23 @@ class PhaseState:
 
 
 class PhaseRunner:
-    def __init__(self, cfg, ctx: Context, model: TreeVAE, train_images: np.ndarray, train_labels: np.ndarray,
-                 log, progress, checkpoint: Callable[[Phase, PhaseState], None]):
-        self.cfg, self.ctx, self.model = cfg, ctx, model
-        self.train_images, self.train_labels = train_images, train_labels
+    """Trains phases with the ``training`` and ``run`` config sections; batches come from
+    ``loaders`` (`data.loaders.make_loader` bound to the run's data section)."""
+
+    def __init__(self, training, run, ctx: Context, model: TreeVAE, train_images: np.ndarray,
+                 train_labels: np.ndarray, loaders, log, progress, checkpoint: Callable[[Phase, PhaseState], None]):
+        self.t, self.seed, self.ctx, self.model = training, run.seed, ctx, model
+        self.train_images, self.train_labels, self.loaders = train_images, train_labels, loaders
         self.log, self.progress, self.checkpoint = log, progress, checkpoint
-        t = cfg.training
+        t = training
         self.clamps = Clamps.from_config(t)
-        self.precision = StepPrecision.of_run(cfg.run, ctx.device)
+        self.precision = StepPrecision.of_run(run, ctx.device)
         self.contrastive = (Contrastive(t.aug_decisions_weight, t.augmentation_method)
                             if t.augment and t.augmentation_method != "simple" else None)
 
     # ---- construction --------------------------------------------------------------------
     def new_state(self, phase: Phase, saved: dict | None = None) -> PhaseState:
-        t = self.cfg.training
+        t = self.t
         subtree = None
         if phase.kind == "subtree":
             subtree = SubTree(self.model, phase.leaf).to(self.ctx.device)
@@ -104,13 +106,13 @@ class PhaseRunner:
 
     def loader(self, phase: Phase):
         """In-memory or FFCV batches per `data.loader`, sharded for this rank, seeded per phase."""
-        t, ctx = self.cfg.training, self.ctx
+        t, ctx = self.t, self.ctx
         per_rank = t.batch_size // ctx.world_size
         if t.augment:
             per_rank //= 2        # the batch holds two views of each image
-        return make_loader(self.cfg, self.train_images, self.train_labels, per_rank, split="train", shuffle=True,
-                           seed=self.cfg.run.seed * 1000 + phase.index, rank=ctx.rank, world_size=ctx.world_size,
-                           drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment)
+        return self.loaders(self.train_images, self.train_labels, per_rank, split="train", shuffle=True,
+                            seed=self.seed * 1000 + phase.index, rank=ctx.rank, world_size=ctx.world_size,
+                            drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment)
 
     # ---- training ------------------------------------------------------------------------
     def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int]) -> None:
@@ -120,7 +122,7 @@ class PhaseRunner:
         step_fn = self.ctx.wrap(objective)
         while phase.epoch < phase.epochs:
             loader.set_epoch(phase.epoch)
-            self.ctx.seed_noise(self.cfg.run.seed, phase.index * 100_003 + phase.epoch)
+            self.ctx.seed_noise(self.seed, phase.index * 100_003 + phase.epoch)
             self._train_mode(phase, state)
             alpha, lr = state.annealer.alpha, state.optimizer.param_groups[0]["lr"]
             sums = self._epoch(phase, state, loader, step_fn)
@@ -128,7 +130,7 @@ class PhaseRunner:
             state.annealer.step()
             phase.epoch += 1
             self._log_epoch(phase, sums, on_epoch(), alpha=alpha, lr=lr)
-            if phase.epoch % self.cfg.training.checkpoint_every == 0 or phase.epoch == phase.epochs:
+            if phase.epoch % self.t.checkpoint_every == 0 or phase.epoch == phase.epochs:
                 self.checkpoint(phase, state)
             maybe_die(phase.name, phase.epoch, self.ctx.rank)
 

@@ -12,19 +12,12 @@ decoder).
 """
 from __future__ import annotations
 
-import json
+import itertools
 from typing import Iterable
 
 from structgen.errors import TopologyError
 
 ROOT = "r"
-
-
-
-
-def _bfs_key(path: str) -> tuple[int, str]:
-    # Same depth: lexicographic order of 0/1 strings of equal length is left-to-right.
-    return (len(path), path)
 
 
 class Tree:
@@ -47,12 +40,7 @@ class Tree:
     @classmethod
     def complete(cls, depth: int) -> "Tree":
         """A full binary tree of the given depth (depth 1 = root + 2 leaves)."""
-        paths = [ROOT]
-        frontier = [ROOT]
-        for _ in range(depth):
-            frontier = [p + b for p in frontier for b in "01"]
-            paths += frontier
-        return cls(paths)
+        return cls(ROOT + "".join(bits) for d in range(depth + 1) for bits in itertools.product("01", repeat=d))
 
     def attach(self, leaf: str) -> "Tree":
         """Split ``leaf`` into two new leaves."""
@@ -66,14 +54,11 @@ class Tree:
             raise TopologyError(f"can only prune a leaf; {leaf!r} is {self.kind(leaf)}")
         if leaf == ROOT:
             raise TopologyError("the root cannot be pruned")
-        paths = set(self._paths)
-        node = leaf
-        while node != ROOT:
-            paths.discard(node)
-            parent = node[:-1]
-            if parent == ROOT or (parent + "0") in paths or (parent + "1") in paths:
-                break
-            node = parent
+        paths = self._paths - {leaf}
+        node = leaf[:-1]
+        while node != ROOT and not {node + "0", node + "1"} & paths:  # an ancestor left childless goes too
+            paths -= {node}
+            node = node[:-1]
         return Tree(paths)
 
     # ---- queries --------------------------------------------------------------------------
@@ -91,7 +76,8 @@ class Tree:
 
     def bfs(self) -> list[str]:
         """All nodes in BFS order (root, depth 1 left-to-right, ...)."""
-        return sorted(self._paths, key=_bfs_key)
+        # Within a depth, string order of the equally long 0/1 names is left-to-right.
+        return sorted(self._paths, key=lambda path: (len(path), path))
 
     def children(self, path: str) -> list[str]:
         self._check(path)
@@ -106,8 +92,7 @@ class Tree:
         return len(path) - 1
 
     def kind(self, path: str) -> str:
-        n = len(self.children(path))
-        return ("leaf", "passthrough", "internal")[n]
+        return ("leaf", "passthrough", "internal")[len(self.children(path))]
 
     def leaves(self) -> list[str]:
         """Leaves in BFS order: this order defines the leaf index used everywhere."""
@@ -131,7 +116,7 @@ class Tree:
 
     def _check(self, path: str) -> None:
         if path not in self._paths:
-            raise TopologyError(f"node {path!r} is not in the tree {sorted(self._paths, key=_bfs_key)}")
+            raise TopologyError(f"node {path!r} is not in the tree {self.bfs()}")
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -142,13 +127,6 @@ class Tree:
         if not isinstance(data, dict) or data.get("format") != "structgen.tree/1":
             raise TopologyError(f"not a serialised structgen tree: {str(data)[:80]}")
         return cls(data["nodes"])
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> "Tree":
-        return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
         return f"Tree({self.bfs()})"

@@ -1,4 +1,5 @@
-"""Image grids written as plain PNGs (no axes, one pixel per image pixel)."""
+"""Image grids written as plain PNGs (no axes, one pixel per image pixel), and the save step
+shared by the matplotlib figures."""
 from __future__ import annotations
 
 import math
@@ -42,9 +43,8 @@ def grid_array(images, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     tiles[:n, :, :h, :w] = x
     tiles = tiles.reshape(nrows, ncol, c, h + pad, w + pad).transpose(0, 3, 1, 4, 2)
     body = tiles.reshape(nrows * (h + pad), ncol * (w + pad), c)
-    out = np.full((body.shape[0] + pad, body.shape[1] + pad, c), PAD_VALUE, dtype=np.uint8)
-    out[pad:, pad:] = body
-    return out
+    # Every tile carries its gutter on the right and bottom; add the left and top border.
+    return np.pad(body, ((pad, 0), (pad, 0), (0, 0)), constant_values=PAD_VALUE)
 
 
 def _write_png(array_hwc: np.ndarray, path) -> Path:
@@ -54,6 +54,18 @@ def _write_png(array_hwc: np.ndarray, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = array_hwc[..., 0] if array_hwc.shape[-1] == 1 else array_hwc
     Image.fromarray(img).save(path)
+    return path
+
+
+def save_figure(fig, path, dpi: int, title: str | None = None, title_gap: float = 0.08,
+                title_size: float = 11) -> Path:
+    """Write a matplotlib figure (format from the suffix; parent folders are created), with
+    ``title`` centred ``title_gap`` inches below its top edge."""
+    if title:
+        fig.suptitle(title, y=1 - title_gap / fig.get_figheight(), va="top", fontsize=title_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     return path
 
 
@@ -99,17 +111,13 @@ def save_side_by_side(
         a, b = (np.repeat(v, 3, axis=1) if v.shape[1] == 1 else v for v in (a, b))
     # Each pair becomes one wide tile (original | thin gutter | reconstruction); the gutter
     # between pairs is wider so the eye groups images into pairs, not a uniform mosaic.
-    n, c, h, w = a.shape
-    pairs = np.full((n, c, h, 2 * w + pad), PAD_VALUE, dtype=np.uint8)
-    pairs[..., :w] = a
-    pairs[..., w + pad :] = b
-    per_row = nrow or math.ceil(math.sqrt(n))
-    grid = grid_array(pairs, nrow=per_row, pad=PAIR_GAP * pad)
+    n, c, h, _ = a.shape
+    pairs = np.concatenate([a, np.full((n, c, h, pad), PAD_VALUE, np.uint8), b], axis=3)
+    grid = grid_array(pairs, nrow=nrow, pad=PAIR_GAP * pad)
     if titles is not None:
         left, right = titles
         head = _header(grid.shape[1], grid.shape[2], f"pairs: {left} | {right}")
-        if head.shape[1] > grid.shape[1]:  # a narrow grid widens rather than clip its title
-            extra = np.full((grid.shape[0], head.shape[1] - grid.shape[1], grid.shape[2]), PAD_VALUE, np.uint8)
-            grid = np.concatenate([grid, extra], axis=1)
+        # The header is never narrower than the grid: a narrow grid widens rather than clip it.
+        grid = np.pad(grid, ((0, 0), (0, head.shape[1] - grid.shape[1]), (0, 0)), constant_values=PAD_VALUE)
         grid = np.concatenate([head, grid], axis=0)
     return _write_png(grid, path)

@@ -9,14 +9,13 @@ histogram when there are labels) begins.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from structgen.tree.topology import ROOT, Tree
-from structgen.viz.grids import grid_array
+from structgen.tree.topology import Tree
+from structgen.viz.grids import grid_array, save_figure
 
 # Physical sizes in inches; chosen so 12 leaves at depth 6 still read at 100% zoom.
 COLUMN_W = 1.5
@@ -33,19 +32,13 @@ DPI = 120
 
 def leaf_columns(tree: Tree) -> dict[str, float]:
     """x of every node: leaves 0, 1, 2, … in in-order; parents at the mean of their children."""
-    xs: dict[str, float] = {}
-    next_leaf = [0]
-
-    def place(node: str) -> float:
+    # No leaf's name is a prefix of another's, so sorting the names puts a "0" (left) branch
+    # before its "1" sibling: string order is in-order.
+    xs = {leaf: float(i) for i, leaf in enumerate(sorted(tree.leaves()))}
+    for node in reversed(tree.bfs()):  # children before parents
         kids = tree.children(node)
-        if not kids:
-            xs[node] = float(next_leaf[0])
-            next_leaf[0] += 1
-        else:
-            xs[node] = float(np.mean([place(k) for k in kids]))
-        return xs[node]
-
-    place(ROOT)
+        if kids:
+            xs[node] = float(np.mean([xs[k] for k in kids]))
     return xs
 
 
@@ -64,16 +57,15 @@ def _by_leaf(name: str, values, leaves: list[str]) -> dict:
 
 
 def _draw_edges_and_nodes(ax, tree: Tree, xs: dict[str, float], bottom: float) -> None:
-    for node in tree.bfs():
-        for kid in tree.children(node):
-            ax.plot([xs[node], xs[kid]], [-tree.depth(node), -tree.depth(kid)], color="0.35", lw=1.0, zorder=1)
     style = {
         "internal": dict(marker="o", s=60, facecolors="0.25", edgecolors="0.1"),
         "passthrough": dict(marker="o", s=60, facecolors="white", edgecolors="0.1"),
         "leaf": dict(marker="s", s=50, facecolors="tab:blue", edgecolors="0.1"),
     }
-    for node in tree.bfs():
+    for node in tree.bfs():  # zorder, not drawing order, puts nodes over edges
         x, y = xs[node], -tree.depth(node)
+        for kid in tree.children(node):
+            ax.plot([x, xs[kid]], [y, -tree.depth(kid)], color="0.35", lw=1.0, zorder=1)
         kind = tree.kind(node)
         ax.scatter([x], [y], zorder=3, linewidths=0.8, **style[kind])
         if kind == "leaf" and y > bottom:
@@ -151,18 +143,13 @@ def draw_tree_figure(
             hist_ax = fig.add_axes(box(left, LABELS_H, width, HIST_H))
             _draw_histogram(hist_ax, hists.get(leaf), n_classes, colors, class_names, first=(col == 0))
 
-    if title:
-        fig.suptitle(title, y=1 - 0.08 / fig_h, va="top", fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path, DPI, title)
 
 
 def _draw_grid(ax, images, empty: str) -> None:
     ax.axis("off")
     if images is not None and len(images):
-        grid = grid_array(images, nrow=math.ceil(math.sqrt(len(images))), pad=1)
+        grid = grid_array(images, pad=1)  # ≈ √k images per row
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
                   interpolation="nearest")
     else:

@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from structgen.config import Config, ConfigError, apply_overrides
+from structgen.config.schema import SlurmConfig
 
 ENV_PREFIX = "STRUCTGEN_SLURM_"
 ENV_KEYS = ("partition", "account", "qos", "folder")         # the settings that may come from the environment
 
 
-@dataclass
-class Resources:
-    """The SLURM request: the config's slurm section, overridden by env, overridden by flags."""
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 2
-    mem_gb: int = 8
-    timeout_min: int = 60
-    folder: str = "slurm_logs/%j"
-    signal_delay_s: int = 120
-    max_timeouts: int = 3
-    setup: list[str] = field(default_factory=list)
+class Resources(SlurmConfig):
+    """The SLURM request: the slurm section's settings, overridden by env, overridden by flags
+    (resolve_resources), and what follows from them."""
 
     @property
     def tasks_per_node(self) -> int:

@@ -67,11 +67,11 @@ class StageJob(Checkpointable):
         if self.stage == "generate":
             return f"structgen generate {self.run} --mode {self.mode}" \
                    + (f" --n {self.n}" if self.n else "") + (f" {sets}" if sets else "")
-        command = "train-tree" if self.stage == "tree" else "train-ddpm"
         notes = [f"run folder <runs_dir>/<dataset>/{self.name or 'slurm-$SLURM_JOB_ID'}", "DDP over the job's tasks"]
         notes += ["resume"] if self.resume else []
         notes += [f"--vae {self.vae}"] if self.vae else []
-        return f"structgen {command} --config {self.config or '(schema defaults)'} {sets} ({'; '.join(notes)})"
+        return (f"structgen {get_stage(self.stage).command} --config {self.config or '(schema defaults)'} {sets} "
+                f"({'; '.join(notes)})")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """submitit calls this on USR2: requeue the same job, told to resume. The training state

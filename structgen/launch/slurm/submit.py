@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from structgen.config import ConfigError, load_config
+from structgen.launch.job_args import absolute_paths
 from structgen.launch.slurm.ray_tune_job import RayTuneJob
 from structgen.launch.slurm.resources import build_executor, executor_parameters, log_folder, resolve_resources
 from structgen.launch.slurm.stage_job import GENERATE_MODES, STAGES, StageJob
@@ -47,13 +48,6 @@ class Submission:
         return jobs
 
 
-def _absolute_paths(cfg) -> list[str]:
-    """Overrides that pin relative folders to the submitting folder (a job may start elsewhere)."""
-    pinned = {"run.runs_dir": cfg.run.runs_dir, "data.data_dir": cfg.data.data_dir, "data.path": cfg.data.path}
-    return [f"{key}={Path(value).expanduser().absolute()}" for key, value in pinned.items()
-            if value and not Path(value).is_absolute()]
-
-
 def plan_submission(stage: str | None, config: str | None, overrides: list[str] | None = None, *,
                     sweep: str | None = None, ray: bool = False, local: bool = False, name: str | None = None,
                     resume: bool = False, evaluate: bool = True, vae: str | None = None, run: str | None = None,
@@ -68,7 +62,7 @@ def plan_submission(stage: str | None, config: str | None, overrides: list[str] 
     res = resolve_resources(cfg.slurm, flags, env)
     folder = log_folder(res)
     name = check_run_name(name or cfg.run.name, "--name")
-    base = overrides + _absolute_paths(cfg)
+    base = overrides + [f"{key}={path}" for key, path in absolute_paths(cfg).items()]    # a job may start elsewhere
     if ray and not sweep:
         raise ConfigError("--ray runs a Ray Tune sweep: it needs --sweep SWEEP.yml")
     if not sweep:

@@ -22,14 +22,14 @@ RESOURCE_FLAGS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from structgen.config.flags import add_key_flags
+    from structgen.config.flags import add_key_flags, add_set_argument
     from structgen.launch import slurm
 
     p = argparse.ArgumentParser(prog="slurm/launch.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     what = p.add_argument_group("what to run")
     what.add_argument("--config", "-c", help="YAML config (configs/*.yml)")
-    what.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(what)
     what.add_argument("--stage", choices=("tree", "ddpm", "generate"), help="default with --sweep: the sweep's stage")
     what.add_argument("--sweep", help="sweep file: one array task per trial (or, with --ray, one Ray Tune run)")
     what.add_argument("--ray", action="store_true",

@@ -47,8 +47,8 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     ctx = ctx or Context(run_dir=run_dir, device=resolve_device(cfg.run.device))
     ctx.run_dir = run_dir
     progress = Progress(cfg.run.progress, enabled=is_main)
-    with claimed(run_dir, fresh=saved is None, enabled=is_main, note=progress.line):
-        log = MetricsLog(run_dir, enabled=is_main)
+    with claimed(run_dir, fresh=saved is None, enabled=is_main, note=progress.line), \
+            MetricsLog(run_dir, enabled=is_main) as log:
         if saved is not None:
             log.truncate(saved["metrics_lines"])
             growth = saved["growth"]
@@ -65,7 +65,6 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
         report = None
         if evaluate:
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
-        log.close()
     return run_dir, report
 
 

@@ -78,6 +78,7 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     """
     from structgen.runtime.context import Context
     from structgen.runtime.progress import Progress
+    from structgen.runtime.metrics_log import MetricsLog
     from structgen.data.run_data import check_batch_fits, load_run_data
 
     device = setup_torch(cfg) if ctx is None else ctx.device
@@ -111,19 +112,18 @@ def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool |
     ctx = ctx or Context(run_dir=run_dir, device=device)
     ctx.run_dir = run_dir
     progress = Progress(cfg.run.progress, enabled=is_main)
-    with claimed(run_dir, fresh=saved is None, enabled=is_main, note=progress.line):
-        _train_in(run_dir, cfg, ctx, data, vae, vae_blob, saved, progress, is_main)
+    with claimed(run_dir, fresh=saved is None, enabled=is_main, note=progress.line), \
+            MetricsLog(run_dir, enabled=is_main) as log:
+        _train_in(run_dir, cfg, ctx, data, vae, vae_blob, saved, log, progress, is_main)
     return run_dir
 
 
-def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progress, is_main: bool) -> None:
+def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, log, progress, is_main: bool) -> None:
     """The DDPM training of ``train_ddpm`` inside its claimed run folder."""
     from structgen.config import config_to_dict
     from structgen.data.loaders import run_loaders
     from structgen.diffusion.loop import DDPMTrainer
-    from structgen.runtime.metrics_log import MetricsLog
 
-    log = MetricsLog(run_dir, enabled=is_main)
     if saved is not None:
         log.truncate(saved["metrics_lines"])
         progress.line(f"resuming {run_dir} at step {saved['step']} (epoch {saved['epoch']}, batch "
@@ -148,7 +148,6 @@ def _train_in(run_dir: Path, cfg: Config, ctx, data, vae, vae_blob, saved, progr
     trainer.run()
     if is_main and cfg.diffusion.sample_every:
         progress.line(f"samples: {preview(trainer.ema.shadow, trainer.epoch).parent}")
-    log.close()
 
 
 def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | None = None):

@@ -1,5 +1,6 @@
 """Growth end to end on `synthetic`, the artefacts of a run, and failure handling."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -112,10 +113,18 @@ def test_non_finite_loss_names_phase_epoch_term_and_keeps_last_checkpoint(tmp_pa
 
     monkeypatch.setattr(objective, "tree_terms", poisoned)
     cfg = small_cfg(tmp_path, "run.name=nan")
+    writers_before = set(tensorboard_writer_threads())
     with pytest.raises(NonFiniteLossError, match=r"phase 'initial', epoch 2: term\(s\) kl_nodes"):
         train_tree(cfg)
     kept = load_checkpoint(tmp_path / "synthetic" / "nan" / "checkpoints" / "last.pt")
     assert kept["growth"]["phase"]["name"] == "initial" and kept["growth"]["phase"]["epoch"] == 1
+    # The failed run had opened TensorBoard (epoch 1 was logged) and closed it on the way out.
+    assert list((tmp_path / "synthetic" / "nan" / "tensorboard").glob("events.out.tfevents.*"))
+    assert set(tensorboard_writer_threads()) <= writers_before
+
+
+def tensorboard_writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread" and t.is_alive()]
 
 
 def test_bad_checkpoints_and_run_folders_fail_clearly(tmp_path):

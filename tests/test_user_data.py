@@ -96,7 +96,6 @@ def test_idx_file_by_path(tmp_path):
     assert sorted(np.concatenate([data.train.labels, data.test.labels]).tolist()) == sorted(labels.tolist())
 
 
-
 def test_idx_labels_read_are_the_labels_fingerprinted_and_the_named_file_is_read(tmp_path):
     import gzip
     import struct
@@ -115,6 +114,7 @@ def test_idx_labels_read_are_the_labels_fingerprinted_and_the_named_file_is_read
     (tmp_path / "x-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx3(30)))
     data = _data(tmp_path / "x-images-idx3-ubyte", dataset="arrays")
     assert data.labelled and len(data.train) + len(data.test) == 40
+
 
 def test_mixed_sizes_and_modes_convert_to_one_shape(tmp_path):
     root = mixed_folder(tmp_path / "mixed")

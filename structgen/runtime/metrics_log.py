@@ -75,6 +75,14 @@ class MetricsLog:
             self._tb.close()
             self._tb = None
 
+    # A run that fails must still close its TensorBoard writer: the writer's thread would
+    # otherwise outlive the run in the caller's process (a notebook, the test session).
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"

@@ -46,6 +46,7 @@ class Stage:
     checkpoint_metrics: object  # checkpoint state -> where the run stands, for Ray's report of that checkpoint
     trial: str | None = None   # its Ray Tune trial function, "module:function" (tune_sweep imports it)
     sweep_metrics: tuple = ()  # what its trials report, so what a sweep file may name as its metric
+    final_metrics: tuple = ()  # those only a trial's last report carries (they need the finished run)
     needs_vae: bool = False    # conditions on a trained TreeVAE (diffusion.vae_run)
 
     def run(self, cfg, *, ctx=None, run_dir: Path | None = None, resume_checkpoint: Path | None = None,
@@ -61,9 +62,10 @@ class Stage:
 
 STAGES = {stage.name: stage for stage in (
     Stage("tree", "train-tree", _train_tree, _tree_progress, "structgen.launch.tune_trials:tree_trial",
-          ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")),
+          ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity"),
+          final_metrics=("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")),
     Stage("ddpm", "train-ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
-          ("loss", "generation_purity", "cfd"), needs_vae=True),
+          ("loss", "generation_purity", "cfd"), final_metrics=("generation_purity", "cfd"), needs_vae=True),
 )}
 
 

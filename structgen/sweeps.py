@@ -97,6 +97,10 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
     if sweep.metric not in METRICS[sweep.stage]:
         raise _fail(path, f"metric = {sweep.metric!r} is not reported by {sweep.stage} trials; "
                           f"expected one of {', '.join(METRICS[sweep.stage])}")
+    if sweep.metric in STAGES[sweep.stage].final_metrics and (sweep.scheduler, sweep.searcher) != ("fifo", "random"):
+        raise _fail(path, f"metric = {sweep.metric!r} comes only in a trial's last report (it needs the finished "
+                          f"run), so neither ASHA nor Optuna has earlier values to compare: use scheduler: fifo and "
+                          f"searcher: random (they are {sweep.scheduler} and {sweep.searcher})")
     if not isinstance(sweep.num_samples, int) or sweep.num_samples < 1:
         raise _fail(path, f"num_samples = {sweep.num_samples!r}; expected an integer >= 1")
     params = data.get("params") or {}

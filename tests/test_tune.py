@@ -43,6 +43,21 @@ def test_sweep_settings_are_checked(tmp_path):
         load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, trials=3))
 
 
+def test_a_labelled_metric_needs_fifo_and_random_search(tmp_path):
+    """nmi comes only in a trial's last report: neither ASHA nor Optuna has earlier values."""
+    params = {"training.lr": {"uniform": [1e-3, 2e-3]}}
+    for settings in ({"scheduler": "asha", "searcher": "random"}, {"scheduler": "fifo", "searcher": "optuna"}):
+        with pytest.raises(ConfigError, match="metric = 'nmi' comes only in a trial's last report"):
+            load_sweep(write_sweep(tmp_path, params, metric="nmi", **settings))
+    assert load_sweep(write_sweep(tmp_path, params, metric="nmi", scheduler="fifo", searcher="random")).metric == "nmi"
+
+
+@pytest.mark.parametrize("sweep_file", sorted((ROOT / "configs" / "sweeps").glob("*.yml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_loads_on_its_profile(sweep_file):
+    config = "configs/cifar10.yml" if "cifar" in sweep_file.name else "configs/digits.yml"
+    assert load_sweep(sweep_file, load_config(ROOT / config)).params
+
+
 def test_sweep_values_are_checked_on_top_of_the_base_config(tmp_path):
     """cnn2 cannot take the default dataset's 28x28 images but can take cifar10's 32x32: a
     cifar10 sweep over it is valid, the same sweep without that base is not."""
@@ -130,6 +145,19 @@ def test_four_trial_asha_sweep(tmp_path):
     for png in info["plots"]:
         assert png.exists() and png.stat().st_size > 1000
     assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"
+
+
+@pytest.mark.slow
+def test_a_fifo_sweep_chooses_by_a_labelled_metric_from_the_last_reports(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, metric="acc",
+                                   num_samples=1, scheduler="fifo", searcher="random"))
+    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+    experiment, results, info = sweep_on_local_ray(cfg, sweep, "acc-sweep", tmp_path / "tune")
+    assert len(results) == 2 and not results.errors
+    rows = info["rows"]
+    assert all(0 < r["acc"] <= 1 and not r["stopped_early"] for r in rows)
+    best = max(rows, key=lambda r: r["acc"])
+    assert load_config(info["best"]).training.decay_kl == best["training.decay_kl"]
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ class ModelConfig:
 
 
 KL_ANNEALING = ("epoch", "step")
+SPLIT_INIT = ("none", "kmeans")
 
 
 @dataclass
@@ -131,6 +132,10 @@ class TrainingConfig:
                                           min=0.0)
     finetune_lr_factor: float = option(1.0, "the final finetuning's learning rate as a multiple of training.lr "
                                             "(1 = the reference)", min=1e-4, max=10.0)
+    split_init: str = option("none", "how a new split's routers start: none = untrained (the reference); kmeans = "
+                                     "fitted to a 2-means split of the leaf's images (bottom-up features) for "
+                                     "split_init_steps steps before the sub-tree trains", choices=SPLIT_INIT)
+    split_init_steps: int = option(100, "split_init kmeans: router-fitting steps (batches of 128)", min=1)
     effective_leaf_threshold: float = option(0.01, "a leaf is effective above this share of probability mass",
                                              min=0.0, max=0.5)
     prune_threshold: float = option(0.01, "prune leaves below this share of argmax assignments", min=0.0, max=0.5)

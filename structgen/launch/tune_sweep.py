@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from structgen.config import Config, ConfigError, apply_overrides, config_to_dict, save_config
@@ -11,6 +13,7 @@ from structgen.launch.job_args import absolute_paths
 from structgen.runs import check_run_name
 from structgen.stages import STAGES, get_stage
 from structgen.sweeps import Sweep
+
 
 def _tune_space(sweep: Sweep) -> dict:
     from ray import tune
@@ -47,7 +50,8 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
     if tune.Tuner.can_restore(str(experiment)):
         print(f"resuming sweep {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True, resume_unfinished=True)
-        return experiment, tuner.fit()
+        with _metric_in_last_report_only(sweep):
+            return experiment, tuner.fit()
     scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=sweep.grace_period, reduction_factor=2)
                  if sweep.scheduler == "asha" else FIFOScheduler())
     search_alg = None
@@ -62,23 +66,43 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
                                     scheduler=scheduler, search_alg=search_alg,
                                     max_concurrent_trials=sweep.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=str(storage)))
-    return experiment, tuner.fit()
+    with _metric_in_last_report_only(sweep):
+        return experiment, tuner.fit()
+
+
+@contextmanager
+def _metric_in_last_report_only(sweep: Sweep):
+    """Tune wants the sweep's metric in every report unless told otherwise; a labelled metric
+    (load_sweep allows it with FIFO and random search only) comes in a trial's last report."""
+    if sweep.metric not in STAGES[sweep.stage].final_metrics:
+        yield
+        return
+    key, before = "TUNE_DISABLE_STRICT_METRIC_CHECKING", os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def summarise(cfg: Config, sweep: Sweep, experiment: Path, results) -> dict:
     """Print the table, write best.yml, summary.csv and the plots; returns the paths."""
+    # The other scores a trial reports beside the sweep's metric (the training loss aside).
+    others = [m for m in STAGES[sweep.stage].sweep_metrics if m not in (sweep.metric, "loss")]
     rows = []
     for result in results:
         params = (result.config or {}).get("params", {})
         metrics = result.metrics or {}
-        rows.append({"trial": Path(result.path).name.split("_")[0] + "_" + Path(result.path).name.split("_")[1]
-                     if result.path else "?", **params,
-                     **{k: metrics.get(k) for k in (sweep.metric, "n_leaves", "depth", "training_iteration")},
-                     **({k: metrics.get(k) for k in ("generation_purity", "cfd")} if sweep.stage == "ddpm" else {}),
+        # A trial folder is "<trainable>_<experiment id>_<index>_<its values>": name it up to the index.
+        rows.append({"trial": "_".join(Path(result.path).name.split("_")[:4]) if result.path else "?", **params,
+                     **{k: metrics.get(k) for k in (sweep.metric, *others, "n_leaves", "depth", "training_iteration")},
                      "stopped_early": not metrics.get("final", False),
                      "error": bool(result.error)})
     keys = list(sweep.params)
-    header = ["trial", *keys, sweep.metric, "n_leaves", "depth", "training_iteration", "stopped_early"]
+    header = ["trial", *keys, sweep.metric, *others, "n_leaves", "depth", "training_iteration", "stopped_early"]
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in map(row.get, header)))

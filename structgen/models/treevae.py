@@ -323,11 +323,11 @@ class SubTree(nn.Module):
         self.transform = nn.ModuleList([model.new_transform() for _ in range(2)])
         self.dense = nn.ModuleList([model.new_dense(self.depth + 1) for _ in range(2)])
         self.decoder = nn.ModuleList([model.new_decoder() for _ in range(2)])
-        self._parent_level = model.level(self.depth)
-        self._child_level = model.level(self.depth + 1)
+        self.parent_level = model.level(self.depth)
+        self.child_level = model.level(self.depth + 1)
 
     def forward(self, feats: list[torch.Tensor], z_parent: torch.Tensor, reach: torch.Tensor) -> dict:
-        d_parent, d_child = feats[self._parent_level], feats[self._child_level]
+        d_parent, d_child = feats[self.parent_level], feats[self.child_level]
         logit_q = self.router_q(d_parent)
         logit_p = self.router(z_parent)
         q_left = torch.sigmoid(logit_q)

@@ -22,6 +22,7 @@ from structgen.runtime.fault import maybe_die
 from structgen.runtime.precision import StepPrecision
 from structgen.runtime.resources import memory_fields
 from structgen.train.annealing import KLAnnealer
+from structgen.train.split_init import init_split
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
 
@@ -84,6 +85,8 @@ class PhaseRunner:
             subtree = SubTree(self.model, phase.leaf).to(self.ctx.device)
             if saved is not None:
                 subtree.load_state_dict(saved["subtree"])
+            elif t.split_init == "kmeans":
+                self._init_split(phase, subtree)
             params = list(subtree.parameters())
         else:
             params = list(self.model.parameters())
@@ -95,6 +98,14 @@ class PhaseRunner:
             scheduler.load_state_dict(saved["scheduler"])
             annealer = KLAnnealer.from_state(saved["annealer"])
         return PhaseState(optimizer, scheduler, annealer, subtree)
+
+    def _init_split(self, phase: Phase, subtree: SubTree) -> None:
+        summary = init_split(self.model, subtree, self.train_images, phase.subset, steps=self.t.split_init_steps,
+                             seed=self.seed * 1000 + phase.index, device=self.ctx.device)
+        if self.ctx.is_main:
+            self.log.write("split_init", phase=phase.name, leaf=phase.leaf, **summary)
+            self.progress.line(f"   split init {phase.leaf}: 2-means {summary['left']} / {summary['images']} "
+                               f"images, router agrees on {summary['router_agrees']:.1%}")
 
     def objective(self, phase: Phase, state: PhaseState) -> torch.nn.Module:
         if phase.kind == "subtree":

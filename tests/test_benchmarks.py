@@ -21,6 +21,7 @@ def test_finetune_study_reruns_the_finetuning_from_one_checkpoint_per_variant(tm
     sets = [arg for key in TINY_GROWTH for arg in ("--set", key)]
     out = subprocess.run([sys.executable, "benchmarks/finetune_study.py", "--config", "configs/digits.yml", *sets,
                           "--set", f"run.runs_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "study"),
+                          "--set", "training.finetune_lr_factor=1",       # the digits profile's is 0.3
                           "--variant", "slow=training.finetune_lr_factor=0.25"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from structgen.data.memory_loader import to_device_float
 from structgen.models.treevae import SubTree, TreeVAE
 
 BATCH = 128
@@ -28,7 +29,7 @@ def bottom_up_and_latent(model: TreeVAE, images: np.ndarray, indices: np.ndarray
     features, latents = [], []
     with torch.no_grad():
         for start in range(0, len(indices), batch):
-            x = torch.from_numpy(images[indices[start:start + batch]]).to(device).float().div_(255.0)
+            x = to_device_float(torch.from_numpy(images[indices[start:start + batch]]), device)
             feats, z, _ = model.route_to(x, leaf)
             features.append(feats[level])
             latents.append(z)

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# As the README tells users: a process that joins a running Ray cluster by address sends the
+# cluster's token only in token mode, and Ray reads the mode once, when it is first imported.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 # A fast schedule that still grows, prunes and finetunes: synthetic has 4 classes in 2
 # superclasses, so 4 effective leaves is the target tree.
 SYNTHETIC_FAST = [

@@ -1,6 +1,6 @@
 """Ray Train on a real local Ray cluster with 2 CPU workers: DDP equivalence, distributed
 growth, recovery from a killed worker, diffusion under DDP. (`ray job submit` against
-`ray start --head` is in test_ray_job_submit.py: `ray stop` ends every Ray cluster on the
+`ray start --head`, with a second node, is in test_ray_two_nodes.py: `ray stop` ends every Ray cluster on the
 machine, so it must not run while this module's cluster is up.)"""
 from pathlib import Path
 

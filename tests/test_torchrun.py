@@ -9,6 +9,7 @@ import pytest
 from conftest import SYNTHETIC_FAST
 
 from structgen.api import load_model
+from structgen.launch.worker_record import read_workers
 from structgen.runtime.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,8 @@ def test_train_tree_under_torchrun_writes_one_run(tmp_path):
     epochs = [(r["phase"], r["epoch"]) for r in read_metrics(run_dir) if r["event"] == "epoch"]
     assert epochs and len(epochs) == len(set(epochs)), "only rank 0 writes metrics.jsonl"
     assert {"initial", "finetune"} <= {phase for phase, _ in epochs}
+    workers = read_workers(run_dir)                     # each rank's line: where it ran
+    assert sorted(w["rank"] for w in workers) == [0, 1] and len({w["pid"] for w in workers}) == 2
     load_model(run_dir)                                 # the final checkpoint loads
 
     # A DDPM of 0 epochs still leaves a loadable run: its one checkpoint is a collective that

@@ -219,6 +219,10 @@ class RayConfig:
     storage_path: Optional[str] = option(None, "absolute folder for Ray Train / Tune results; default "
                                                "<runs_dir>/ray (Train), <runs_dir>/tune (Tune)")
     max_failures: int = option(0, "worker-group restarts from the latest checkpoint", min=-1)
+    placement_strategy: str = option("PACK", "where Ray puts the workers: PACK fills a node first; SPREAD one per "
+                                             "node where it can (a restart after a lost node packs onto the rest); "
+                                             "STRICT_SPREAD one per node or wait; STRICT_PACK all on one node",
+                                     choices=("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"))
 
 
 @dataclass

@@ -132,6 +132,7 @@ def run_stage(stage, cfg, resume, evaluate: bool = True) -> tuple[bool, Path]:
     """A training command's stage (``resume`` as its --resume), in this process; or, when torchrun
     (or srun) started several, on every rank of one DDP group, with one run folder chosen on rank
     0. Returns (whether this is the main process, the run folder)."""
+    from structgen.launch.worker_record import record_worker
     from structgen.runs import resume_point
 
     if not several_processes():
@@ -140,6 +141,7 @@ def run_stage(stage, cfg, resume, evaluate: bool = True) -> tuple[bool, Path]:
     with process_group(cfg.run.device) as ctx:
         run_dir, checkpoint = decided_on_rank0(ctx, lambda: resume_point(cfg, stage.name, resume=resume,
                                                                          new_folder=True))
+        record_worker(run_dir, ctx.rank, ctx.world_size, restored=checkpoint is not None)
         stage.run(cfg, ctx=ctx, run_dir=run_dir, evaluate=evaluate, resume_checkpoint=checkpoint)
     return ctx.is_main, run_dir
 

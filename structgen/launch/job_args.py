@@ -12,7 +12,8 @@ from structgen.config.flags import add_key_flags, add_set_argument, key_flag_ove
 
 
 # The ray section's keys a job takes as flags; each overrides the config for this job.
-RAY_FLAGS = ("address", "num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures")
+RAY_FLAGS = ("address", "num_workers", "use_gpu", "cpus_per_worker", "storage_path", "max_failures",
+             "placement_strategy")
 # Every config key naming a file or folder that a launched process opens.
 PATH_KEYS = ("run.runs_dir", "data.data_dir", "data.ffcv_dir", "data.path", "diffusion.vae_run")
 
@@ -58,7 +59,8 @@ def job_spec(args, cfg):
 
     r = cfg.ray
     return JobSpec(num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=r.cpus_per_worker,
-                   storage_path=r.storage_path, name=args.name or cfg.run.name, max_failures=r.max_failures)
+                   storage_path=r.storage_path, name=args.name or cfg.run.name, max_failures=r.max_failures,
+                   placement_strategy=r.placement_strategy)
 
 
 def run_training_job(args, stage: str, vae_run: str | None = None, prog: str = "ray_jobs") -> int:

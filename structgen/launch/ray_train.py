@@ -22,6 +22,7 @@ import torch
 
 from structgen.config import Config, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from structgen.launch.job_args import absolute_paths
+from structgen.launch.worker_record import record_worker
 from structgen.run_lock import OWNER_ENV
 from structgen.runs import LAST_CHECKPOINT, check_run_name, final_checkpoint, last_checkpoint
 from structgen.runtime.context import Context
@@ -36,6 +37,7 @@ class JobSpec:
     storage_path: str | None = None
     name: str | None = None
     max_failures: int = 0
+    placement_strategy: str = "PACK"  # ray.placement_strategy
     stage: str = "tree"              # tree | ddpm
     vae_run: str | None = None       # ddpm: the TreeVAE run to condition on
     env: dict | None = None          # extra environment variables for the workers
@@ -82,6 +84,7 @@ def ray_context(run_dir: Path, stage: Stage) -> Context:
 
 def stage_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
+    import ray
     import ray.train
 
     cfg = config_from_dict(loop_config["config"], source="ray train_loop_config")
@@ -98,6 +101,8 @@ def stage_worker(loop_config: dict) -> None:
         if checkpoint is not None:
             restored = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="structgen-ckpt-"))
             resume_from = restore_file(checkpoint, Path(restored) / LAST_CHECKPOINT)
+        record_worker(run_dir, ctx.rank, ctx.world_size, node_id=ray.get_runtime_context().get_node_id(),
+                      restored=resume_from is not None)
         if resume_from is None and loop_config.get("resume_file"):
             resume_from = Path(loop_config["resume_file"])
         stage.run(cfg, ctx=ctx, run_dir=run_dir, resume_checkpoint=resume_from,
@@ -132,7 +137,8 @@ def run_job(cfg: Config, job: JobSpec, evaluate: bool = True):
     trainer = TorchTrainer(
         stage_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                     resources_per_worker={"CPU": job.cpus_per_worker}),
+                                     resources_per_worker={"CPU": job.cpus_per_worker},
+                                     placement_strategy=job.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              worker_runtime_env={"env_vars": job.env} if job.env else None,
                              failure_config=FailureConfig(max_failures=job.max_failures),

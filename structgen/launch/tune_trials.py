@@ -61,7 +61,10 @@ def start_trial(config: dict):
     new in every Ray session, so a resumed sweep would start the run folder (its metrics.jsonl
     history) afresh and then sync the stub over the stored one. The checkpoint is the one Tune
     restored this trial with (a resumed sweep or trial), copied out."""
+    import ray
     from ray import tune
+
+    from structgen.launch.worker_record import record_worker
 
     base = config_from_dict(config["base"], source="sweep base config")
     cfg = apply_overrides(base, config.get("params", {}), source="trial")
@@ -71,6 +74,7 @@ def start_trial(config: dict):
     resume_from = restore_file(tune.get_checkpoint(), run_dir / "resume.pt")
     if resume_from is None:
         set_aside_unfinished_attempt(run_dir)
+    record_worker(run_dir, 0, 1, node_id=ray.get_runtime_context().get_node_id(), restored=resume_from is not None)
     return cfg, run_dir, resume_from
 
 

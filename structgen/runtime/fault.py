@@ -2,13 +2,29 @@
 
 Set STRUCTGEN_FAULT_AT="<phase name>:<epoch>:<rank>" and STRUCTGEN_FAULT_MARKER=<file>: the
 matching rank kills itself with SIGKILL right after that epoch's checkpoint, once (the marker
-file records that it happened). Unset, this does nothing.
+file records that it happened). With STRUCTGEN_FAULT_KILL=node, a rank running under Ray first
+kills its node's raylet, so the whole node is lost as when a host goes down. Unset, this does
+nothing.
 """
 from __future__ import annotations
 
 import os
 import signal
 from pathlib import Path
+
+
+def _ancestor_named(name: str) -> int | None:
+    """The nearest ancestor process whose command name is ``name`` (Linux /proc), or None."""
+    pid = os.getppid()
+    while pid > 1:
+        proc = Path("/proc") / str(pid)
+        try:
+            if (proc / "comm").read_text().strip() == name:
+                return pid
+            pid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 def maybe_die(phase: str, epoch: int, rank: int) -> None:
@@ -18,5 +34,11 @@ def maybe_die(phase: str, epoch: int, rank: int) -> None:
     marker = Path(os.environ.get("STRUCTGEN_FAULT_MARKER", "structgen-fault.marker"))
     if marker.exists():
         return
-    marker.write_text(f"killed {phase}:{epoch}:{rank} pid {os.getpid()}\n")
+    what = os.environ.get("STRUCTGEN_FAULT_KILL", "process")
+    raylet = _ancestor_named("raylet") if what == "node" else None
+    if what == "node" and raylet is None:
+        raise RuntimeError("STRUCTGEN_FAULT_KILL=node: this process does not run under a Ray raylet")
+    marker.write_text(f"killed {what} at {phase}:{epoch}:{rank} pid {os.getpid()} raylet {raylet}\n")
+    if raylet is not None:
+        os.kill(raylet, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

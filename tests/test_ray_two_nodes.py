@@ -1,0 +1,184 @@
+"""Two Ray nodes on this machine: a head and a second node, each its own `ray start` (its own
+raylet), on loopback with token authentication, as the README's "Several nodes" shows. A spread 2-worker growth job, submitted with
+`ray job submit`, puts one rank on each node and trains the tree that the same job trains with
+both ranks on one node; a 2-worker DDPM job likewise; a sweep's two trials run one on each node;
+losing the second node mid-growth (its raylet killed) restarts the worker group on the head from
+the last checkpoint with no epoch lost or repeated. Its own module: `ray stop` ends every Ray
+cluster on the machine, so no other test's cluster may be up meanwhile."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_VAE
+from test_ray_train import TINY
+
+from structgen.api import train_tree
+from structgen.config import load_config
+from structgen.launch.worker_record import read_workers
+from structgen.runtime.metrics_log import read_metrics
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+ROOT = Path(__file__).resolve().parents[1]
+HEAD, DASHBOARD = "127.0.0.1:6392", 8279
+
+
+def _env() -> dict:
+    """The ray CLI's environment: token mode (it sends the token `ray start` saved), and this venv
+    first on PATH, where a job's `python` entry point is looked up."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def _ray(*args, timeout=120):
+    return subprocess.run([RAY, *args], env=_env(), check=True, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """(head node id, second node id) of a running 2-node cluster the test process is connected to,
+    2 CPUs each: room for both workers of a job on either node, or for one 2-CPU trial."""
+    import ray
+
+    assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
+    _ray("start", "--head", "--port", HEAD.split(":")[1], "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+         "--resources", '{"head_node": 1}', "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD),
+         "--object-store-memory", str(300 * 2**20), "--disable-usage-stats")
+    try:
+        _ray("start", "--address", HEAD, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+             "--resources", '{"second_node": 1}', "--object-store-memory", str(300 * 2**20))
+        from structgen.launch.ray_cluster import init_ray
+        init_ray(HEAD, extra_pythonpath=[str(Path(__file__).parent)])
+        ids = {}
+        for _ in range(60):
+            ids = {name: n["NodeID"] for n in ray.nodes() if n["Alive"]
+                   for name in ("head_node", "second_node") if name in n["Resources"]}
+            if len(ids) == 2:
+                break
+            time.sleep(1)
+        assert len(ids) == 2, f"the second node never joined: {ray.nodes()}"
+        yield ids["head_node"], ids["second_node"]
+    finally:
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+GROWTH = TINY + ["data.train_subset=256", "training.num_epochs=1"]   # 1 epoch for 2 leaves, 2 per sub-tree
+
+
+def _job(tmp_path, name, placement, **spec):
+    """A 2-worker growth job run from this process."""
+    from structgen.launch.ray_train import JobSpec, run_job
+
+    cfg = load_config(None, GROWTH + [f"run.runs_dir={tmp_path}"])
+    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name=name, placement_strategy=placement,
+                                           storage_path=str(tmp_path / "ray"), **spec), evaluate=False)
+    assert result.error is None, result.error
+    return run_dir
+
+
+def _submitted_job(tmp_path, name, placement):
+    """The same job through `ray job submit` to the head's job API, as a user submits it; checks
+    that `ray job status` reports it succeeded and that the run evaluated its tree."""
+    api = f"http://127.0.0.1:{DASHBOARD}"
+    sets = [a for s in GROWTH + [f"run.runs_dir={tmp_path}"] for a in ("--set", s)]
+    for attempt in range(30):           # the job agent comes up a few seconds after the head
+        submit = subprocess.run(
+            [RAY, "job", "submit", "--address", api, "--working-dir", str(ROOT), "--submission-id",
+             f"{name}-{attempt}", "--", "python", "ray_jobs/train_treevae.py", "--name", name, "--num-workers", "2",
+             "--placement-strategy", placement, "--storage-path", str(tmp_path / "ray"), *sets],
+            env=_env(), capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submit.stderr:
+            break
+        time.sleep(2)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    status = _ray("job", "status", "--address", api, f"{name}-{attempt}")
+    assert "succeeded" in (status.stdout + status.stderr).lower()
+    run_dir = tmp_path / "synthetic" / name
+    assert read_metrics(run_dir)[-1]["event"] == "evaluation"
+    return run_dir
+
+
+def _nodes_by_rank(run_dir, restored=False) -> dict[int, str]:
+    return {w["rank"]: w["node_id"] for w in read_workers(run_dir) if w["restored"] == restored}
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    one, two = (torch.load(p, map_location="cpu", weights_only=True)["model"] for p in (a, b))
+    assert one.keys() == two.keys()
+    for key in one:
+        if torch.is_tensor(one[key]):
+            assert torch.allclose(one[key].float(), two[key].float(), atol=1e-6), key
+
+
+def test_a_submitted_spread_growth_uses_both_nodes_and_trains_the_one_node_tree(two_nodes, tmp_path):
+    head, second = two_nodes
+    spread = _submitted_job(tmp_path, "spread", "SPREAD")
+    packed = _job(tmp_path, "packed", "PACK")
+    assert set(_nodes_by_rank(spread).values()) == {head, second}
+    assert len(set(_nodes_by_rank(packed).values())) == 1
+    _same_weights(spread / "checkpoints" / "final.pt", packed / "checkpoints" / "final.pt")
+
+
+def test_spread_ddpm_uses_both_nodes_and_trains_the_one_node_weights(two_nodes, tmp_path):
+    from structgen.launch.ray_train import JobSpec, run_job
+
+    head, second = two_nodes
+    vae_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={tmp_path}", "run.name=vae"]), evaluate=False)
+    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", "diffusion.dim=16", "diffusion.dim_mults=[1,2]",
+                                    "diffusion.n_residual=1", "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4",
+                                    "diffusion.epochs=1", "diffusion.batch_size=32", "diffusion.sample_every=0",
+                                    "diffusion.n_timesteps=50"])
+    dirs = {}
+    for placement in ("SPREAD", "PACK"):
+        dirs[placement], result = run_job(cfg, JobSpec(num_workers=2, name=f"ddpm-{placement}", stage="ddpm",
+                                                       vae_run=str(vae_dir), placement_strategy=placement,
+                                                       storage_path=str(tmp_path / "ray")))
+        assert result.error is None, result.error
+    assert set(_nodes_by_rank(dirs["SPREAD"]).values()) == {head, second}
+    assert len(set(_nodes_by_rank(dirs["PACK"]).values())) == 1
+    _same_weights(dirs["SPREAD"] / "checkpoints" / "last.pt", dirs["PACK"] / "checkpoints" / "last.pt")
+
+
+def test_a_sweeps_trials_run_on_both_nodes(two_nodes, tmp_path):
+    """Two concurrent trials of 2 CPUs each fit only one per node."""
+    from test_tune import write_sweep
+
+    from structgen.launch.tune_sweep import run_sweep
+    from structgen.sweeps import load_sweep
+
+    sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, num_samples=1,
+                                   scheduler="fifo", max_concurrent=2))
+    cfg = load_config(None, TINY_VAE + [f"run.runs_dir={tmp_path}", "evaluation.baselines=false"])
+    experiment, results = run_sweep(cfg, sweep, "two-node-sweep", tmp_path / "tune", cpus_per_trial=2)
+    assert len(results) == 2 and not results.errors
+    trial_nodes = [read_workers(run)[0]["node_id"] for run in sorted((experiment / "runs").iterdir())]
+    assert sorted(trial_nodes) == sorted(two_nodes)
+
+
+def test_losing_a_node_mid_growth_resumes_on_the_rest(two_nodes, tmp_path):
+    """Last in the module: the second node stays down."""
+    import ray
+
+    head, second = two_nodes
+    marker = tmp_path / "node-lost.marker"
+    fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:1", "STRUCTGEN_FAULT_KILL": "node",
+             "STRUCTGEN_FAULT_MARKER": str(marker)}
+    first = _job(tmp_path, "lost", "SPREAD", max_failures=1, env=fault)
+    assert marker.exists() and "killed node" in marker.read_text(), "the node was never killed"
+    assert _nodes_by_rank(first)[1] == second, "rank 1 did not start on the second node"
+    assert set(_nodes_by_rank(first, restored=True).values()) == {head}, "the restarted ranks are not on the head"
+    assert second not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert (first / "checkpoints" / "final.pt").exists()
+    epochs = [(r["phase"], r["epoch"]) for r in read_metrics(first) if r["event"] == "epoch"]
+    assert len(epochs) == len(set(epochs)), "an epoch was repeated"
+    by_phase: dict[str, list[int]] = {}
+    for phase, epoch in epochs:
+        by_phase.setdefault(phase, []).append(epoch)
+    for phase, seen in by_phase.items():
+        assert seen == list(range(1, len(seen) + 1)), f"an epoch of {phase} was lost: {seen}"
+    assert by_phase["subtree-1"] == [1, 2]

@@ -13,25 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
-import numpy as np
-from mnist_quality import one_run, spread
-
-from structgen.config import load_config
-from structgen.data.run_data import load_run_data
-
-
-def validation_overrides(config: str, overrides: list[str], seed: int, scratch: Path) -> list[str]:
-    """Keys that make a run train on 80 % of ``seed``'s training split and score the other 20 %."""
-    cfg = load_config(config, overrides + [f"run.seed={seed}"])
-    train = load_run_data(cfg).train
-    path = scratch / f"{cfg.data.dataset}-train-seed{seed}.npz"
-    np.savez(path, images=train.images, labels=train.labels, class_names=np.array(train.class_names))
-    channels, side, _ = train.images.shape[1:]
-    return ["data.dataset=arrays", f"data.path={path}", "data.test_fraction=0.2", f"data.image_size={side}",
-            f"data.channels={channels}", "data.labels=auto"]
+from mnist_quality import seeded_runs, spread
 
 
 def main() -> None:
@@ -42,11 +25,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--runs-dir", default="runs/benchmarks")
     args = parser.parse_args()
-    runs = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in args.seeds:
-            extra = validation_overrides(args.config, args.overrides, seed, Path(scratch)) if args.validation else []
-            runs.append(one_run(args.config, args.overrides + extra, seed, args.runs_dir))
+    runs = seeded_runs(args.config, args.overrides, args.seeds, args.runs_dir, args.validation)
     scored = "validation part of the training split" if args.validation else "test split"
     print(f"\n{args.config} {' '.join(args.overrides)}, seeds {args.seeds}, scored on the {scored}")
     print(f"{'':22}{'ACC':>16}{'NMI':>16}{'minutes':>10}")

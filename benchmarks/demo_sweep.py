@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo_quality import validation_overrides
+from mnist_quality import validation_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,9 +2,10 @@
 
 Set STRUCTGEN_FAULT_AT="<phase name>:<epoch>:<rank>" and STRUCTGEN_FAULT_MARKER=<file>: the
 matching rank kills itself with SIGKILL right after that epoch's checkpoint, once (the marker
-file records that it happened). With STRUCTGEN_FAULT_KILL=node, a rank running under Ray first
-kills its node's raylet, so the whole node is lost as when a host goes down. Unset, this does
-nothing.
+file records that it happened); a rank of ``*`` matches every rank. With STRUCTGEN_FAULT_KILL=node,
+a rank running under Ray first kills its node's raylet, so the whole node is lost as when a host
+goes down; STRUCTGEN_FAULT_NODE=<Ray node id> limits that to the ranks on that node (which rank
+lands where is Ray's choice). Unset, this does nothing.
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ def _ancestor_named(name: str) -> int | None:
 
 def maybe_die(phase: str, epoch: int, rank: int) -> None:
     spec = os.environ.get("STRUCTGEN_FAULT_AT")
-    if not spec or spec != f"{phase}:{epoch}:{rank}":
+    if not spec or spec not in (f"{phase}:{epoch}:{rank}", f"{phase}:{epoch}:*"):
         return
+    node = os.environ.get("STRUCTGEN_FAULT_NODE")
+    if node:
+        import ray
+        if ray.get_runtime_context().get_node_id() != node:
+            return
     marker = Path(os.environ.get("STRUCTGEN_FAULT_MARKER", "structgen-fault.marker"))
     if marker.exists():
         return

@@ -61,6 +61,8 @@ def two_nodes():
                 break
             time.sleep(1)
         assert len(ids) == 2, f"the second node never joined: {ray.nodes()}"
+        # Ray Train pins its controller to the driver's node; only the second node may be lost.
+        assert ray.get_runtime_context().get_node_id() == ids["head_node"], "the driver joined the second node"
         yield ids["head_node"], ids["second_node"]
     finally:
         ray.shutdown()

@@ -207,7 +207,10 @@ def _image_source(run_cfg, images, dataset, split, overrides):
         ds = load_split(d.dataset, s, d.data_dir, seed=run_cfg.run.seed, test_fraction=d.test_fraction, data_cfg=d)
         parts.append(ds.images)
         names += ds.sources if ds.sources is not None else [f"{d.dataset}/{s}#{i}" for i in range(len(ds))]
-    return np.concatenate(parts), names
+    if len(parts) == 1:
+        return parts[0], names
+    # Arrays in memory are joined; .beton-backed parts (dataset beton) stay on disk, streamed in turn.
+    return (np.concatenate(parts) if all(isinstance(p, np.ndarray) for p in parts) else parts), names
 
 
 def assign(run_dir, images=None, *, dataset: str | None = None, split: str = "all", overrides=(),

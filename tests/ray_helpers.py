@@ -94,8 +94,9 @@ def equivalence_worker(config: dict) -> None:
     from structgen.launch.ray_train import ray_context
     from structgen.stages import STAGES
 
-    ctx = ray_context(Path(config["out"]), STAGES["ddpm" if config["kind"] == "unet" else "tree"])
-    state = one_step(config["kind"], ctx.rank, ctx.world_size, ctx)
-    if ctx.rank == 0:
-        torch.save(state, Path(config["out"]) / f"{config['kind']}.pt")
+    for kind in config["kinds"]:          # one worker group for every kind: its start-up is the cost
+        ctx = ray_context(Path(config["out"]), STAGES["ddpm" if kind == "unet" else "tree"])
+        state = one_step(kind, ctx.rank, ctx.world_size, ctx)
+        if ctx.rank == 0:
+            torch.save(state, Path(config["out"]) / f"{kind}.pt")
     ray.train.report({"done": 1})

@@ -148,7 +148,7 @@ def test_synthetic_hierarchy_and_determinism():
 
 def test_shapes_and_names():
     assert dataset_shape("cifar10") == (3, 32, 32)
-    assert all(dataset_shape(n) == (1, 28, 28) for n in DATASETS if n not in ("cifar10", "folder", "arrays"))
+    assert all(dataset_shape(n) == (1, 28, 28) for n in DATASETS if n not in ("cifar10", "folder", "arrays", "beton"))
     # the user's own images take the shape the data config converts them to
     from structgen.config.schema import DataConfig
     assert dataset_shape("folder", DataConfig(channels=3, image_size=40)) == (3, 40, 40)

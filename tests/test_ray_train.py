@@ -1,7 +1,8 @@
-"""Ray Train on a real local Ray cluster with 2 CPU workers: DDP equivalence, distributed
-growth, recovery from a killed worker, diffusion under DDP. (`ray job submit` against
-`ray start --head`, with a second node, is in test_ray_two_nodes.py: `ray stop` ends every Ray cluster on the
-machine, so it must not run while this module's cluster is up.)"""
+"""Ray Train on a real local Ray cluster with 2 CPU workers: DDP equivalence of one step, a
+stopped job resumed by re-running it, diffusion under DDP, a user's image folder. (Growth over
+two workers against one process's tree, `ray job submit` against `ray start --head`, and recovery
+from a lost node are in test_ray_two_nodes.py: `ray stop` ends every Ray cluster on the machine,
+so it must not run while this module's cluster is up.)"""
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from conftest import SYNTHETIC_FAST
 from ray_helpers import equivalence_worker, one_step
 
-from structgen.api import load_model, train_tree
+from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.runtime.metrics_log import read_metrics
 
@@ -49,62 +50,25 @@ def test_a_local_cluster_binds_its_dashboard_to_loopback_and_demands_the_token(r
             assert s.connect_ex((node.node_ip_address, int(port))) != 0
 
 
-@pytest.mark.parametrize("kind", ["full", "subtree", "unet"])
-def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path, kind):
+def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path):
+    """A full-tree, a sub-tree and a UNet step, each by 2 DDP workers and by one process."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    TorchTrainer(equivalence_worker, train_loop_config={"kind": kind, "out": str(tmp_path)},
+    kinds = ["full", "subtree", "unet"]
+    TorchTrainer(equivalence_worker, train_loop_config={"kinds": kinds, "out": str(tmp_path)},
                  scaling_config=ScalingConfig(num_workers=2),
-                 run_config=RunConfig(name=f"equiv-{kind}", storage_path=str(tmp_path / "ray"))).fit()
-    two = torch.load(tmp_path / f"{kind}.pt")
-    one = one_step(kind, rank=0, world=1)
-    assert two.keys() == one.keys()
-    for key in one:
-        diff = (one[key].float() - two[key].float()).abs().max().item()
-        assert diff < 1e-5, f"{key}: max difference {diff}"
-    before = one_step(kind, rank=0, world=1, lr=0.0)
-    moved = sum(int(not torch.equal(before[k], one[k])) for k in one)
-    assert moved > 10, "the step must actually change the parameters"
-
-
-def test_two_worker_growth_matches_one_worker_tree(ray_session, tmp_path):
-    from structgen.launch.ray_train import JobSpec, run_job
-
-    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
-    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="two", storage_path=str(tmp_path / "ray")))
-    assert result.error is None
-    single_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=one"]), evaluate=False)
-    two_tree, one_tree = load_model(run_dir)[0].tree, load_model(single_dir)[0].tree
-    assert len(two_tree.leaves()) == len(one_tree.leaves())
-    assert sorted(map(len, two_tree.leaves())) == sorted(map(len, one_tree.leaves()))   # same shape
-    records = read_metrics(run_dir)
-    assert any(r["event"] == "evaluation" for r in records) and (run_dir / "figures" / "tree.png").exists()
-
-
-def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path):
-    from structgen.launch.ray_train import JobSpec, run_job
-
-    marker = tmp_path / "killed.marker"
-    worker_tmp = tmp_path / "worker_tmp"                             # where the workers' temporary files go
-    worker_tmp.mkdir()
-    fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:1",                  # rank 1 dies after subtree-1 epoch 1
-             "STRUCTGEN_FAULT_MARKER": str(marker), "TMPDIR": str(worker_tmp)}
-    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", "evaluation.baselines=false"])
-    run_dir, result = run_job(cfg, JobSpec(num_workers=2, name="fault", max_failures=2, env=fault,
-                                           storage_path=str(tmp_path / "ray")), evaluate=False)
-    assert marker.exists(), "the fault was never injected"
-    assert result.error is None
-    assert (run_dir / "checkpoints" / "final.pt").exists()
-    epochs = [(r["phase"], r["epoch"]) for r in read_metrics(run_dir) if r["event"] == "epoch"]
-    assert len(epochs) == len(set(epochs)), "duplicate epochs in metrics.jsonl"
-    by_phase = {}
-    for phase, epoch in epochs:
-        by_phase.setdefault(phase, []).append(epoch)
-    for phase, seen in by_phase.items():
-        assert seen == list(range(1, len(seen) + 1)), f"missing epochs in {phase}: {seen}"
-    assert by_phase["subtree-1"] == [1, 2]
-    assert not list(worker_tmp.glob("structgen-ckpt-*")), "a worker left its restored checkpoint behind"
+                 run_config=RunConfig(name="equiv", storage_path=str(tmp_path / "ray"))).fit()
+    for kind in kinds:
+        two = torch.load(tmp_path / f"{kind}.pt")
+        one = one_step(kind, rank=0, world=1)
+        assert two.keys() == one.keys(), kind
+        for key in one:
+            diff = (one[key].float() - two[key].float()).abs().max().item()
+            assert diff < 1e-5, f"{kind} {key}: max difference {diff}"
+        before = one_step(kind, rank=0, world=1, lr=0.0)
+        moved = sum(int(not torch.equal(before[k], one[k])) for k in one)
+        assert moved > 10, f"the {kind} step must actually change the parameters"
 
 
 def test_ddpm_trains_on_two_workers_with_identical_ema(ray_session, tmp_path):

@@ -3,7 +3,8 @@ raylet), on loopback with token authentication, as the README's "Several nodes" 
 `ray job submit`, puts one rank on each node and trains the tree that the same job trains with
 both ranks on one node; a 2-worker DDPM job likewise; a sweep's two trials run one on each node;
 losing the second node mid-growth (its raylet killed) restarts the worker group on the head from
-the last checkpoint with no epoch lost or repeated. Its own module: `ray stop` ends every Ray
+the last checkpoint with no epoch lost or repeated. (The one-node module test_ray_train.py keeps
+what needs no second node: one DDP step equals one process's, a stopped job resumes when re-run.) Its own module: `ray stop` ends every Ray
 cluster on the machine, so no other test's cluster may be up meanwhile."""
 import os
 import subprocess
@@ -19,6 +20,7 @@ from test_ray_train import TINY
 from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.launch.worker_record import read_workers
+from structgen.runtime.tree_checkpoint import load_model
 from structgen.runtime.metrics_log import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -124,6 +126,10 @@ def test_a_submitted_spread_growth_uses_both_nodes_and_trains_the_one_node_tree(
     assert set(_nodes_by_rank(spread).values()) == {head, second}
     assert len(set(_nodes_by_rank(packed).values())) == 1
     _same_weights(spread / "checkpoints" / "final.pt", packed / "checkpoints" / "final.pt")
+    # ... and it grows the tree one process grows (2 DDP ranks take one process's steps)
+    single, _ = train_tree(load_config(None, GROWTH + [f"run.runs_dir={tmp_path}", "run.name=one"]), evaluate=False)
+    two_tree, one_tree = load_model(spread)[0].tree, load_model(single)[0].tree
+    assert sorted(map(len, two_tree.leaves())) == sorted(map(len, one_tree.leaves()))
 
 
 def test_spread_ddpm_uses_both_nodes_and_trains_the_one_node_weights(two_nodes, tmp_path):
@@ -169,9 +175,11 @@ def test_losing_a_node_mid_growth_resumes_on_the_rest(two_nodes, tmp_path):
 
     head, second = two_nodes
     marker = tmp_path / "node-lost.marker"
+    worker_tmp = tmp_path / "worker_tmp"                  # where the workers' temporary files go
+    worker_tmp.mkdir()
     # The rank that SPREAD put on the second node kills that node's raylet after subtree-1 epoch 1.
     fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:*", "STRUCTGEN_FAULT_KILL": "node", "STRUCTGEN_FAULT_NODE": second,
-             "STRUCTGEN_FAULT_MARKER": str(marker)}
+             "STRUCTGEN_FAULT_MARKER": str(marker), "TMPDIR": str(worker_tmp)}
     first = _job(tmp_path, "lost", "SPREAD", max_failures=1, env=fault)
     assert marker.exists() and "killed node" in marker.read_text(), "the node was never killed"
     assert set(_nodes_by_rank(first).values()) == {head, second}, "the job did not start on both nodes"
@@ -186,3 +194,4 @@ def test_losing_a_node_mid_growth_resumes_on_the_rest(two_nodes, tmp_path):
     for phase, seen in by_phase.items():
         assert seen == list(range(1, len(seen) + 1)), f"an epoch of {phase} was lost: {seen}"
     assert by_phase["subtree-1"] == [1, 2]
+    assert not list(worker_tmp.glob("structgen-ckpt-*")), "a restarted rank left its restored checkpoint behind"

@@ -7,8 +7,8 @@ HELP = "the leaf of every image under a trained run, with its probabilities, as 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or checkpoint file")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", metavar="PATH", help="a folder of images (recursive), one image file, or an "
-                                                       ".npz / idx-ubyte file")
+    src.add_argument("--images", metavar="PATH", help="a folder of images (recursive), one image file, an "
+                                                       ".npz / idx-ubyte file, or a raw .beton file")
     src.add_argument("--dataset", nargs="?", const="", metavar="NAME",
                      help="a dataset by name (with --set data.*=...); without NAME the run's own data")
     p.add_argument("--split", choices=("train", "test", "all"), default="all", help="with --dataset (default all)")

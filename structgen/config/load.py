@@ -226,9 +226,15 @@ def check_consistency(cfg: Config, source: str) -> None:
         lo_hi = getattr(t, name)
         if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
             raise ConfigError(f"{source}: training.{name} = {lo_hi} must be [low, high] with low <= high")
-    if cfg.data.dataset in ("folder", "arrays") and not cfg.data.path:
-        raise ConfigError(f"{source}: data.dataset = {cfg.data.dataset} needs data.path (the image folder, or the "
-                          f".npz / idx-ubyte file)")
+    if cfg.data.dataset in ("folder", "arrays", "beton") and not cfg.data.path:
+        what = "the .beton files' prefix, <path>-train.beton" if cfg.data.dataset == "beton" else \
+            "the image folder, or the .npz / idx-ubyte file"
+        raise ConfigError(f"{source}: data.dataset = {cfg.data.dataset} needs data.path ({what})")
+    if cfg.data.dataset == "beton":
+        subsets = [f"data.{k}" for k in ("train_subset", "test_subset", "num_clusters_data") if getattr(cfg.data, k)]
+        if subsets:
+            raise ConfigError(f"{source}: dataset beton reads its files as they are and takes no {', '.join(subsets)}; "
+                              f"write the subset you want into the files")
     channels, height, width = dataset_shape(cfg.data.dataset, cfg.data)
     # `auto` becomes the family that fits, so the saved config.yml names the network it built.
     m.encoder = choose_family(m.encoder, (channels, height, width), m.representation_dim)

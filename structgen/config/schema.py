@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from structgen.config.fields import option
 
-DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays", "beton")
 PRECISIONS = ("fp32", "bf16", "fp16")    # run.precision: training arithmetic (structgen/runtime/precision.py)
 
 # Where spectral norm goes (structgen/nn/spectral.py says what each placement covers).
@@ -58,12 +58,16 @@ class DataConfig:
     ffcv_image_mode: str = option("raw", "image field of the .beton files: raw pixels (exact) or jpg (quality 90)",
                                   choices=("raw", "jpg"))
     ffcv_workers: int = option(0, "FFCV decoding threads; 0 = torch's thread count", min=0)
+    memory_limit_gb: float = option(0.0, "most memory the images may take with data.loader memory (a larger set "
+                                         "is refused, pointing to data.loader ffcv); 0 = half of what is free",
+                                    min=0.0)
     num_clusters_data: int = option(0, "keep only this many classes (a seeded subset); 0 = all", min=0)
     test_fraction: float = option(0.2, "held-out share when a dataset ships a single split", min=0.01, max=0.9)
     train_subset: int = option(0, "use only this many training images (seeded); 0 = all", min=0)
     test_subset: int = option(0, "use only this many test images (seeded); 0 = all", min=0)
     # Your own images (dataset folder or arrays); README "Your own images".
-    path: Optional[str] = option(None, "folder / arrays: the image folder, or the .npz / idx-ubyte images file")
+    path: Optional[str] = option(None, "folder / arrays: the image folder, or the .npz / idx-ubyte images file; "
+                                       "beton: the files' prefix (<path>-train.beton, <path>-test.beton)")
     image_size: int = option(28, "folder / arrays: every image is resized (antialiased) to this side", min=3, max=512)
     channels: int = option(1, "folder / arrays: 1 = greyscale, 3 = RGB (images are converted)", choices=(1, 3))
     labels: str = option("auto", "folder: auto = class sub-folders give labels when there are two or more; "

@@ -43,10 +43,21 @@ def sidecar_path(beton) -> Path:
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """Hash of the pixels and labels: tells whether a file holds exactly these arrays."""
+    return fingerprint_chunks(images.shape, [(images, labels)])
+
+
+def fingerprint_chunks(shape, chunks) -> str:
+    """``fingerprint`` of (images, labels) handed over in consecutive chunks, N x C x H x W
+    images in all (``shape``)."""
     h = hashlib.blake2b(digest_size=16)
-    for a in (np.ascontiguousarray(images), np.ascontiguousarray(labels, dtype=np.int64)):
-        h.update(str(a.shape).encode())
-        h.update(memoryview(a).cast("B"))
+    h.update(str(tuple(shape)).encode())
+    labels = []
+    for images, chunk_labels in chunks:
+        h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+        labels.append(np.asarray(chunk_labels, dtype=np.int64).reshape(-1))
+    labels = np.ascontiguousarray(np.concatenate(labels))
+    h.update(str(labels.shape).encode())
+    h.update(memoryview(labels).cast("B"))
     return h.hexdigest()
 
 
@@ -66,22 +77,49 @@ def keep_torch_threads():
 
 
 # ---- writing ---------------------------------------------------------------------------------
+class ArraySource:
+    """What the writer reads: ``count`` images of ``shape`` (C, H, W), served in chunks.
+
+    This one serves an ImageSet held in memory; a generator of a set larger than memory
+    (benchmarks/large_data.py) serves the same surface and is written without being held.
+    """
+
+    def __init__(self, ds):
+        self.ds = ds
+        self.name, self.split, self.class_names = ds.name, ds.split, list(ds.class_names)
+        self.count, self.shape = len(ds.images), tuple(ds.images.shape[1:])
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images [start, stop) as uint8 N x C x H x W, and their int64 labels."""
+        return self.ds.images[start:stop], self.ds.labels[start:stop]
+
+
 class _Samples:
     """The indexable FFCV's writer reads: (HWC uint8 RGB image, label, index) per sample."""
 
-    def __init__(self, hwc: np.ndarray, labels: np.ndarray):
-        self.hwc, self.labels = hwc, labels
+    def __init__(self, source):
+        self.source = source
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.source.count
 
     def __getitem__(self, i):
-        return self.hwc[i], int(self.labels[i]), int(i)
+        image, label = self.source.read(i, i + 1)
+        hwc = image[0].transpose(1, 2, 0)
+        if hwc.shape[2] == 1:             # FFCV's image field is RGB only
+            hwc = np.repeat(hwc, 3, axis=2)
+        return np.ascontiguousarray(hwc), int(label[0]), int(i)
+
+
+def _source_fingerprint(source, chunk: int = 8192) -> str:
+    return fingerprint_chunks((source.count, *source.shape),
+                              (source.read(s, min(s + chunk, source.count)) for s in range(0, source.count, chunk)))
 
 
 def write_beton(ds, path, image_mode: str = "raw", num_workers: int | None = None, *,
                 rebuild: str | None = None) -> Path:
-    """Write ImageSet ``ds`` to ``path`` (atomically) and its sidecar; returns ``path``.
+    """Write ImageSet ``ds`` (or an ArraySource-like source) to ``path`` (atomically) and its
+    sidecar; returns ``path``.
 
     ``rebuild`` is the command that recreates the file; it is stored in the sidecar so later
     errors can quote it.
@@ -90,18 +128,18 @@ def write_beton(ds, path, image_mode: str = "raw", num_workers: int | None = Non
         from ffcv.fields import IntField, RGBImageField
         from ffcv.writer import DatasetWriter
 
+    source = ds if hasattr(ds, "read") else ArraySource(ds)
     if image_mode not in IMAGE_MODES:
         raise ValueError(f"write_beton: image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
     path = Path(path)
-    n, c, h, w = ds.images.shape
+    n, (c, h, w) = source.count, source.shape
     if c not in (1, 3):
-        raise DataError(f"{ds.name}/{ds.split}: FFCV stores 1- or 3-channel images, got {c} channels")
+        raise DataError(f"{source.name}/{source.split}: FFCV stores 1- or 3-channel images, got {c} channels")
     if n == 0:
-        raise DataError(f"{ds.name}/{ds.split}: no images to write to {path}")
-    # FFCV's workers hang rather than fail on a bad sample, so everything is converted up front.
-    hwc = np.ascontiguousarray(ds.images.transpose(0, 2, 3, 1))
-    if c == 1:
-        hwc = np.ascontiguousarray(np.repeat(hwc, 3, axis=3))
+        raise DataError(f"{source.name}/{source.split}: no images to write to {path}")
+    # FFCV's workers hang rather than fail on a bad sample, so every chunk is read once up front
+    # (which also gives the fingerprint).
+    digest = _source_fingerprint(source)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fields = {"image": RGBImageField(write_mode=image_mode, jpeg_quality=JPEG_QUALITY),
@@ -109,14 +147,14 @@ def write_beton(ds, path, image_mode: str = "raw", num_workers: int | None = Non
     try:
         workers = int(num_workers) if num_workers else len(os.sched_getaffinity(0))
         writer = DatasetWriter(str(tmp), fields, page_size=_PAGE_SIZE, num_workers=min(workers, max(1, n // 1000)))
-        writer.from_indexed_dataset(_Samples(hwc, ds.labels), chunksize=1000)
+        writer.from_indexed_dataset(_Samples(source), chunksize=1000)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "dataset": ds.name, "split": ds.split, "count": int(n),
+    meta = {"format_version": FORMAT_VERSION, "dataset": source.name, "split": source.split, "count": int(n),
             "shape": [int(c), int(h), int(w)], "image_mode": image_mode, "jpeg_quality": JPEG_QUALITY,
-            "fingerprint": fingerprint(ds.images, ds.labels), "size": path.stat().st_size,
-            "rebuild": rebuild or default_rebuild_command(path.parent, ds.name, image_mode)}
+            "fingerprint": digest, "class_names": source.class_names, "size": path.stat().st_size,
+            "rebuild": rebuild or default_rebuild_command(path.parent, source.name, image_mode)}
     side = sidecar_path(path)
     side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
     side_tmp.write_text(json.dumps(meta, indent=1) + "\n")

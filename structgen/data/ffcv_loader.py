@@ -29,11 +29,14 @@ class FFCVLoader(ShardedOrder):
     indices into the written split. With ``two_views`` each image is augmented twice inside the
     FFCV pipeline (random resized crop, flip, colour jitter, greyscale) and x is
     [views1; views2] of shape (2B,C,H,W). ``indices`` restricts the loader to a subset.
+    ``stream`` reads each batch's samples from the file (``ffcv_streaming``): resident memory
+    stays one batch whatever the file's size (dataset beton; slower per image than FFCV's map).
     """
 
     def __init__(self, beton, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, indices=None, device="cpu",
-                 num_workers: int | None = None, two_views: bool = False, expect: dict | None = None):
+                 num_workers: int | None = None, two_views: bool = False, expect: dict | None = None,
+                 stream: bool = False):
         self.beton = Path(beton)
         self.meta = check_beton(self.beton, expect)
         self.rebuild = (expect or {}).get("rebuild") or self.meta.get("rebuild", "")
@@ -46,7 +49,7 @@ class FFCVLoader(ShardedOrder):
         self.num_workers = int(num_workers) if num_workers else torch.get_num_threads()
         self.shape = tuple(self.meta["shape"])
         self._ffcv = compiled_loader(self.beton, self.meta, batch_size, self.two_views, self.device,
-                                     self.num_workers, self.rebuild)
+                                     self.num_workers, self.rebuild, stream)
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """ShardedOrder's indices as numpy, the form FFCV's traversal order takes."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -161,16 +162,19 @@ _LOADERS: OrderedDict = OrderedDict()
 
 
 def compiled_loader(beton: Path, meta: dict, batch_size: int, two_views: bool, device: torch.device,
-                    num_workers: int, rebuild: str):
-    """A compiled FFCV loader for these settings, shared by every FFCVLoader that needs it."""
+                    num_workers: int, rebuild: str, stream: bool = False):
+    """A compiled FFCV loader for these settings, shared by every FFCVLoader that needs it.
+    ``stream``: read each batch from the file instead of FFCV's map of it (ffcv_streaming)."""
+    from structgen.data.ffcv_streaming import streaming_loader_memory
+
     st = beton.stat()
-    key = (str(beton.resolve()), st.st_size, st.st_mtime_ns, batch_size, two_views, str(device), num_workers)
+    key = (str(beton.resolve()), st.st_size, st.st_mtime_ns, batch_size, two_views, str(device), num_workers, stream)
     if key in _LOADERS:
         _LOADERS.move_to_end(key)
         return _LOADERS[key]
     classes = _ffcv_classes()
     try:
-        with keep_torch_threads():
+        with keep_torch_threads(), (streaming_loader_memory() if stream else nullcontext()):
             loader = classes["OrderedLoader"](str(beton), batch_size=batch_size, num_workers=num_workers,
                                               order=classes["SEQUENTIAL"], drop_last=False,
                                               pipelines=_pipelines(tuple(meta["shape"]), two_views, device))

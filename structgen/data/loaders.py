@@ -7,7 +7,9 @@ memory loader through ``augment.two_views`` on the batch.
 
 The FFCV path reads ``<ffcv_dir>/<dataset>-<split>.beton`` and checks that it holds exactly the
 arrays handed in (a fingerprint of pixels and labels), so a file written for another seed,
-subset or data folder is refused with the command that rebuilds it.
+subset or data folder is refused with the command that rebuilds it. Dataset ``beton`` hands in
+the file itself (``BetonImages``): the FFCV loader streams it, the memory loader reads it whole
+only where it fits in memory.
 """
 from __future__ import annotations
 
@@ -92,8 +94,12 @@ def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shu
     with run.seed = ``split_seed``); the FFCV loader reads the same images from the split's
     .beton file and refuses a file that holds anything else.
     """
+    from structgen.data.beton_images import BetonImages
+
     kind = d.loader
     if kind == "memory":
+        if isinstance(images, BetonImages):       # read into memory, if it fits (memory_fit)
+            images = np.asarray(images)
         loader = TensorLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
                               world_size=world_size, drop_last=drop_last, indices=indices, device=device)
         return _WithViews(loader) if two_views else loader
@@ -102,10 +108,16 @@ def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shu
     from structgen.data.ffcv_files import beton_path, fingerprint
     from structgen.data.ffcv_loader import FFCVLoader
 
-    images, labels = _numpy(images), _numpy(labels)
-    expect = {"dataset": d.dataset, "split": split, "count": len(images), "shape": list(images.shape[1:]),
-              "image_mode": d.ffcv_image_mode, "fingerprint": fingerprint(images, labels),
-              "rebuild": rebuild_command(d, split_seed)}
-    return FFCVLoader(beton_path(ffcv_dir(d), d.dataset, split), batch_size, shuffle=shuffle, seed=seed,
+    stream = isinstance(images, BetonImages)      # the run's data is the file itself: streamed
+    if stream:
+        path = images.path
+        expect = {"count": len(images), "fingerprint": images.fingerprint}
+    else:
+        images, labels = _numpy(images), _numpy(labels)
+        path = beton_path(ffcv_dir(d), d.dataset, split)
+        expect = {"dataset": d.dataset, "split": split, "count": len(images), "shape": list(images.shape[1:]),
+                  "image_mode": d.ffcv_image_mode, "fingerprint": fingerprint(images, labels),
+                  "rebuild": rebuild_command(d, split_seed)}
+    return FFCVLoader(path, batch_size, shuffle=shuffle, seed=seed,
                       rank=rank, world_size=world_size, drop_last=drop_last, indices=indices, device=device,
-                      num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect)
+                      num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect, stream=stream)

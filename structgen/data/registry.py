@@ -4,7 +4,9 @@ Nothing is downloaded and nothing is cached on disk. ``digits`` and ``synthetic`
 files; ``mnist``, ``fmnist`` and ``cifar10`` read the standard files under ``data_dir``
 (layouts in README of the shared data folder and in ``idx.py`` / ``cifar10.py``). ``folder`` and
 ``arrays`` are the user's own images at ``data.path`` (``user_data.py``), converted to
-``data.channels`` x ``data.image_size`` x ``data.image_size``.
+``data.channels`` x ``data.image_size`` x ``data.image_size``. ``beton`` reads the ``.beton``
+files ``<data.path>-train.beton`` and ``<data.path>-test.beton`` (as ``prepare-data --format
+ffcv`` names them) on demand, without loading them: a set larger than memory (``beton_images.py``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from structgen.data.summary import format_summary, summarize
 __all__ = ["DATASETS", "SPLITS", "ImageSet", "dataset_shape", "resolve_data_dir", "load_split",
            "summarize", "format_summary"]
 
-DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays")
+DATASETS = ("digits", "mnist", "fmnist", "cifar10", "synthetic", "folder", "arrays", "beton")
 USER_DATASETS = ("folder", "arrays")     # shape and files come from the data config
 SPLITS = ("train", "test")
 
@@ -89,7 +91,30 @@ def dataset_shape(name: str, data_cfg=None) -> tuple[int, int, int]:
             raise DataError(f"the shape of dataset {name!r} comes from data.channels and data.image_size: "
                             f"pass the data config")
         return (int(data_cfg.channels), int(data_cfg.image_size), int(data_cfg.image_size))
+    if name == "beton":
+        from structgen.data.ffcv_files import check_beton
+
+        return tuple(check_beton(beton_split_path(data_cfg, "train"))["shape"])
     return _SHAPES[name]
+
+
+def beton_split_path(data_cfg, split: str) -> Path:
+    """``<data.path>-<split>.beton``: the file dataset ``beton`` reads for ``split``."""
+    if data_cfg is None or not data_cfg.path:
+        raise DataError("dataset beton needs data.path: the files' common prefix, e.g. data/ffcv/mnist for "
+                        "data/ffcv/mnist-train.beton and data/ffcv/mnist-test.beton")
+    return Path(f"{Path(data_cfg.path).expanduser()}-{split}.beton")
+
+
+def _read_beton_split(data_cfg, split: str) -> ImageSet:
+    from structgen.data.beton_images import BetonImages
+
+    images = BetonImages(beton_split_path(data_cfg, split), data_cfg.memory_limit_gb)
+    labels = images.labels
+    names = images.meta.get("class_names")
+    if names is None:                      # a file written before sidecars named the classes
+        names = [str(k) for k in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
+    return ImageSet(images, labels, "beton", split, list(names), fingerprint=f"beton {images.fingerprint}")
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -131,6 +156,8 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *, see
         if data_cfg is None:
             raise DataError(f"dataset {name!r} is read from data.path: pass the data config")
         return read_user_split(data_cfg, split, seed)
+    if name == "beton":
+        return _read_beton_split(data_cfg, split)
     superclass = None
     class_names = _CLASS_NAMES.get(name)
     if name == "digits":

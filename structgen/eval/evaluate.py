@@ -20,9 +20,8 @@ LABELLED_METRICS = ("acc", "nmi", "ari", "leaf_purity", "dendrogram_purity")
 
 
 def _batches(images: np.ndarray, batch_size: int, device):
-    data = torch.from_numpy(images)
-    for start in range(0, len(images), batch_size):
-        yield to_device_float(data[start:start + batch_size], device)
+    for start in range(0, len(images), batch_size):    # per batch: a BetonImages set is read as it goes
+        yield to_device_float(torch.from_numpy(np.asarray(images[start:start + batch_size])), device)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Images to assign, streamed in batches so that a large folder never sits in memory at once.
 
 A source is a folder (every image file under it), one image file, an ``.npz`` / idx-ubyte file
-of arrays, or arrays already in memory. Every image is converted exactly as training converted
+of arrays, a ``.beton`` file (read a batch at a time), or arrays (or a list of them, laid end
+to end). Every image is converted exactly as training converted
 its data (``structgen.data.convert``) to the model's (C, H, W), so a file the run trained on
 gets the same pixels, and so the same leaf, as during training.
 """
@@ -26,16 +27,31 @@ class ImageStream:
         return len(self.names)
 
 
-def _array_stream(images: np.ndarray, names: list[str], shape, batch_size: int, where: str) -> ImageStream:
+def _rows(parts: list, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the parts laid end to end."""
+    pieces, offset = [], 0
+    for part in parts:
+        lo, hi = max(start - offset, 0), min(stop - offset, len(part))
+        if lo < hi:
+            pieces.append(part[lo:hi])
+        offset += len(part)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _array_stream(images, names: list[str], shape, batch_size: int, where: str) -> ImageStream:
+    """Batches of an array, or of several laid end to end; a BetonImages part is read from its
+    file one batch at a time (a set larger than memory)."""
+    from structgen.data.beton_images import BetonImages
     from structgen.data.convert import convert_array_images
     from structgen.data.user_arrays import _nchw, _uint8
 
-    images = _uint8(_nchw(np.asarray(images), where), where)
+    parts = [p if isinstance(p, BetonImages) else _uint8(_nchw(np.asarray(p), where), where)
+             for p in (images if isinstance(images, list) else [images])]
     channels, side, _ = shape
 
     def batches():
-        for start in range(0, len(images), batch_size):
-            chunk = convert_array_images(images[start:start + batch_size], side, channels, where)
+        for start in range(0, len(names), batch_size):
+            chunk = convert_array_images(_rows(parts, start, start + batch_size), side, channels, where)
             yield names[start:start + batch_size], chunk
     return ImageStream(names, batches())
 
@@ -65,8 +81,9 @@ def _file_stream(files: list[Path], shape, batch_size: int, on_bad: str) -> Imag
 def open_images(source, shape: tuple[int, int, int], batch_size: int = 256, on_bad: str = "error") -> ImageStream:
     """An ImageStream over ``source`` (a path or an array), converted to ``shape``."""
     if not isinstance(source, (str, Path)):
-        images = np.asarray(source)
-        return _array_stream(images, [f"#{i}" for i in range(len(images))], shape, batch_size, "images")
+        parts = source if isinstance(source, list) else [source]
+        count = sum(len(p) for p in parts)
+        return _array_stream(source, [f"#{i}" for i in range(count)], shape, batch_size, "images")
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"--images {str(path)!r} does not exist")
@@ -81,6 +98,11 @@ def open_images(source, shape: tuple[int, int, int], batch_size: int = 256, on_b
 
     if path.suffix.lower() in image_extensions():
         return _file_stream([path], shape, batch_size, on_bad)
+    if path.suffix == ".beton":
+        from structgen.data.beton_images import BetonImages
+
+        images = BetonImages(path)
+        return _array_stream(images, [f"{path}#{i}" for i in range(len(images))], shape, batch_size, str(path))
     from structgen.data.user_arrays import read_arrays
     from structgen.data.user_data import FileHasher
 

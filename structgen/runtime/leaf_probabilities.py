@@ -21,13 +21,12 @@ def leaf_probabilities(model: TreeVAE, images: np.ndarray, ctx: Context, batch_s
     per_rank = -(-n // ctx.world_size)
     positions = torch.arange(per_rank * ctx.world_size) % n       # wrap-around padding
     mine = positions[ctx.rank::ctx.world_size]
-    data = torch.from_numpy(images)
     was_training = model.training
     model.eval()
     parts = []
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        x = to_device_float(data[idx], ctx.device)
+        x = to_device_float(torch.from_numpy(np.asarray(images[idx.numpy()])), ctx.device)
         parts.append(model.predict(x))
     model.train(was_training)
     local = torch.cat(parts)

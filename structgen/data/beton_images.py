@@ -74,7 +74,7 @@ class BetonImages:
         if isinstance(key, (int, np.integer)):
             return self._read(np.array([key]))[0]
         if isinstance(key, slice):
-            return self._read(np.arange(len(self))[key])
+            return self._read(np.arange(*key.indices(len(self))))   # not an N-long arange per batch
         key = np.asarray(key.cpu() if hasattr(key, "cpu") else key)
         if key.dtype == bool:
             if key.shape != (len(self),):

@@ -49,10 +49,11 @@ def check_fits_in_memory(nbytes: int, what: str, limit_gb: float = 0.0) -> None:
     ``limit_gb`` is data.memory_limit_gb: a budget the user sets for the images (0 = half of what
     the machine, or the cgroup, has free now).
     """
-    budget = int(limit_gb * GIB) if limit_gb else int(available_memory() * _SHARE_FOR_IMAGES)
+    free = 0 if limit_gb else available_memory()
+    budget = int(limit_gb * GIB) if limit_gb else int(free * _SHARE_FOR_IMAGES)
     if nbytes > budget:
         source = f"data.memory_limit_gb = {limit_gb}" if limit_gb else \
-            f"half of the {available_memory() / GIB:.1f} GiB this machine has free"
+            f"half of the {free / GIB:.1f} GiB this machine has free"
         raise DataError(f"{what}: {nbytes / GIB:.2f} GiB of images do not fit in memory ({source}); "
                         f"stream them from the .beton file instead with data.loader: ffcv "
                         f"(--set data.loader=ffcv)")

@@ -21,7 +21,7 @@ class GlobalNoise:
         g = torch.Generator().manual_seed(1000 + self.calls)
         b = mu.shape[0]
         noise = torch.randn((b * self.world, *mu.shape[1:]), generator=g)[self.rank * b:(self.rank + 1) * b]
-        return mu + noise * torch.sqrt(var + G.EPS)
+        return mu + noise.to(mu.device) * torch.sqrt(var + G.EPS)
 
 
 def unet_step(rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
@@ -48,18 +48,19 @@ def unet_step(rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
     return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
-def one_step(kind: str, rank: int, world: int, ctx=None, lr: float = 0.1) -> dict:
-    """One optimiser step of the full tree, a sub-tree or the UNet on this rank's shard of a fixed batch."""
+def one_step(kind: str, rank: int, world: int, ctx=None, lr: float = 0.1, device: str = "cpu") -> dict:
+    """One optimiser step of the full tree, a sub-tree or the UNet on this rank's shard of a fixed batch
+    (the tree's on ``device``: benchmarks/gpu_check.py runs it on a GPU)."""
     if kind == "unet":
         return unet_step(rank, world, ctx, lr)
     real_sample = G.sample
     try:
-        return tree_step(kind, rank, world, ctx, lr)
+        return tree_step(kind, rank, world, ctx, lr, torch.device(device))
     finally:
         G.sample = real_sample           # the replacement must not leak into other tests
 
 
-def tree_step(kind: str, rank: int, world: int, ctx, lr: float) -> dict:
+def tree_step(kind: str, rank: int, world: int, ctx, lr: float, device: torch.device) -> dict:
     from structgen.models.elbo import Clamps, total_loss
     from structgen.models.objective import FullTreeObjective, SubTreeObjective
     from structgen.models.treevae import ModelSpec, SubTree, TreeVAE
@@ -68,13 +69,14 @@ def tree_step(kind: str, rank: int, world: int, ctx, lr: float) -> dict:
     torch.manual_seed(0)
     model = TreeVAE(ModelSpec((1, 28, 28)))
     model.attach("r0", SubTree(model, "r0"))
-    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    model.to(device)
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(7)).to(device)
     shard = x[rank * 16 // world:(rank + 1) * 16 // world]
     if kind == "full":
         objective, params = FullTreeObjective(model, Clamps()), model.parameters()
         model.train()
     else:
-        sub = SubTree(model, "r01")
+        sub = SubTree(model, "r01").to(device)
         objective, params = SubTreeObjective(model, sub, Clamps()), sub.parameters()
         model.eval()
     trained = ctx.wrap(objective) if ctx is not None else objective

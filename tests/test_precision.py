@@ -80,6 +80,29 @@ def test_fp16_loss_scaling_skips_an_overflowing_step_instead_of_failing():
     assert torch.allclose(weight.detach(), torch.full((4,), 0.9))
 
 
+def test_fp16_keeps_the_gaussian_arithmetic_finite():
+    from structgen.models import gaussian as G
+
+    # A variance of 1e-6 has a precision of 1e6, beyond fp16's largest value (65,504).
+    half = dict(dtype=torch.float16)
+    mu, var = G.precision_weighted(torch.ones(2, 4, **half), torch.full((2, 4), 1e-6, **half),
+                                   torch.zeros(2, 4, **half), torch.ones(2, 4, **half))
+    assert mu.dtype == var.dtype == torch.float32
+    assert torch.allclose(mu, torch.ones(2, 4), atol=1e-3) and var.isfinite().all()
+    tiny = torch.full((2, 4), 1e-6, **half)
+    assert G.kl_normal(mu.half(), var.half(), torch.zeros(2, 4, **half), tiny).isfinite().all()
+
+    # The tree that first showed it: before the casts its first fp16 step had NaN gradients.
+    torch.manual_seed(0)
+    model = TreeVAE(ModelSpec((1, 28, 28), spectral_norm="reference"), Tree.complete(2))
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = total_loss(FullTreeObjective(model, Clamps())(x), 0.5)
+    loss.backward()
+    assert all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
+
+
 def test_unknown_precision_is_refused_naming_the_key():
     with pytest.raises(ValueError, match="run.precision"):
         load_config(None, ["run.precision=fp64"])

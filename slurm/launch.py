@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         failed = 0
         for job in jobs:
             try:
-                print(f"{job.job_id}: {job.result()}")
+                print(f"{job.job_id}: {slurm.job_result(job)}")
             except Exception as err:       # a failed task: report it, still wait for the others
                 failed += 1
                 print(f"{job.job_id}: failed: {err}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""The SLURM launcher against a real single-node SLURM (slurm-local.sh, started here as root):
-one job, a job array from a sweep, a job killed and preempted mid-run that ends with the same
-tree and weights as an uninterrupted one, 2 srun tasks forming a gloo group and training one
-tree, a Ray Tune sweep on a Ray cluster inside one allocation, status and logs; without SLURM:
-precedence of settings, rank detection, the dry run, the ddpm wiring, the local executor."""
+"""The SLURM launcher against a real SLURM of two nodes on this machine (slurm-local.sh, started
+here as root, made two nodes by slurm/local_nodes.sh): one job, a job array from a sweep, one
+tree trained over two nodes (a DDP rank on each, gloo), that job with the second node's task
+killed and then preempted mid-run ending with the same tree and weights as the uninterrupted
+one, a Ray Tune sweep on a Ray cluster over both nodes of one allocation, status and logs;
+without SLURM: precedence of settings, rank detection, the dry run, the ddpm wiring, the local
+executor."""
 import importlib.util
 import json
 import os
@@ -45,9 +47,16 @@ def slurm_is_up() -> bool:
     return ping.returncode == 0 and "UP" in ping.stdout
 
 
+def local_nodes(action: str) -> None:
+    out = subprocess.run(["bash", str(REPO / "slurm" / "local_nodes.sh"), action], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, f"slurm/local_nodes.sh {action} failed:\n{out.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A running SLURM with accounting; started (and at the end stopped) only if it was not up."""
+    """A running SLURM with accounting, two nodes for these tests and one again after them;
+    started (and at the end stopped) only if it was not up. Yields the two node names."""
     started = False
     if not slurm_is_up():
         script = slurm_script()
@@ -61,7 +70,11 @@ def slurm_cluster():
         assert up.returncode == 0, f"slurm-local.sh up failed:\n{up.stderr[-3000:]}"
         started = True
         print(f"\n[test_slurm] SLURM started in {time.time() - t0:.1f} s", file=sys.stderr)
-    yield
+    local_nodes("up")
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    assert len(set(nodes)) == 2, nodes
+    yield sorted(set(nodes))
+    local_nodes("down")
     if started:
         subprocess.run(["bash", str(slurm_script()), "down"], capture_output=True, timeout=120)
 
@@ -87,8 +100,10 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
 
 
 def result_of(job, timeout: float = 150):
+    from structgen.launch.slurm import job_result
+
     wait_for(job.done, timeout, f"job {job.job_id} to finish", poll=0.5)
-    return job.result()
+    return job_result(job)
 
 
 def epochs(run_dir: Path) -> list[tuple[str, int]]:
@@ -215,83 +230,85 @@ def test_sweep_runs_as_a_job_array(slurm_cluster, tmp_path, cancel_unfinished):
     assert len({t["training.decay_kl"] for t in sub.trials}) == 3
 
 
-def test_requeued_job_resumes_and_matches_an_uninterrupted_run(reference, cancel_unfinished, monkeypatch):
-    """Requeued twice: its process SIGKILLed mid-run (as on a node failure) and the job requeued
-    by SLURM (it learns that from SLURM_RESTART_COUNT), then preempted with USR2 (submitit's
-    handler: checkpoint() -> resume=True, scontrol requeue). It ends with the same tree and
-    weights as the uninterrupted reference."""
-    from structgen.api import load_model
+@pytest.fixture(scope="module")
+def two_node_tree(slurm_cluster, tmp_path_factory):
+    """`slurm/launch.py --stage tree --nodes 2`: one tree trained by a DDP rank on each node."""
     from structgen.launch.slurm import plan_submission
 
-    runs, _, _, _ = reference
+    runs = tmp_path_factory.mktemp("two-node-runs")
+    sub = plan_submission("tree", None, SMALL + [f"run.runs_dir={runs}"], name="two-nodes", evaluate=False,
+                          flags={**TINY_JOB, "nodes": 2, "folder": str(runs / "logs" / "%j")})
+    job, = sub.submit()
+    try:
+        return runs, result_of(job, timeout=300)
+    except BaseException:
+        subprocess.run(["scancel", job.job_id], capture_output=True)
+        raise
+
+
+def test_one_tree_trains_over_two_nodes(slurm_cluster, two_node_tree):
+    from structgen.launch.worker_record import read_workers
+
+    runs, result = two_node_tree
+    run_dir = runs / "synthetic" / "two-nodes"
+    assert result["run_dir"] == str(run_dir) and result["world_size"] == 2       # rank 0 alone reports
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+    workers = read_workers(run_dir)
+    assert sorted((w["rank"], w["host"]) for w in workers) == [(0, slurm_cluster[0]), (1, slurm_cluster[1])]
+    assert all(w["world_size"] == 2 for w in workers)
+
+
+def test_two_node_job_resumes_after_losing_a_nodes_task_and_a_preemption(slurm_cluster, two_node_tree,
+                                                                         cancel_unfinished, monkeypatch):
+    """The two-node tree job, requeued twice: the second node's task SIGKILLed mid-run (as when
+    that host fails) and the job requeued, then preempted with USR2 (submitit's handler:
+    checkpoint() -> resume=True, scontrol requeue). Both ranks resume from the last checkpoint,
+    and the run ends with the same tree, weights and epoch log as the uninterrupted one."""
+    from structgen.api import load_model
+    from structgen.launch.slurm import plan_submission
+    from structgen.launch.worker_record import read_workers
+
+    runs, _ = two_node_tree
     victim = runs / "synthetic" / "victim"
-    # structgen.runtime.fault: rank 0 SIGKILLs itself once, right after this epoch's checkpoint. A
-    # plain `scontrol requeue` or `scancel` sends SIGTERM first, which submitit ignores, so the run
-    # would train on for SLURM's KillWait seconds; this tiny run could be over by then.
+    # structgen.runtime.fault: rank 1 (the task on the second node) SIGKILLs itself once, right
+    # after this epoch's checkpoint; rank 0 then waits in its next collective until the requeue.
     marker = runs / "victim.killed"
-    monkeypatch.setenv("STRUCTGEN_FAULT_AT", "subtree-1:1:0")
+    monkeypatch.setenv("STRUCTGEN_FAULT_AT", "subtree-1:1:1")
     monkeypatch.setenv("STRUCTGEN_FAULT_MARKER", str(marker))     # sbatch hands the job this environment
     sub = plan_submission("tree", None, SMALL + [f"run.runs_dir={runs}"], name="victim", evaluate=False,
-                          flags={**TINY_JOB, "folder": str(runs / "logs" / "%j")})
+                          flags={**TINY_JOB, "nodes": 2, "folder": str(runs / "logs" / "%j")})
     job, = sub.submit()
     cancel_unfinished.append(job)
 
     def log() -> str:
         return "".join(p.read_text() for p in (runs / "logs" / job.job_id).glob("*_log.*"))
 
-    wait_for(marker.exists, 120, "the injected SIGKILL after subtree-1 epoch 1")
+    wait_for(marker.exists, 180, "the injected SIGKILL after subtree-1 epoch 1")
+    assert "subtree-1:1:1" in marker.read_text()
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     release_requeued(job.job_id)
-    wait_for(lambda: "resuming" in log(), 120, "the first resume")
-    wait_for(lambda: ("subtree-2", 1) in epochs(victim), 120, "subtree-2 epoch 1 after the first requeue")
+    wait_for(lambda: "resuming" in log(), 180, "the first resume")
+    wait_for(lambda: ("subtree-2", 1) in epochs(victim), 180, "subtree-2 epoch 1 after the first requeue")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
     release_requeued(job.job_id)
+    # Not job.done(): the first attempt's rank 0 lost its peer and left an error result behind,
+    # which counts as "done" for submitit until the last attempt overwrites it.
+    wait_for(lambda: job.state == "COMPLETED", 300, f"job {job.job_id} to complete", poll=0.5)
     result = result_of(job)
 
-    assert result["resumed"] and result["restarts"] == 2
-    assert "Caught signal SIGUSR2" in log() and log().count("resuming") == 2
-    ref_model, _ = load_model(runs / "synthetic" / "reference")
+    assert result["resumed"] and result["restarts"] == 2 and result["world_size"] == 2
+    assert "Caught signal SIGUSR2" in log()
+    workers = read_workers(victim)
+    assert {w["host"] for w in workers} == set(slurm_cluster)
+    assert sorted(w["rank"] for w in workers if w["restored"]) == [0, 0, 1, 1]      # both ranks, both restarts
+    ref_model, _ = load_model(runs / "synthetic" / "two-nodes")
     got_model, _ = load_model(victim)
     assert got_model.tree == ref_model.tree
     ref_state, got_state = ref_model.state_dict(), got_model.state_dict()
     assert ref_state.keys() == got_state.keys()
     for key in ref_state:
         assert torch.allclose(ref_state[key].float(), got_state[key].float(), atol=1e-5), key
-    assert epochs(victim) == epochs(runs / "synthetic" / "reference")      # no epoch lost or logged twice
-
-
-def test_two_slurm_tasks_form_a_gloo_group_and_train_one_tree(slurm_cluster, tmp_path):
-    """init_distributed in an `srun -n2` step: a gloo group whose collectives add up, then the
-    tree stage job trained as 2 DDP ranks that agree on one run folder."""
-    fast = SYNTHETIC_FAST + ["data.train_subset=200", "data.test_subset=50", "training.num_epochs=2",
-                             "training.grow=false", "training.num_epochs_finetuning=1", "run.threads=1",
-                             f"run.runs_dir={tmp_path}"]
-    script = tmp_path / "two_ranks.py"
-    script.write_text(
-        "import json, sys, torch, torch.distributed as dist\n"
-        "from structgen.launch.distributed import detect_layout, init_distributed\n"
-        "from structgen.launch.slurm import StageJob\n"
-        "layout = detect_layout()\n"
-        "ctx = init_distributed('cpu')\n"
-        "total = ctx.all_reduce_sum(torch.tensor([float(ctx.rank + 1)]))\n"
-        "ranks = ctx.all_gather_cat(torch.tensor([ctx.rank]))\n"
-        "print(json.dumps({'rank': ctx.rank, 'world': ctx.world_size, 'total': total.item(), 'ranks': ranks.tolist(),\n"
-        "                  'backend': dist.get_backend(), 'source': layout.source}), flush=True)\n"
-        f"result = StageJob('tree', None, {fast!r}, name='ddp', evaluate=False)()\n"
-        "if result: print('RESULT ' + json.dumps(result))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    out = subprocess.run(["srun", "-n2", "-c1", "--mem=2G", "-t", "5", sys.executable, str(script)], env=env,
-                         capture_output=True, text=True, timeout=200)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    rows.sort(key=lambda r: r["rank"])
-    assert [r["rank"] for r in rows] == [0, 1]
-    for row in rows:
-        assert row["world"] == 2 and row["total"] == 3.0 and row["ranks"] == [0, 1]
-        assert row["backend"] == "gloo" and row["source"] == "slurm"
-    results = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(results) == 1 and results[0]["world_size"] == 2               # rank 0 alone reports
-    assert (tmp_path / "synthetic" / "ddp" / "checkpoints" / "final.pt").is_file()
+    assert epochs(victim) == epochs(runs / "synthetic" / "two-nodes")      # no epoch lost or logged twice
 
 
 def test_ddpm_stage_job_trains_on_the_tree_run(reference):
@@ -321,29 +338,33 @@ def test_ddpm_stage_job_trains_on_the_tree_run(reference):
     assert events.count("ddpm_epoch") == 2
 
 
-def test_ray_tune_sweep_inside_one_allocation(slurm_cluster, tmp_path, monkeypatch, cancel_unfinished):
-    """--ray: a Ray head started with srun inside the job, ray_jobs/tune.py run against it, all stopped."""
+def test_ray_tune_sweep_over_both_nodes_of_one_allocation(slurm_cluster, tmp_path, monkeypatch, cancel_unfinished):
+    """--ray --nodes 2: a Ray head on the first node and a Ray node on the second, started with srun
+    inside the job, ray_jobs/tune.py run against them (two trials of 2 CPUs: one per node), all stopped."""
+    from structgen.launch.worker_record import read_workers
     from structgen.config import load_config
     from structgen.launch.slurm import plan_submission, ray_port_for_job
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")             # token authentication on, as the README says
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     sweep = tmp_path / "sweep.yml"
-    sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\n"
+    sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\nmax_concurrent: 2\n"
                      "params:\n  training.decay_kl: {uniform: [0.05, 0.2]}\n")
     fast = SYNTHETIC_FAST + ["data.train_subset=200", "data.test_subset=64", "training.num_epochs=1",
                              "training.grow=false", "training.num_epochs_finetuning=0", "evaluation.baselines=false",
-                             "run.threads=1", f"run.runs_dir={tmp_path}"]
+                             "run.threads=1", "ray.cpus_per_worker=2", f"run.runs_dir={tmp_path}"]
     sub = plan_submission(None, None, fast, sweep=str(sweep), ray=True, name="raysweep",
-                          flags={**TINY_JOB, "cpus_per_task": 2, "folder": str(tmp_path / "logs" / "%j")})
+                          flags={**TINY_JOB, "cpus_per_task": 2, "nodes": 2, "folder": str(tmp_path / "logs" / "%j")})
     job, = sub.submit()
     cancel_unfinished.append(job)
     result = result_of(job, timeout=200)
-    assert result["name"] == "raysweep" and len(result["nodes"]) == 1
+    assert result["name"] == "raysweep" and result["nodes"] == slurm_cluster
     assert result["address"].endswith(f":{ray_port_for_job(job.job_id)}")
     assert load_config(result["config"]).data.train_subset == 200         # the --set reached the driver
     rows = (tmp_path / "tune" / "raysweep" / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 and (tmp_path / "tune" / "raysweep" / "best.yml").is_file()
+    trial_hosts = [read_workers(run)[0]["host"] for run in (tmp_path / "tune" / "raysweep" / "runs").iterdir()]
+    assert sorted(trial_hosts) == slurm_cluster
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--port={ray_port_for_job(job.job_id)}" not in ps, "the job's Ray head outlived it"
 

@@ -108,10 +108,12 @@ class StageJob(Checkpointable):
 
     def _train(self, cfg, ctx) -> dict | None:
         from structgen.launch.distributed import decided_on_rank0
+        from structgen.launch.worker_record import record_worker
 
         jid = job_id()
         run_dir = self._run_dir(cfg, jid).absolute()
         resume = decided_on_rank0(ctx, lambda: self._should_resume(run_dir))
+        record_worker(run_dir, ctx.rank, ctx.world_size, restored=bool(resume))   # which host ran which rank
         stage = get_stage(self.stage)
         if self.vae:
             cfg = apply_overrides(cfg, {"diffusion.vae_run": self.vae})

@@ -43,3 +43,11 @@ def job_logs(job: str, folder_pattern: str, lines: int = 40) -> str:
         out.append(f"==> {path} (last {min(lines, len(text))} of {len(text)} lines) <==")
         out += text[-lines:]
     return "\n".join(out)
+
+
+def job_result(job):
+    """What a submitted job returned: its first task's result. On several nodes that is rank 0's
+    (the other DDP ranks return None), or the Ray launcher's, which runs once in the batch step
+    and has no other task to wait for. (submitit's ``job.result()`` refuses a job of several
+    tasks, and ``job.results()`` would wait for the Ray job's tasks that never run.)"""
+    return job.task(0).result() if job.num_tasks > 1 else job.result()

@@ -22,9 +22,10 @@ Parts:
                routing pass and the no-grad forward (MNIST and CIFAR-10 trees), and of the DDPM UNet
                step (MNIST and CIFAR-10 profiles), in fp32, bf16, bf16 + channels-last, at two batch
                sizes; peak device memory; gradient bytes that DDP all-reduces per step
-  end_to_end   `train_tree` on MNIST on the device (bf16, channels-last, the reference's 5/3/1/3
-               schedule) in a child process with a deadline, its per-phase seconds from
-               metrics.jsonl, then `train_ddpm` for one epoch on 4,096 images
+  end_to_end   `train_tree` on MNIST on the device (the reference's 5/3/1/3 schedule; bf16 and
+               channels-last unless GPU_CHECK_PRECISION holds other `--set` items, e.g.
+               "run.precision=fp32") in a child process with a deadline, its per-phase seconds
+               from metrics.jsonl, then `train_ddpm` for one epoch on 4,096 images
 """
 from __future__ import annotations
 

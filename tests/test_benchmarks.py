@@ -35,10 +35,11 @@ def test_finetune_study_reruns_the_finetuning_from_one_checkpoint_per_variant(tm
     assert rates == {"reference": [1e-3, 1e-3], "slow": [2.5e-4, 2.5e-4]}     # the finetuning's rate, scaled
 
 
-def test_gpu_check_reports_equivalence_transfers_and_ddp_on_cpu(tmp_path):
-    """benchmarks/gpu_check.py is the prepared script for a lent GPU; on CPU its parts run small."""
+def test_gpu_check_reports_equivalence_and_transfers_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py is the prepared script for a lent GPU; on CPU its parts run small
+    (its DDP part repeats what tests/test_ray_train.py checks, and is left out here)."""
     out = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out",
-                          str(tmp_path), "--parts", "equivalence", "transfers", "ddp"],
+                          str(tmp_path), "--parts", "equivalence", "transfers"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -46,5 +47,3 @@ def test_gpu_check_reports_equivalence_transfers_and_ddp_on_cpu(tmp_path):
     assert rows["fp32"]["loss_rel_gap"] == 0.0 and rows["fp32+channels_last"]["grad_cosine"] > 0.9999
     assert all(rows[k]["grad_cosine"] > 0.95 for k in ("bf16", "bf16+channels_last", "fp16"))   # fp16 finite too
     assert report["transfers"]["pinned_non_blocking_equal"] and report["transfers"]["loader_batch_equal"]
-    gloo = report["ddp"]["gloo"]
-    assert gloo["ok"] and max(gloo["max_abs_param_gap_vs_one_process"].values()) < 1e-4

@@ -65,7 +65,10 @@ def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path):
         assert two.keys() == one.keys(), kind
         for key in one:
             diff = (one[key].float() - two[key].float()).abs().max().item()
-            assert diff < 1e-5, f"{kind} {key}: max difference {diff}"
+            # Float rounding only: the 1-thread workers and this process sum in other orders
+            # (up to 1.04e-5 seen after the lr-0.1 step); a missing all-reduce or global
+            # BatchNorm moves weights by orders of magnitude more.
+            assert diff < 5e-5, f"{kind} {key}: max difference {diff}"
         before = one_step(kind, rank=0, world=1, lr=0.0)
         moved = sum(int(not torch.equal(before[k], one[k])) for k in one)
         assert moved > 10, f"the {kind} step must actually change the parameters"

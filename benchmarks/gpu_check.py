@@ -52,6 +52,10 @@ from structgen.tree.topology import Tree                                       #
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
+# The trees timed here and counted by scaling_model.py: (image shape, ModelSpec keys, contrastive),
+# the MNIST and CIFAR-10 profiles' models.
+TREE_SPECS = {"mnist": (MNIST, {"spectral_norm": "reference"}, False),
+              "cifar10": (CIFAR, {"encoder": "cnn2", "dim_mod_conv": True, "spectral_norm": "none"}, True)}
 
 
 class Report:
@@ -258,7 +262,8 @@ def ffcv_to_device(device: torch.device, out: Path) -> dict:
 
 # --- speed -----------------------------------------------------------------------------------
 
-def grown(spec: ModelSpec, leaves: int, device: torch.device) -> TreeVAE:
+def grown(spec: ModelSpec, leaves: int, device: torch.device = torch.device("cpu")) -> TreeVAE:
+    """A tree of ``leaves`` leaves, grown breadth-first (as benchmarks/tree_throughput.py's)."""
     model = TreeVAE(spec)
     while len(model.tree.leaves()) < leaves:
         leaf = min(model.tree.leaves(), key=len)
@@ -369,11 +374,9 @@ def speed(device: torch.device, quick: bool) -> dict:
     seconds = 0.2 if quick else 1.5
     batches = [32] if quick else [256, 1024]
     precisions = [("fp32", False), ("bf16", False), ("bf16", True)]
-    mnist_keys = {"spectral_norm": "reference"}
-    cifar_keys = {"encoder": "cnn2", "dim_mod_conv": True, "spectral_norm": "none"}
     results: dict = {}
-    for label, shape, keys, contrastive in (("mnist_tree", MNIST, mnist_keys, False),
-                                           ("cifar10_tree", CIFAR, cifar_keys, True)):
+    for dataset, (shape, keys, contrastive) in TREE_SPECS.items():
+        label = f"{dataset}_tree"
         for leaves in (2, 10):
             for batch in batches:
                 for prec, cl in precisions:

@@ -36,16 +36,14 @@ sys.path.insert(0, str(ROOT))
 
 from structgen.models.elbo import Clamps, total_loss                          # noqa: E402
 from structgen.models.objective import Contrastive, FullTreeObjective, SubTreeObjective  # noqa: E402
-from structgen.models.treevae import ModelSpec, SubTree, TreeVAE               # noqa: E402
+from structgen.models.treevae import ModelSpec, SubTree                        # noqa: E402
+from gpu_check import MNIST, TREE_SPECS as SPECS, grown    # noqa: E402 (the trees it timed)
 
 BATCH = 256
 BUCKET_BYTES = 25 * 2**20                       # DDP's default gradient bucket
 # (alpha seconds per small all-reduce, beta bytes/s all-reduce bus bandwidth): ASSUMED, see docstring.
 LINKS = {1: (0.0, math.inf), 8: (10e-6, 300e9), 64: (30e-6, 40e9)}
 GPUS = (1, 8, 64)
-MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
-SPECS = {"mnist": (MNIST, {"spectral_norm": "reference"}, False),
-         "cifar10": (CIFAR, {"encoder": "cnn2", "dim_mod_conv": True, "spectral_norm": "none"}, True)}
 # Faithful schedules (configs/*.yml): epochs per phase kind; the measured run used 5/3/1/3.
 FAITHFUL = {"mnist": {"initial": 150, "subtree": 150, "intermediate": 80, "finetune": 200},
             "cifar10": {"initial": 150, "subtree": 150, "intermediate": 0, "finetune": 0}}
@@ -55,14 +53,6 @@ DDPM_EPOCHS = 1000
 
 
 # --- counted on the CPU ----------------------------------------------------------------------
-
-def grown(spec: ModelSpec, leaves: int) -> TreeVAE:
-    model = TreeVAE(spec)
-    while len(model.tree.leaves()) < leaves:
-        leaf = min(model.tree.leaves(), key=len)
-        model.attach(leaf, SubTree(model, leaf))
-    return model
-
 
 class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
     """Operators that launch work (views excluded): on a GPU each is one or more kernel launches."""

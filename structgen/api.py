@@ -53,7 +53,8 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
             log.truncate(saved["metrics_lines"])
             growth = saved["growth"]
             progress.line(f"resuming {run_dir} at stage {growth['stage']}" + (
-                f", phase {growth['phase']['name']} epoch {growth['phase']['epoch']}" if growth["phase"] else ""))
+                f", phase {growth['phase']['name']} epoch {growth['phase']['epoch']}" if growth["phase"] else "") + (
+                f", a round of {len(growth['round'])} sub-trees, trained again whole" if growth.get("round") else ""))
         elif is_main:
             save_config(cfg, run_dir / "config.yml", header=f"resolved config of run {run_dir}\nre-run: structgen "
                         f"train-tree --config {run_dir / 'config.yml'}")

@@ -19,8 +19,8 @@ TINY = SYNTHETIC_FAST + ["data.train_subset=256", "data.test_subset=64", "traini
                          "training.num_clusters_tree=3", "run.threads=1"]
 
 
-def torchrun(*args: str, port: int, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args: str, port: int, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([TORCHRUN, "--nnodes=1", "--nproc_per_node=2", f"--master_port={port}",
                            "-m", "structgen.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 

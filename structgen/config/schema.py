@@ -124,7 +124,11 @@ class TrainingConfig:
     num_clusters_tree: int = option(10, "stop growing at this many effective leaves", min=1, max=64)
     max_depth: int = option(0, "deepest allowed leaf; 0 = model.levels - 1", min=0)
     initial_depth: int = option(1, "depth of the initial tree", min=1, max=6)
-    max_grow_iterations: int = option(150, "upper bound on grow-loop iterations", min=0)
+    max_grow_iterations: int = option(150, "upper bound on grow-loop iterations (sub-trees trained)", min=0)
+    parallel_subtrees: int = option(1, "leaves split at once while growing: 1 = one sub-tree at a time, trained by "
+                                       "every worker (the reference); k > 1 = rounds of up to k largest leaves, "
+                                       "sub-tree j trained alone by worker j mod world_size on its own images, "
+                                       "then all attached", min=1, max=64)
     kl_start: float = option(0.0, "KL weight alpha at the start of each phase", min=0.0, max=1.0)
     decay_kl: float = option(0.001, "alpha increment per epoch", min=0.0, max=1.0)
     kl_anneal: str = option("epoch", "how alpha rises: epoch = once per epoch (the reference; a 3-epoch finetuning "

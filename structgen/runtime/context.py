@@ -50,6 +50,19 @@ class Context:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's (picklable) value, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def alone(self) -> "Context":
+        """This process as a world of one on the same device and run folder: no collectives,
+        no DDP, rank 0's data shard and noise, no checkpoint or metrics hooks."""
+        return Context(run_dir=self.run_dir, device=self.device)
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's value everywhere: a guard that every rank takes the same decision."""
         if not self.distributed:

@@ -5,7 +5,9 @@ matching rank kills itself with SIGKILL right after that epoch's checkpoint, onc
 file records that it happened); a rank of ``*`` matches every rank. With STRUCTGEN_FAULT_KILL=node,
 a rank running under Ray first kills its node's raylet, so the whole node is lost as when a host
 goes down; STRUCTGEN_FAULT_NODE=<Ray node id> limits that to the ranks on that node (which rank
-lands where is Ray's choice). Unset, this does nothing.
+lands where is Ray's choice). Inside a round of parallel growth every worker trains its sub-tree
+as rank 0 of a world of its own, so there "<sub-tree phase>:<epoch>:0" stops the worker that
+trains that sub-tree. Unset, this does nothing.
 """
 from __future__ import annotations
 

@@ -10,11 +10,17 @@ and buffer names, checkpoints and optimiser state are untouched.
 from __future__ import annotations
 
 import types
+import warnings
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+# torch marks its differentiable all_reduce deprecated in favour of a private module; the notice
+# repeated in every DDP phase's log. Revisit when torch offers a public replacement.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
+                        category=FutureWarning)
 
 
 def _global_bn_forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:

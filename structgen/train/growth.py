@@ -16,13 +16,14 @@ import torch
 
 from structgen.config import config_to_dict
 from structgen.data.loaders import run_loaders
-from structgen.models.treevae import ModelSpec, TreeVAE
+from structgen.models.treevae import ModelSpec, SubTree, TreeVAE
 from structgen.runs import last_checkpoint
 from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_state
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
 from structgen.runtime.leaf_probabilities import leaf_probabilities
+from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
 from structgen.tree.topology import Tree
 
@@ -40,6 +41,7 @@ class GrowthState:
     epochs_done: int = 0                                             # across phases: the TensorBoard step
     phase: dict | None = None
     before_finetuning: dict = field(default_factory=dict)   # leaf -> {"share", "mass"} when finetuning began
+    round: list[dict] | None = None    # parallel growth: the sub-tree phases of the round under way
 
 
 class TreeTrainer:
@@ -59,8 +61,9 @@ class TreeTrainer:
             self._resume_rng = resume["rng"]
             set_rng_state(self._resume_rng)
         ctx.model = self.model
+        self.loaders = run_loaders(cfg)
         self.runner = PhaseRunner(cfg.training, cfg.run, ctx, self.model, data.train.images, data.train.labels,
-                                  run_loaders(cfg), log, progress, self._checkpoint)
+                                  self.loaders, log, progress, self._checkpoint)
 
     @property
     def _contrastive(self) -> bool:
@@ -79,6 +82,8 @@ class TreeTrainer:
         while self.state.stage != "done" or self.state.phase is not None:
             if self.state.phase is not None:
                 self._run_phase()
+            elif self.state.round is not None:
+                self._run_round()
             elif self.state.stage == "initial":
                 self._start(Phase("initial", "full", 0, t.num_epochs, t.kl_start, t.decay_kl), next_stage="grow")
             elif self.state.stage == "grow":
@@ -138,24 +143,33 @@ class TreeTrainer:
         if not t.grow or s.grow_iterations >= t.max_grow_iterations:
             s.stage = "prune"
             return
-        if (t.intermediate_fulltrain and s.splits > 0 and s.splits % 3 == 0
-                and s.splits not in s.intermediate_done_at and t.num_epochs_intermediate_fulltrain > 0):
+        # Every 3 splits; a parallel round may step over a multiple of 3, so compare thirds.
+        last_retrain = s.intermediate_done_at[-1] if s.intermediate_done_at else 0
+        if (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
+                and t.num_epochs_intermediate_fulltrain > 0):
             s.intermediate_done_at.append(s.splits)
             self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
                               t.num_epochs_intermediate_fulltrain, t.kl_start, t.decay_kl,
                               warmup_epochs=t.retrain_warmup_epochs))
             return
-        choice = self.ctx.broadcast_object(self._choose_leaf())
-        if choice is None:
+        chosen = self.ctx.broadcast_object(self._choose_leaves())
+        if not chosen:
             s.stage = "prune"
             return
-        leaf, subset = choice
-        s.grow_iterations += 1
-        self._start(Phase(f"subtree-{s.splits + 1}", "subtree", 0, t.num_epochs_smalltree, t.kl_start, t.decay_kl,
-                          leaf=leaf, subset=subset))
+        phases = []
+        for leaf, subset in chosen:
+            s.grow_iterations += 1
+            phases.append(Phase(f"subtree-{s.splits + len(phases) + 1}", "subtree", 0, t.num_epochs_smalltree,
+                                t.kl_start, t.decay_kl, leaf=leaf, subset=subset))
+        if len(phases) == 1:        # one leaf to split: every worker trains it, resumable by the epoch
+            self._start(phases[0])
+        else:
+            self._start_round(phases)
 
-    def _choose_leaf(self):
-        """The expandable leaf with the most assigned training samples, or None (§3.2 step 2).
+    def _choose_leaves(self) -> list[tuple[str, list[int]]]:
+        """The expandable leaves with the most assigned training samples, most first, as many
+        as this round splits (one unless training.parallel_subtrees > 1); none when growth is
+        over (§3.2 step 2).
 
         Unlike the reference (§8.10), a leaf at the depth limit is marked unexpandable and the
         next one is tried, and sample counts stay aligned with their leaves.
@@ -166,25 +180,72 @@ class TreeTrainer:
         n = probs.shape[0]
         mass = probs.sum(0)
         n_eff = int((mass >= t.effective_leaf_threshold * n).sum())
-        self.log_event("grow_check", n_effective=n_eff, leaves=leaves, mass=(mass / n).tolist())
-        if n_eff >= t.num_clusters_tree:
-            return None
         threshold = min(1.0 / max(n_eff, 1), 0.5)
-        ranked = []
-        for i, leaf in enumerate(leaves):
-            if leaf in s.unexpandable:
-                continue
-            members = torch.nonzero(probs[:, i] >= threshold).flatten()
-            ranked.append((len(members), i, leaf, members))
+        members = [torch.nonzero(probs[:, i] >= threshold).flatten() for i in range(len(leaves))]
+        self.log_event("grow_check", n_effective=n_eff, leaves=leaves, mass=(mass / n).tolist(),
+                       candidates=[len(m) for m in members])
+        if n_eff >= t.num_clusters_tree:
+            return []
+        # each split adds at most one effective leaf: never split past num_clusters_tree
+        wanted = min(t.parallel_subtrees, t.num_clusters_tree - n_eff, t.max_grow_iterations - s.grow_iterations)
+        ranked = [(len(members[i]), i, leaf, members[i]) for i, leaf in enumerate(leaves) if leaf not in s.unexpandable]
         ranked.sort(key=lambda item: (-item[0], item[1]))
-        for size, _, leaf, members in ranked:
+        chosen = []
+        for size, _, leaf, subset in ranked:
+            if len(chosen) == wanted:
+                break
             if size < t.batch_size:
                 continue
             if Tree.depth(leaf) >= self.cfg.depth_limit:
                 s.unexpandable.append(leaf)
                 continue
-            return leaf, members.tolist()
-        return None
+            chosen.append((leaf, subset.tolist()))
+        return chosen
+
+    # ---- parallel growth ---------------------------------------------------------------------
+    def _start_round(self, phases: list[Phase]) -> None:
+        for phase in phases:
+            phase.index = self.state.phases_started
+            self.state.phases_started += 1
+        if phases[0].epochs <= 0:
+            return
+        self.state.round = [phase.to_dict() for phase in phases]
+        if self.ctx.is_main:
+            world = self.ctx.world_size
+            self.progress.line(f"== round of {len(phases)} sub-trees: " + ", ".join(
+                f"{p.name} below {p.leaf} on {len(p.subset)} images (worker {j % world})"
+                for j, p in enumerate(phases)) + f"; tree has {len(self.model.tree.leaves())} leaves")
+        self._checkpoint(None, None)      # a run stopped inside the round trains it again from here
+
+    def _run_round(self) -> None:
+        phases = [Phase(**p) for p in self.state.round]
+        results = train_round(self, phases)
+        for phase, result in zip(phases, results):
+            self._replay(phase, result)
+            subtree = SubTree(self.model, phase.leaf).to(self.ctx.device)
+            subtree.load_state_dict(result["state"])
+            self.model.attach(phase.leaf, subtree)
+            self.state.splits += 1
+            self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs(),
+                           worker=result["worker"], seconds=round(result["seconds"], 2))
+            self.log_event("phase_end", phase=phase.name, epochs=phase.epochs,
+                           n_leaves=len(self.model.tree.leaves()))
+        self.state.round = None
+        self._checkpoint(None, None)
+
+    def _replay(self, phase: Phase, result: dict) -> None:
+        """Log a sub-tree another process trained alone as if this run had trained it: its
+        records with the run's epoch count as their step, and Tune's per-epoch hook on every rank."""
+        for event, stepped, fields in result["records"]:
+            step = self._count_epoch() if stepped else None
+            if event == "epoch" and self.ctx.on_epoch_end is not None:
+                self.ctx.on_epoch_end(fields)
+            self.log_event(event, step=step, **fields)
+        if self.ctx.is_main and result["worker"] != self.ctx.rank:
+            last = [fields for event, _, fields in result["records"] if event == "epoch"][-1]
+            masses = "/".join(f"{m:.1%}" for m in last["leaf_mass"].values())
+            self.progress.line(f"   {phase.name} below {phase.leaf} trained by worker {result['worker']} in "
+                               f"{result['seconds']:.0f} s: loss {last['loss']:.2f}, children {masses}")
 
     def _leaf_shares(self) -> dict[str, dict]:
         """Per leaf, in BFS order: its share of the training images whose most probable leaf it
@@ -233,9 +294,9 @@ class TreeTrainer:
         self.state.epochs_done += 1
         return self.state.epochs_done
 
-    def log_event(self, event: str, **fields) -> None:
+    def log_event(self, event: str, step: int | None = None, **fields) -> None:
         if self.ctx.is_main:
-            self.log.write(event, **fields)
+            self.log.write(event, step=step, **fields)
 
     def _checkpoint(self, phase: Phase | None, pstate: PhaseState | None) -> None:
         if phase is not None:

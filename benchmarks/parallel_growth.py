@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from gpu_check import free_port
 from mnist_quality import REFERENCE_SCHEDULE, phase_minutes, spread
 
 from structgen.api import evaluate_run
@@ -27,12 +27,6 @@ from structgen.runtime.metrics_log import read_metrics
 
 MODES = {"sequential": 1, "parallel": 2}
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def grow(mode: str, seed: int, overrides: list[str], runs_dir: Path) -> Path:

@@ -133,6 +133,8 @@ def test_a_submitted_spread_growth_uses_both_nodes_and_trains_the_one_node_tree(
 
 
 def test_spread_ddpm_uses_both_nodes_and_trains_the_one_node_weights(two_nodes, tmp_path):
+    """The diffusion stage under DDP. The loop checks at every checkpoint (the last one included)
+    that every rank's EMA equals rank 0's and raises otherwise, so each finished job proves it."""
     from structgen.launch.ray_train import JobSpec, run_job
 
     head, second = two_nodes
@@ -148,6 +150,7 @@ def test_spread_ddpm_uses_both_nodes_and_trains_the_one_node_weights(two_nodes, 
                                                        vae_run=str(vae_dir), placement_strategy=placement,
                                                        storage_path=str(tmp_path / "ray")))
         assert result.error is None, result.error
+        assert any(r["event"] == "ddpm_epoch" for r in read_metrics(dirs[placement])), "no epoch logged"
     assert set(_nodes_by_rank(dirs["SPREAD"]).values()) == {head, second}
     assert len(set(_nodes_by_rank(dirs["PACK"]).values())) == 1
     _same_weights(dirs["SPREAD"] / "checkpoints" / "last.pt", dirs["PACK"] / "checkpoints" / "last.pt")

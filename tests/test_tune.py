@@ -116,68 +116,73 @@ def test_the_tune_driver_runs_as_a_module_outside_the_checkout(tmp_path):
     assert not (tmp_path / "tune").exists()
 
 
-def sweep_on_local_ray(cfg, sweep, name: str, storage):
-    """Run a sweep on a fresh local Ray (2 CPUs) and summarise it: (experiment, results, summary)."""
+@pytest.fixture(scope="class")
+def local_ray():
+    """One local Ray (2 CPUs) for the in-process sweeps of a class: its start-up is seconds each time.
+    Class-scoped, so it is down before the CLI test below starts a Ray of its own."""
     from structgen.launch.ray_cluster import init_ray
-    from structgen.launch.tune_sweep import run_sweep, summarise
 
     ray = init_ray(num_cpus=2)
-    try:
-        experiment, results = run_sweep(cfg, sweep, name, storage)
-        return experiment, results, summarise(cfg, sweep, experiment, results)
-    finally:
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def sweep_on_local_ray(cfg, sweep, name: str, storage):
+    """Run a sweep on the running local Ray and summarise it: (experiment, results, summary)."""
+    from structgen.launch.tune_sweep import run_sweep, summarise
+
+    experiment, results = run_sweep(cfg, sweep, name, storage)
+    return experiment, results, summarise(cfg, sweep, experiment, results)
 
 
 @pytest.mark.slow
-def test_four_trial_asha_sweep(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, {"training.num_clusters_tree": {"choice": [2, 3]},
-                                              "training.lr": {"loguniform": [1e-5, 3e-3]},
-                                              "training.decay_kl": {"uniform": [0.05, 0.2]}},
-                                   num_samples=4, scheduler="asha", grace_period=1))
-    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
-    experiment, results, info = sweep_on_local_ray(cfg, sweep, "sweep", tmp_path / "tune")
-    assert len(results) == 4 and not results.errors
-    finished = [r for r in info["rows"] if not r["stopped_early"]]
-    assert 1 <= len(finished) < 4, "ASHA should stop at least one trial early"
-    best = load_config(info["best"])                      # the best YAML loads as an ordinary config
-    assert best.data.dataset == "synthetic" and best.training.num_clusters_tree in (2, 3)
-    for png in info["plots"]:
-        assert png.exists() and png.stat().st_size > 1000
-    assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"
+@pytest.mark.usefixtures("local_ray")
+class TestSweepsOnOneLocalRay:
+    def test_four_trial_asha_sweep(self, tmp_path):
+        sweep = load_sweep(write_sweep(tmp_path, {"training.num_clusters_tree": {"choice": [2, 3]},
+                                                  "training.lr": {"loguniform": [1e-5, 3e-3]},
+                                                  "training.decay_kl": {"uniform": [0.05, 0.2]}},
+                                       num_samples=4, scheduler="asha", grace_period=1))
+        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+        experiment, results, info = sweep_on_local_ray(cfg, sweep, "sweep", tmp_path / "tune")
+        assert len(results) == 4 and not results.errors
+        finished = [r for r in info["rows"] if not r["stopped_early"]]
+        assert 1 <= len(finished) < 4, "ASHA should stop at least one trial early"
+        best = load_config(info["best"])                      # the best YAML loads as an ordinary config
+        assert best.data.dataset == "synthetic" and best.training.num_clusters_tree in (2, 3)
+        for png in info["plots"]:
+            assert png.exists() and png.stat().st_size > 1000
+        assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"
 
+    def test_a_fifo_sweep_chooses_by_a_labelled_metric_from_the_last_reports(self, tmp_path):
+        sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, metric="acc",
+                                       num_samples=1, scheduler="fifo", searcher="random"))
+        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+        experiment, results, info = sweep_on_local_ray(cfg, sweep, "acc-sweep", tmp_path / "tune")
+        assert len(results) == 2 and not results.errors
+        rows = info["rows"]
+        assert all(0 < r["acc"] <= 1 and not r["stopped_early"] for r in rows)
+        best = max(rows, key=lambda r: r["acc"])
+        assert load_config(info["best"]).training.decay_kl == best["training.decay_kl"]
 
-@pytest.mark.slow
-def test_a_fifo_sweep_chooses_by_a_labelled_metric_from_the_last_reports(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, metric="acc",
-                                   num_samples=1, scheduler="fifo", searcher="random"))
-    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
-    experiment, results, info = sweep_on_local_ray(cfg, sweep, "acc-sweep", tmp_path / "tune")
-    assert len(results) == 2 and not results.errors
-    rows = info["rows"]
-    assert all(0 < r["acc"] <= 1 and not r["stopped_early"] for r in rows)
-    best = max(rows, key=lambda r: r["acc"])
-    assert load_config(info["best"]).training.decay_kl == best["training.decay_kl"]
-
-
-@pytest.mark.slow
-def test_ddpm_sweep_over_conditioning_and_width(tmp_path):
-    from structgen.api import train_tree
-    vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae", "training.grow=false",
-                                                      "training.num_epochs_finetuning=0"]), evaluate=False)
-    sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
-                                              "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
-                                   stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
-    cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "diffusion.dim=16",
-                                    "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
-                                    "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
-                                    "diffusion.batch_size=64", "diffusion.sample_every=0"])
-    experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
-    assert len(results) == 2 and not results.errors
-    assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}
-    assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final
-    best = load_config(info["best"])
-    assert best.diffusion.conditioning in ("leaf", "path") and best.diffusion.vae_run == str(vae_dir.resolve())
+    def test_ddpm_sweep_over_conditioning_and_width(self, tmp_path):
+        from structgen.api import train_tree
+        vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae",
+                                                          "training.grow=false", "training.num_epochs_finetuning=0"]),
+                                evaluate=False)
+        sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
+                                                  "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
+                                       stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
+        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "diffusion.dim=16",
+                                        "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
+                                        "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
+                                        "diffusion.batch_size=64", "diffusion.sample_every=0"])
+        experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
+        assert len(results) == 2 and not results.errors
+        assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}
+        assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final
+        best = load_config(info["best"])
+        assert best.diffusion.conditioning in ("leaf", "path") and best.diffusion.vae_run == str(vae_dir.resolve())
 
 
 def _trials_started(experiment: Path) -> list[Path]:

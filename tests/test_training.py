@@ -5,10 +5,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import SYNTHETIC_FAST
+from conftest import SYNTHETIC_FAST, TINY_VAE
 from PIL import Image
 
-from structgen.api import load_model, train_tree
+from structgen.api import generate, load_model, train_tree
 from structgen.config import load_config
 from structgen.errors import CheckpointError
 from structgen.runs import RunError
@@ -90,6 +90,24 @@ def test_evaluate_command_prints_table_and_appends_metrics(trained_run, capsys):
     records = read_metrics(run_dir)
     assert len(records) == before + 1 and records[-1]["ll_samples"] == 3
     assert records[-1]["log_likelihood"] >= records[-1]["elbo"] - 5
+
+
+def test_api_calls_keep_the_callers_torch_thread_count(tmp_path):
+    """`run.threads` holds for the call's own work only: a caller (a notebook, this test session)
+    that trains one run on one thread gets its own thread count back, not one thread ever after."""
+    from structgen.runtime.context import Context
+
+    callers = torch.get_num_threads()
+    seen = []
+    torch.set_num_threads(3)
+    try:
+        ctx = Context(run_dir=tmp_path, on_epoch_end=lambda record: seen.append(torch.get_num_threads()))
+        run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={tmp_path}"]), ctx=ctx, evaluate=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 3
+        generate(run_dir, "vae_samples", n=2, overrides=["run.threads=1"])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(callers)
 
 
 def small_cfg(tmp_path, *extra):

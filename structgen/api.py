@@ -12,15 +12,16 @@ from pathlib import Path
 from structgen.config import Config, ConfigError, load_config, save_config
 from structgen.run_lock import claimed
 from structgen.runs import checkpoint_of, final_checkpoint, new_run_dir, resume_point, run_config, run_folder
-from structgen.runtime.context import keeps_torch_threads, setup_torch
+from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
+from structgen.torch_threads import keep_torch_threads
 from structgen.runtime.tree_checkpoint import load_checkpoint, load_model
 
 # Keys that may differ between the run being resumed and the command resuming it.
 RESUME_FREE = RUN_FREE + ("evaluation.",)
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, evaluate: bool = True,
                run_dir: str | Path | None = None, resume_checkpoint: str | Path | None = None):
     """Grow, prune and finetune a CNN-TreeVAE; returns (run_dir, evaluation report or None).
@@ -101,7 +102,7 @@ def _other_data_dir(run_dir: Path, other: list[tuple[str, str]]) -> Path:
     return run_dir / "evaluations" / re.sub(r"[^A-Za-z0-9._-]+", "-", slug)[:100]
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def evaluate_run(path, *, overrides=(), cfg=None, model=None, data=None, ctx=None, log=None):
     """Evaluate, print the metric table, append to metrics.jsonl, draw the figures.
 
@@ -157,7 +158,7 @@ def _evaluate_into(run_dir: Path, path, out_dir: Path, *, cfg, model, data, ctx,
     return result
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def generate(path, mode: str, n: int | None = None, overrides=()):
     """Write per-leaf PNG grids and .npz arrays for ``vae_samples`` or ``vae_recons``."""
     from structgen.data.run_data import load_run_data
@@ -217,7 +218,7 @@ def _image_source(run_cfg, images, dataset, split, overrides):
     return (np.concatenate(parts) if all(isinstance(p, np.ndarray) for p in parts) else parts), names
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def assign(run_dir, images=None, *, dataset: str | None = None, split: str = "all", overrides=(),
            batch_size: int = 256, latents: bool = False, on_bad_image: str = "error", device=None):
     """Every image's leaf probabilities under a trained run, as a ``structgen.eval.assignments.
@@ -236,7 +237,7 @@ def assign(run_dir, images=None, *, dataset: str | None = None, split: str = "al
     return result
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def assign_to_csv(run_dir, out, images=None, *, dataset: str | None = None, split: str = "all", overrides=(),
                   batch_size: int = 256, top_k: int = 0, latents: bool = False, on_bad_image: str = "error",
                   progress: str = "auto") -> tuple[Path, Path | None, int]:

@@ -22,8 +22,9 @@ from structgen.diffusion.vae_condition import VAEConditioner, vae_from_state, va
 from structgen.errors import CheckpointError
 from structgen.run_lock import claimed
 from structgen.runs import DDPM_PREFIX, RunError, new_run_dir, resume_point, run_config, run_dir_of, run_folder
-from structgen.runtime.context import keeps_torch_threads, setup_torch
+from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
+from structgen.torch_threads import keep_torch_threads
 from structgen.viz.grids import save_side_by_side
 
 # Keys a resumed run may change: where things live, how long to train, how and when to sample.
@@ -68,7 +69,7 @@ def _validate(cfg: Config, image_shape) -> None:
         raise ConfigError(f"diffusion.n_steps = {d.n_steps} exceeds diffusion.n_timesteps = {d.n_timesteps}")
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def train_ddpm(cfg: Config, vae_run: str | Path | None = None, *, resume: bool | str | Path = False, ctx=None,
                run_dir: str | Path | None = None, resume_checkpoint: str | Path | None = None) -> Path:
     """Train a DDPM on the frozen TreeVAE at ``vae_run`` (or diffusion.vae_run); returns the run folder.
@@ -196,7 +197,7 @@ def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, g
     return runner, cfg, state, cfg.run.seed if seed is None else seed
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
            eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
            seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
@@ -227,7 +228,7 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
     return written
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int = 500, per_leaf: int = 50,
                sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                guidance: float | None = None, seed: int | None = None, overrides=(),
@@ -256,7 +257,7 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     return scores, written
 
 
-@keeps_torch_threads
+@keep_torch_threads()
 def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None = None, sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
                  seed: int | None = None, out: str | Path | None = None) -> Path:

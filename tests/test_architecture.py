@@ -10,7 +10,7 @@ import structgen
 
 # Lowest first. A package may import its own layer and the ones below it.
 LAYERS = [
-    ("foundation", {"errors", "tree", "nn", "config", "data", "runs", "run_lock"}),
+    ("foundation", {"errors", "tree", "nn", "config", "data", "runs", "run_lock", "torch_threads"}),
     ("process objects", {"models", "viz"}),
     ("loops and runtime", {"runtime", "train"}),
     ("stages", {"eval", "scoring", "diffusion"}),

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from structgen.data.ffcv_files import check_beton, keep_torch_threads
+from structgen.data.ffcv_files import check_beton
 from structgen.errors import DataError
+from structgen.torch_threads import keep_torch_threads
 
 _RAW_MODE = 1                       # FFCV's RGBImageField: 0 = jpg, 1 = raw pixels
 _CHUNK = 4096                       # images per read when the whole array is asked for

@@ -16,13 +16,12 @@ import hashlib
 import json
 import os
 import shlex
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from structgen.errors import DataError
+from structgen.torch_threads import keep_torch_threads
 
 FORMAT_VERSION = 1
 FIELDS = ("image", "label", "index")
@@ -64,16 +63,6 @@ def fingerprint_chunks(shape, chunks) -> str:
 def default_rebuild_command(ffcv_dir, dataset: str, image_mode: str = "raw") -> str:
     mode = f" --image-mode {image_mode}" if image_mode != "raw" else ""
     return f"structgen prepare-data --dataset {dataset} --format ffcv --ffcv-dir {shlex.quote(str(ffcv_dir))}{mode}"
-
-
-@contextmanager
-def keep_torch_threads():
-    """FFCV sets torch's thread count (to 1 on import, to its worker count per epoch)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---- writing ---------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structgen.data.ffcv_files import check_beton, keep_torch_threads
+from structgen.data.ffcv_files import check_beton
 from structgen.data.ffcv_pipeline import compiled_loader
 from structgen.data.memory_loader import ShardedOrder
+from structgen.torch_threads import keep_torch_threads
 
 
 class FFCVLoader(ShardedOrder):

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from structgen.errors import DataError
-from structgen.data.ffcv_files import FIELDS, keep_torch_threads
+from structgen.data.ffcv_files import FIELDS
+from structgen.torch_threads import keep_torch_threads
 
 _CACHE_SIZE = 16              # compiled pipelines kept per process (a run needs a handful)
 

@@ -5,7 +5,6 @@ a Ray one in `ray_jobs`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -98,23 +97,9 @@ class Context:
             dist.barrier()
 
 
-def keeps_torch_threads(entry_point):
-    """An API entry point applies `run.threads` to its own work only: the caller's torch thread
-    count is back when it returns, so a notebook (or a test session) that trains one run with
-    `run.threads=1` does not run everything after it on one thread."""
-    @functools.wraps(entry_point)
-    def scoped(*args, **kwargs):
-        before = torch.get_num_threads()
-        try:
-            return entry_point(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-    return scoped
-
-
 def setup_torch(cfg) -> torch.device:
     """Apply `run.threads` (0 keeps torch's default) and return the device `run.device` names.
-    Entry points that call it are wrapped in `keeps_torch_threads`."""
+    Entry points that call it are wrapped in `structgen.torch_threads.keep_torch_threads`."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     return resolve_device(cfg.run.device)

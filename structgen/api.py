@@ -279,6 +279,7 @@ def assign_to_csv(run_dir, out, images=None, *, dataset: str | None = None, spli
     return out, npy, rows
 
 
+@keep_torch_threads()
 def export_tree(run_dir, out_dir=None) -> tuple[Path, Path]:
     """Write ``tree.json`` and ``tree.nwk`` (Newick) of a trained run into ``out_dir`` (default:
     the run folder); masses and class histograms come from its last evaluation."""

@@ -8,7 +8,7 @@ import torch
 from conftest import SYNTHETIC_FAST, TINY_VAE
 from PIL import Image
 
-from structgen.api import generate, load_model, train_tree
+from structgen.api import export_tree, generate, load_model, train_tree
 from structgen.config import load_config
 from structgen.errors import CheckpointError
 from structgen.runs import RunError
@@ -105,6 +105,8 @@ def test_api_calls_keep_the_callers_torch_thread_count(tmp_path):
         run_dir, _ = train_tree(load_config(None, TINY_VAE + [f"run.runs_dir={tmp_path}"]), ctx=ctx, evaluate=False)
         assert seen and set(seen) == {1} and torch.get_num_threads() == 3
         generate(run_dir, "vae_samples", n=2, overrides=["run.threads=1"])
+        assert torch.get_num_threads() == 3
+        export_tree(run_dir, tmp_path / "export")          # reads the run's config, run.threads=1
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(callers)

@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.structgen-installed
 DEMO_CONFIG ?= configs/digits.yml
 DEMO_ARGS   ?=
+# pytest-xdist workers for `make test`: one per core of a 2-core machine like CI's (0: one process)
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean-venv
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/structgen train-tree --config $(DEMO_CONFIG) $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -60,6 +60,7 @@ class Sweep:
     searcher: str = "random"
     grace_period: int = 1
     max_concurrent: int = 1
+    reuse_actors: bool = True
     params: dict[str, Distribution] = field(default_factory=dict)
 
     @property
@@ -83,7 +84,7 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
     except yaml.YAMLError as err:
         raise _fail(path, f"not valid YAML: {err}") from None
     known = {"stage", "metric", "mode", "num_samples", "scheduler", "searcher", "grace_period", "max_concurrent",
-             "params"}
+             "reuse_actors", "params"}
     for key in data:
         if key not in known:
             raise _fail(path, f"unknown sweep setting '{key}'; valid: {', '.join(sorted(known))}")
@@ -101,6 +102,8 @@ def load_sweep(path: str | Path, base: Config | None = None) -> Sweep:
         raise _fail(path, f"metric = {sweep.metric!r} comes only in a trial's last report (it needs the finished "
                           f"run), so neither ASHA nor Optuna has earlier values to compare: use scheduler: fifo and "
                           f"searcher: random (they are {sweep.scheduler} and {sweep.searcher})")
+    if not isinstance(sweep.reuse_actors, bool):
+        raise _fail(path, f"reuse_actors = {sweep.reuse_actors!r}; expected true or false")
     if not isinstance(sweep.num_samples, int) or sweep.num_samples < 1:
         raise _fail(path, f"num_samples = {sweep.num_samples!r}; expected an integer >= 1")
     params = data.get("params") or {}

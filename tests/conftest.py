@@ -9,6 +9,18 @@ import pytest
 # cluster's token only in token mode, and Ray reads the mode once, when it is first imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+# Ray Train's controller takes one worker report per poll, every 2 s by default; a tiny test job
+# reports faster than that (every epoch and phase), so without this its end waits for the backlog
+# (~10 s a job). Read by the controller when its cluster starts: set before any test starts one.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+# `make test` runs the suite on two pytest-xdist workers, one per core. Each worker and every
+# process it starts (CLI runs, Ray and SLURM workers inherit the variable) then computes on one
+# thread: two processes of two OpenMP threads each on two cores spin-wait each other into 10x
+# slowdowns. Set before torch is first imported, which reads it then.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # A fast schedule that still grows, prunes and finetunes: synthetic has 4 classes in 2
 # superclasses, so 4 effective leaves is the target tree.
 SYNTHETIC_FAST = [
@@ -24,6 +36,67 @@ TINY_DATA = ["data.dataset=synthetic", "data.train_subset=128", "data.test_subse
              "run.threads=1"]
 TINY_VAE = TINY_DATA + ["training.batch_size=64", "training.num_epochs=1", "training.initial_depth=2",
                         "training.grow=false", "training.prune=false", "training.num_epochs_finetuning=0"]
+
+
+# Which xdist worker runs what (`make test` passes `--dist loadgroup`): the suite is cut into
+# units of whole modules, each run on one worker, handed out in the order FIRST_UNITS sets.
+# - every module that starts a Ray cluster outside SLURM is in the unit "ray", the longest: they
+#   must not overlap (the two-node module takes fixed ports and kills a node's raylet, the Tune
+#   CLI test starts its own local cluster). test_slurm's Ray sweep may run beside them: its
+#   cluster has its job's own port and is stopped by process group;
+# - the modules that read the session's `trained_run` share a group, so it is trained once;
+# - every other module is a group of its own, so its module fixtures are built once.
+# xdist's own loadgroup reads `xdist_group` marks by rewriting node ids, which pytest 9 no longer
+# lets it do, so the scheduler below groups by module name instead.
+SUITE_GROUPS = {"test_ray_train": "ray", "test_ray_two_nodes": "ray", "test_tune": "ray", "test_user_pipelines": "ray",
+                "test_training": "trained_run", "test_run_safety": "trained_run", "test_split_init": "trained_run"}
+
+
+# The units handed out first: "ray", then the longest others (measured on two workers: test_slurm
+# ~400 s, test_demo ~220 s, trained_run ~200 s, ...), so that the short ones fill the end on
+# whichever worker is free instead of a long one starting last.
+FIRST_UNITS = ("ray", "test_slurm", "test_demo", "trained_run", "test_parallel_growth", "test_torchrun", "test_resume")
+
+
+def _scheduling_order(item) -> int:
+    group = suite_group(item.nodeid)
+    return FIRST_UNITS.index(group) if group in FIRST_UNITS else len(FIRST_UNITS)
+
+
+def suite_group(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return SUITE_GROUPS.get(module, module)
+
+
+class SuiteScheduling:
+    """The xdist hook, registered only where xdist runs (`-p no:xdist` does not know the hook)."""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModuleGroup(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return suite_group(nodeid)
+
+        config.option.loadscopereorder = False        # keep the order the workers sorted their items in
+        return ByModuleGroup(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(SuiteScheduling(), "structgen-suite-scheduling")
+
+
+def pytest_collection_modifyitems(config, items):
+    strays = sorted({item.module.__name__ for item in items
+                     if "trained_run" in item.fixturenames and suite_group(item.nodeid) != "trained_run"})
+    if strays:                                        # it would be trained once more on the other worker
+        raise pytest.UsageError(f"conftest.py: add {', '.join(strays)} to the 'trained_run' group of SUITE_GROUPS")
+    if hasattr(config, "workerinput"):                # an xdist worker: the order the scheduler sees
+        items.sort(key=_scheduling_order)             # stable: the order within a module stays
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Ray Train on a real local Ray cluster with 2 CPU workers: DDP equivalence of one step, a
 stopped job resumed by re-running it, a user's image folder. (Growth over two workers against one
 process's tree, diffusion under DDP, `ray job submit` against `ray start --head`, and recovery
-from a lost node are in test_ray_two_nodes.py: `ray stop` ends every Ray cluster on the machine,
-so it must not run while this module's cluster is up.)"""
+from a lost node are in test_ray_two_nodes.py, which must not run while this module's cluster
+is up: conftest keeps both on one pytest-xdist worker.)"""
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,26 @@ def test_a_local_cluster_binds_its_dashboard_to_loopback_and_demands_the_token(r
         with socket.socket() as s:
             s.settimeout(5)
             assert s.connect_ex((node.node_ip_address, int(port))) != 0
+
+
+def test_a_jobs_processes_ask_the_state_api_of_their_own_cluster(ray_session):
+    """Ray Train's controller asks Ray's state API whether it is alive; unless told its cluster,
+    that API takes the machine's last `ray start` (/tmp/ray/ray_current_cluster), which may be
+    stopped (a 12-s stall at every job's end) or another cluster (then a running job loses its
+    placement group). init_ray tells every process of the job where its own cluster's API is."""
+    import os
+
+    @ray_session.remote
+    class Probe:
+        def ask(self, actor_id: str):
+            from ray.util.state import get_actor
+
+            return os.environ.get("RAY_API_SERVER_ADDRESS"), get_actor(actor_id, timeout=20).state
+
+    probe = Probe.remote()
+    url, state = ray_session.get(probe.ask.remote(probe._actor_id.hex()), timeout=120)
+    assert url == f"http://{ray_session._private.worker._global_node.webui_url}"
+    assert state == "ALIVE"
 
 
 def test_two_workers_take_the_same_step_as_one(ray_session, tmp_path):

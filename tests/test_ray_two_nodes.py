@@ -4,8 +4,9 @@ raylet), on loopback with token authentication, as the README's "Several nodes" 
 both ranks on one node; a 2-worker DDPM job likewise; a sweep's two trials run one on each node;
 losing the second node mid-growth (its raylet killed) restarts the worker group on the head from
 the last checkpoint with no epoch lost or repeated. (The one-node module test_ray_train.py keeps
-what needs no second node: one DDP step equals one process's, a stopped job resumes when re-run.) Its own module: `ray stop` ends every Ray
-cluster on the machine, so no other test's cluster may be up meanwhile."""
+what needs no second node: one DDP step equals one process's, a stopped job resumes when re-run.)
+Its cluster takes fixed ports and loses a node on purpose, so no other test's local cluster may
+be up meanwhile: conftest keeps every such test on one pytest-xdist worker, one after another."""
 import os
 import subprocess
 import sys
@@ -43,16 +44,25 @@ def _ray(*args, timeout=120):
 @pytest.fixture(scope="module")
 def two_nodes():
     """(head node id, second node id) of a running 2-node cluster the test process is connected to,
-    2 CPUs each: room for both workers of a job on either node, or for one 2-CPU trial."""
+    2 CPUs each: room for both workers of a job on either node, or for one 2-CPU trial. Each node
+    is a `ray start --block` of this process's, stopped by process group, not by `ray stop`, which
+    would also end the clusters of tests running beside this module (test_slurm's Ray sweep)."""
     import ray
 
+    from structgen.launch.ray_nodes import start_node, stop_node
+
     assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
-    _ray("start", "--head", "--port", HEAD.split(":")[1], "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-         "--resources", '{"head_node": 1}', "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD),
-         "--object-store-memory", str(300 * 2**20), "--disable-usage-stats")
+    nodes = []
     try:
-        _ray("start", "--address", HEAD, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-             "--resources", '{"second_node": 1}', "--object-store-memory", str(300 * 2**20))
+        nodes.append(start_node(
+            [RAY, "start", "--head", "--block", "--port", HEAD.split(":")[1], "--node-ip-address", "127.0.0.1",
+             "--num-cpus", "2", "--resources", '{"head_node": 1}', "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(DASHBOARD), "--object-store-memory", str(300 * 2**20), "--disable-usage-stats"],
+            env=_env(), ready_timeout_s=120))
+        nodes.append(start_node(
+            [RAY, "start", "--block", "--address", HEAD, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+             "--resources", '{"second_node": 1}', "--object-store-memory", str(300 * 2**20)],
+            env=_env(), ready_timeout_s=120))
         from structgen.launch.ray_cluster import init_ray
         init_ray(HEAD, extra_pythonpath=[str(Path(__file__).parent)])
         ids = {}
@@ -68,7 +78,8 @@ def two_nodes():
         yield ids["head_node"], ids["second_node"]
     finally:
         ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            stop_node(node, grace_s=2)
 
 
 GROWTH = TINY + ["data.train_subset=256", "training.num_epochs=1"]   # 1 epoch for 2 leaves, 2 per sub-tree
@@ -85,24 +96,48 @@ def _job(tmp_path, name, placement, **spec):
     return run_dir
 
 
+def _checkout_copy(dest: Path, attempt: int) -> Path:
+    """What a user's clone holds (git's tracked files, as edited), as the job's --working-dir:
+    not this checkout, whose ignored folders (runs, caches) change while other tests run beside
+    this one. A file naming the attempt gives each submission a package of its own (Ray names
+    packages by content, and a re-submitted unchanged folder reuses the failed one)."""
+    import shutil
+
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], check=True, capture_output=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    (dest / "SUBMISSION").write_text(f"attempt {attempt}\n")
+    return dest
+
+
+# What `ray job submit` prints when it should try again: the job agent is not up yet (it comes up
+# a few seconds after the head), or the second node lost the race for the uploaded working dir
+# (Ray's "Failed to download runtime_env file package ... from the GCS", seen once in ~10 runs).
+RETRY_SUBMISSION = ("No available agent", "Failed to download runtime_env file package")
+
+
 def _submitted_job(tmp_path, name, placement):
     """The same job through `ray job submit` to the head's job API, as a user submits it; checks
     that `ray job status` reports it succeeded and that the run evaluated its tree."""
     api = f"http://127.0.0.1:{DASHBOARD}"
     sets = [a for s in GROWTH + [f"run.runs_dir={tmp_path}"] for a in ("--set", s)]
-    for attempt in range(30):           # the job agent comes up a few seconds after the head
+    for attempt in range(30):
+        job_id = f"{name}-{attempt}"
+        checkout = _checkout_copy(tmp_path / "checkouts" / job_id, attempt)
         submit = subprocess.run(
-            [RAY, "job", "submit", "--address", api, "--working-dir", str(ROOT), "--submission-id",
-             f"{name}-{attempt}", "--", "python", "ray_jobs/train_treevae.py", "--name", name, "--num-workers", "2",
+            [RAY, "job", "submit", "--address", api, "--working-dir", str(checkout), "--submission-id", job_id,
+             "--", "python", "ray_jobs/train_treevae.py", "--name", job_id, "--num-workers", "2",
              "--placement-strategy", placement, "--storage-path", str(tmp_path / "ray"), *sets],
             env=_env(), capture_output=True, text=True, timeout=600)
-        if "No available agent" not in submit.stderr:
+        if not any(reason in submit.stdout + submit.stderr for reason in RETRY_SUBMISSION):
             break
         time.sleep(2)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    status = _ray("job", "status", "--address", api, f"{name}-{attempt}")
+    status = _ray("job", "status", "--address", api, job_id)
     assert "succeeded" in (status.stdout + status.stderr).lower()
-    run_dir = tmp_path / "synthetic" / name
+    run_dir = tmp_path / "synthetic" / job_id       # a failed attempt's folder stays beside it
     assert read_metrics(run_dir)[-1]["event"] == "evaluation"
     return run_dir
 
@@ -156,15 +191,29 @@ def test_spread_ddpm_uses_both_nodes_and_trains_the_one_node_weights(two_nodes, 
     _same_weights(dirs["SPREAD"] / "checkpoints" / "last.pt", dirs["PACK"] / "checkpoints" / "last.pt")
 
 
+def test_a_jobs_processes_on_either_node_are_told_their_cluster(two_nodes):
+    """RAY_ADDRESS in every process of a job that joined by address, the second node's too: what
+    Ray's state API (Ray Train's controller asks it) reads before the machine's last `ray start`."""
+    import ray
+
+    @ray.remote(resources={"second_node": 0.01})
+    def address_seen() -> tuple[str, str | None]:
+        return ray.get_runtime_context().get_node_id(), os.environ.get("RAY_ADDRESS")
+
+    assert ray.get(address_seen.remote(), timeout=120) == (two_nodes[1], HEAD)
+
+
 def test_a_sweeps_trials_run_on_both_nodes(two_nodes, tmp_path):
-    """Two concurrent trials of 2 CPUs each fit only one per node."""
+    """Two concurrent trials of 2 CPUs each fit only one per node. Each in an actor of its own
+    (reuse_actors off): these trials take a second, so a reused actor would run both one after the
+    other on one node before the other node's actor had started."""
     from test_tune import write_sweep
 
     from structgen.launch.tune_sweep import run_sweep
     from structgen.sweeps import load_sweep
 
     sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, num_samples=1,
-                                   scheduler="fifo", max_concurrent=2))
+                                   scheduler="fifo", max_concurrent=2, reuse_actors=False))
     cfg = load_config(None, TINY_VAE + [f"run.runs_dir={tmp_path}", "evaluation.baselines=false"])
     experiment, results = run_sweep(cfg, sweep, "two-node-sweep", tmp_path / "tune", cpus_per_trial=2)
     assert len(results) == 2 and not results.errors

@@ -47,9 +47,15 @@ def slurm_is_up() -> bool:
     return ping.returncode == 0 and "UP" in ping.stdout
 
 
+def host_env() -> dict:
+    """The environment for the scripts that size the SLURM nodes with `nproc`, which reports
+    OMP_NUM_THREADS when it is set (as conftest sets it under pytest-xdist): the machine's cores."""
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+
+
 def local_nodes(action: str) -> None:
     out = subprocess.run(["bash", str(REPO / "slurm" / "local_nodes.sh"), action], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=host_env())
     assert out.returncode == 0, f"slurm/local_nodes.sh {action} failed:\n{out.stderr[-3000:]}"
 
 
@@ -65,7 +71,7 @@ def slurm_cluster():
         if os.geteuid() != 0:
             pytest.skip("no SLURM running, and slurm-local.sh must run as root to start one")
         t0 = time.time()
-        up = subprocess.run(["bash", str(script), "up"], env={**os.environ, "SLURM_SMOKE": "0"},
+        up = subprocess.run(["bash", str(script), "up"], env={**host_env(), "SLURM_SMOKE": "0"},
                             capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, f"slurm-local.sh up failed:\n{up.stderr[-3000:]}"
         started = True
@@ -99,10 +105,16 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def result_of(job, timeout: float = 150):
+def finished(job) -> bool:
+    """submitit's job.done() waits for every task's result file; the Ray launcher's second task
+    never runs and writes none, and then done() asks sacct only every minute or so: ask it now."""
+    return job.done() or job.watcher.is_done(job.job_id, mode="force")
+
+
+def result_of(job, timeout: float = 300):
     from structgen.launch.slurm import job_result
 
-    wait_for(job.done, timeout, f"job {job.job_id} to finish", poll=0.5)
+    wait_for(lambda: finished(job), timeout, f"job {job.job_id} to finish", poll=1)
     return job_result(job)
 
 
@@ -293,7 +305,8 @@ def test_two_node_job_resumes_after_losing_a_nodes_task_and_a_preemption(slurm_c
     release_requeued(job.job_id)
     # Not job.done(): the first attempt's rank 0 lost its peer and left an error result behind,
     # which counts as "done" for submitit until the last attempt overwrites it.
-    wait_for(lambda: job.state == "COMPLETED", 300, f"job {job.job_id} to complete", poll=0.5)
+    wait_for(lambda: job.watcher.get_state(job.job_id, mode="force") == "COMPLETED", 300,
+             f"job {job.job_id} to complete", poll=1)
     result = result_of(job)
 
     assert result["resumed"] and result["restarts"] == 2 and result["world_size"] == 2
@@ -348,7 +361,7 @@ def test_ray_tune_sweep_over_both_nodes_of_one_allocation(slurm_cluster, tmp_pat
     monkeypatch.setenv("RAY_AUTH_MODE", "token")             # token authentication on, as the README says
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     sweep = tmp_path / "sweep.yml"
-    sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\nmax_concurrent: 2\n"
+    sweep.write_text("stage: tree\nnum_samples: 2\nscheduler: fifo\nmax_concurrent: 2\nreuse_actors: false\n"
                      "params:\n  training.decay_kl: {uniform: [0.05, 0.2]}\n")
     fast = SYNTHETIC_FAST + ["data.train_subset=200", "data.test_subset=64", "training.num_epochs=1",
                              "training.grow=false", "training.num_epochs_finetuning=0", "evaluation.baselines=false",
@@ -357,7 +370,7 @@ def test_ray_tune_sweep_over_both_nodes_of_one_allocation(slurm_cluster, tmp_pat
                           flags={**TINY_JOB, "cpus_per_task": 2, "nodes": 2, "folder": str(tmp_path / "logs" / "%j")})
     job, = sub.submit()
     cancel_unfinished.append(job)
-    result = result_of(job, timeout=200)
+    result = result_of(job, timeout=400)
     assert result["name"] == "raysweep" and result["nodes"] == slurm_cluster
     assert result["address"].endswith(f":{ray_port_for_job(job.job_id)}")
     assert load_config(result["config"]).data.train_subset == 200         # the --set reached the driver

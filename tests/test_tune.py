@@ -1,5 +1,6 @@
 """Ray Tune sweeps on a real local Ray cluster: validation before any trial, a 4-trial ASHA
 sweep on `synthetic`, the best config as YAML that the ordinary command accepts."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def test_sweep_settings_are_checked(tmp_path):
         load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, metric="fid"))
     with pytest.raises(ConfigError, match="unknown sweep setting 'trials'"):
         load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, trials=3))
+    with pytest.raises(ConfigError, match="reuse_actors = 'no'; expected true or false"):
+        load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}}, reuse_actors="no"))
+    assert load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}})).reuse_actors is True
 
 
 def test_a_labelled_metric_needs_fifo_and_random_search(tmp_path):
@@ -155,15 +159,23 @@ class TestSweepsOnOneLocalRay:
         assert list(experiment.rglob("events.out.tfevents.*")), "Tune writes TensorBoard files"
 
     def test_a_fifo_sweep_chooses_by_a_labelled_metric_from_the_last_reports(self, tmp_path):
-        sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2]}}, metric="acc",
+        """Also: trials reuse one process (reuse_actors), and the third trial, the first's settings
+        again run after two others in that process, reports exactly what the first reported."""
+        sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2, 0.05]}}, metric="acc",
                                        num_samples=1, scheduler="fifo", searcher="random"))
         cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
         experiment, results, info = sweep_on_local_ray(cfg, sweep, "acc-sweep", tmp_path / "tune")
-        assert len(results) == 2 and not results.errors
+        assert len(results) == 3 and not results.errors
         rows = info["rows"]
         assert all(0 < r["acc"] <= 1 and not r["stopped_early"] for r in rows)
         best = max(rows, key=lambda r: r["acc"])
         assert load_config(info["best"]).training.decay_kl == best["training.decay_kl"]
+        first, _, again = sorted(results, key=lambda r: r.path)
+        assert first.config["params"] == again.config["params"]
+        assert (again.metrics["acc"], again.metrics["elbo"]) == (first.metrics["acc"], first.metrics["elbo"])
+        pids = {json.loads(line)["pid"] for trial in _trials_started(experiment)
+                for line in (trial / "result.json").read_text().splitlines() if line.strip()}
+        assert len(pids) == 1, f"the trials ran in {len(pids)} processes, not one reused"
 
     def test_ddpm_sweep_over_conditioning_and_width(self, tmp_path):
         from structgen.api import train_tree

@@ -243,6 +243,9 @@ class TuneConfig:
     searcher: str = option("random", "search algorithm", choices=("random", "optuna"))
     grace_period: int = option(1, "ASHA: reports before a trial may be stopped", min=1)
     max_concurrent: int = option(1, "trials running at once", min=1)
+    reuse_actors: bool = option(True, "a finished trial's Ray actor runs the next one (no new Python and torch "
+                                      "import per trial); short trials may then all run on one node, one after "
+                                      "another, even with max_concurrent > 1")
 
 
 @dataclass

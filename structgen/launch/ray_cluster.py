@@ -27,14 +27,34 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         print("structgen: warning: RAY_AUTH_MODE=disabled: Ray's core ports listen on every interface and now "
               "accept requests without a token; use this only on a machine nobody else can reach",
               file=sys.stderr)
-    runtime_env = None
+    env_vars = {}
     if extra_pythonpath:        # modules the workers must import that are not installed packages
-        path = os.pathsep.join([*extra_pythonpath, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
-        runtime_env = {"env_vars": {"PYTHONPATH": path}}
+        env_vars["PYTHONPATH"] = os.pathsep.join([*extra_pythonpath, os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+    # Ray Train's controller asks Ray's state API whether it is alive, and that API finds "the"
+    # cluster from RAY_ADDRESS, else from /tmp/ray/ray_current_cluster: the last `ray start` on
+    # the machine, which may be stopped (a 12-s stall at the end of every job) or another live
+    # cluster (whose answer, "no such actor", makes Train remove a running job's placement
+    # group). So every process of this job is told which cluster is its own.
     if address:
-        ray.init(address=address, log_to_driver=not quiet, runtime_env=runtime_env)
+        if "://" not in address and address != "auto":
+            env_vars["RAY_ADDRESS"] = address
+        ray.init(address=address, log_to_driver=not quiet, runtime_env=_env(env_vars))
     else:
         # "local": always a new cluster; never attach to a stray head found in /tmp/ray.
+        port = _free_loopback_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=not quiet, configure_logging=True, runtime_env=runtime_env)
+                 dashboard_port=port, log_to_driver=not quiet, configure_logging=True, runtime_env=_env(env_vars))
     return ray
+
+
+def _env(env_vars: dict) -> dict | None:
+    return {"env_vars": env_vars} if env_vars else None
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

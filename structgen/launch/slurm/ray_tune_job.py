@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from structgen.config import load_config
 from structgen.launch.hosts import job_port, slurm_hosts
+from structgen.launch.ray_nodes import start_node, stop_node, wait_for_nodes
 from structgen.launch.slurm.stage_job import job_id
 
 TUNE_DRIVER = "structgen.launch.tune_main"        # run with python -m: works installed, not only from a checkout
@@ -66,18 +66,18 @@ class RayTuneJob:
                     "--include-dashboard=false", *node]
         steps = []
         try:
-            steps.append(_start([*srun, "-N1", "-n1", f"--nodelist={head}", *head_cmd] if in_slurm else head_cmd))
-            _wait_for_nodes(ray, address, 1, self.start_timeout_s, steps)
+            steps.append(start_node([*srun, "-N1", "-n1", f"--nodelist={head}", *head_cmd] if in_slurm else head_cmd))
+            wait_for_nodes(ray, address, 1, self.start_timeout_s, steps)
             if len(hosts) > 1:
                 k = len(hosts) - 1
-                steps.append(_start([*srun, f"-N{k}", f"-n{k}", f"--exclude={head}", ray, "start",
+                steps.append(start_node([*srun, f"-N{k}", f"-n{k}", f"--exclude={head}", ray, "start",
                                      f"--address={address}", *node]))
-                _wait_for_nodes(ray, address, len(hosts), self.start_timeout_s, steps)
+                wait_for_nodes(ray, address, len(hosts), self.start_timeout_s, steps)
             command = self.driver_command(address, name)
             rc = subprocess.run(command, env={**os.environ, "RAY_ADDRESS": address}).returncode
         finally:
             for step in reversed(steps):
-                _stop(step)
+                stop_node(step)
         if rc != 0:
             raise RuntimeError(f"the Tune driver exited with status {rc}: {' '.join(command)}")
         return {"stage": "tune", "name": name, "address": address, "nodes": hosts, "job_id": jid,
@@ -90,30 +90,6 @@ def ray_port_for_job(jid: str) -> int:
     return job_port(jid, 30000, 2000)
 
 
-def _start(command: list[str]) -> subprocess.Popen:
-    # A session of its own: stopping it reaches every Ray process it started and nothing else.
-    return subprocess.Popen(command, start_new_session=True)
-
-
-def _stop(step: subprocess.Popen, grace_s: float = 10) -> None:
-    """Stop one `ray start --block` (or the srun running it) and its process group. Not `ray
-    stop`: that stops every Ray on the node, other jobs' too. `ray start --block` ignores SIGTERM
-    and SIGKILL leaves its children behind, so: TERM, then KILL the whole group. Under SLURM the
-    step's remote tasks end with the job, right after this function returns."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(step.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            step.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _ip_of(host: str) -> str:
     import socket
 
@@ -121,18 +97,3 @@ def _ip_of(host: str) -> str:
         return socket.gethostbyname(host)
     except OSError as err:
         raise RuntimeError(f"cannot resolve the Ray head node {host!r}: {err}") from None
-
-
-def _wait_for_nodes(ray: str, address: str, want: int, timeout_s: int, steps) -> None:
-    """Until `ray status` lists ``want`` active nodes, or a start step died, or the time is up."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        dead = [s for s in steps if s.poll() is not None]
-        if dead:
-            raise RuntimeError(f"a Ray node step exited with status {dead[0].returncode}: {' '.join(dead[0].args)}")
-        out = subprocess.run([ray, "status", f"--address={address}"], capture_output=True, text=True).stdout
-        active = out.split("Active:", 1)[1].split("Pending:", 1)[0] if "Active:" in out else ""
-        if sum("node_" in line for line in active.splitlines()) >= want:
-            return
-        time.sleep(2)
-    raise RuntimeError(f"the Ray cluster at {address} did not reach {want} node(s) in {timeout_s} s")

@@ -52,9 +52,15 @@ def _env(env_vars: dict) -> dict | None:
     return {"env_vars": env_vars} if env_vars else None
 
 
-def _free_loopback_port() -> int:
+def _free_loopback_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port when it is free (the README's URLs), else any free one."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1 for the Ray dashboard")

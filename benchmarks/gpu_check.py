@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from structgen.launch.hosts import free_loopback_port                          # noqa: E402
 from structgen.models.elbo import Clamps, total_loss                          # noqa: E402
 from structgen.models.objective import Contrastive, FullTreeObjective, SubTreeObjective  # noqa: E402
 from structgen.models.treevae import ModelSpec, SubTree, TreeVAE               # noqa: E402
@@ -184,12 +184,6 @@ def ddp_rank(rank: int, backend: str, port: int, out: Path, device: str) -> None
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ddp(device: torch.device, out: Path) -> dict:
     from ray_helpers import one_step
 
@@ -197,7 +191,7 @@ def ddp(device: torch.device, out: Path) -> dict:
               for kind in ("full", "sub")}
     result = {}
     for backend in (["nccl", "gloo"] if device.type == "cuda" else ["gloo"]):
-        port = free_port()
+        port = free_loopback_port()
         procs = [subprocess.Popen([sys.executable, __file__, "--out", str(out), "--device", str(device),
                                    "--ddp-rank", str(r), "--backend", backend, "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

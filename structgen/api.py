@@ -14,8 +14,8 @@ from structgen.run_lock import claimed
 from structgen.runs import checkpoint_of, final_checkpoint, new_run_dir, resume_point, run_config, run_folder
 from structgen.runtime.context import setup_torch
 from structgen.runtime.resume import RUN_FREE, check_resumable
-from structgen.torch_threads import keep_torch_threads
 from structgen.runtime.tree_checkpoint import load_checkpoint, load_model
+from structgen.torch_threads import keep_torch_threads
 
 # Keys that may differ between the run being resumed and the command resuming it.
 RESUME_FREE = RUN_FREE + ("evaluation.",)

@@ -2,7 +2,6 @@
 training step on its batches. Files are small and written once per module (FFCV compiles each
 pipeline with numba on first use, so loaders of the same settings are shared too)."""
 import json
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,6 +15,7 @@ from structgen.data import DataError, ImageSet, TensorLoader, load_split
 from structgen.data.ffcv_files import beton_path, sidecar_path, write_beton
 from structgen.data.ffcv_loader import FFCVLoader
 from structgen.data.loaders import make_loader
+from structgen.launch.hosts import free_loopback_port
 
 BS = 32
 
@@ -236,9 +236,7 @@ def _ddp_worker(rank, world_size, port, path, out):
 
 
 def test_ddp_ranks_read_disjoint_shards_under_gloo(files, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     out = tmp_path / "gathered.pt"
     # fork, not spawn: the children reuse this process's imports and compiled pipeline (saves ~20 s)
     torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(files["grey_path"]), str(out)),

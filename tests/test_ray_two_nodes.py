@@ -96,11 +96,10 @@ def _job(tmp_path, name, placement, **spec):
     return run_dir
 
 
-def _checkout_copy(dest: Path, attempt: int) -> Path:
+def _checkout_copy(dest: Path) -> Path:
     """What a user's clone holds (git's tracked files, as edited), as the job's --working-dir:
     not this checkout, whose ignored folders (runs, caches) change while other tests run beside
-    this one. A file naming the attempt gives each submission a package of its own (Ray names
-    packages by content, and a re-submitted unchanged folder reuses the failed one)."""
+    this one."""
     import shutil
 
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], check=True, capture_output=True).stdout
@@ -108,7 +107,6 @@ def _checkout_copy(dest: Path, attempt: int) -> Path:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    (dest / "SUBMISSION").write_text(f"attempt {attempt}\n")
     return dest
 
 
@@ -123,9 +121,12 @@ def _submitted_job(tmp_path, name, placement):
     that `ray job status` reports it succeeded and that the run evaluated its tree."""
     api = f"http://127.0.0.1:{DASHBOARD}"
     sets = [a for s in GROWTH + [f"run.runs_dir={tmp_path}"] for a in ("--set", s)]
+    checkout = _checkout_copy(tmp_path / "checkout")
     for attempt in range(30):
         job_id = f"{name}-{attempt}"
-        checkout = _checkout_copy(tmp_path / "checkouts" / job_id, attempt)
+        # A package of its own per attempt: Ray names packages by content, and a re-submitted
+        # unchanged folder would reuse the one that failed to download.
+        (checkout / "SUBMISSION").write_text(f"{job_id}\n")
         submit = subprocess.run(
             [RAY, "job", "submit", "--address", api, "--working-dir", str(checkout), "--submission-id", job_id,
              "--", "python", "ray_jobs/train_treevae.py", "--name", job_id, "--num-workers", "2",

@@ -1,7 +1,9 @@
-"""What every process of one SLURM job can work out alone, and all agree on: the job's hosts
-and a port derived from its id. Used by the DDP rendezvous and by the Ray cluster a job starts."""
+"""Hosts and ports. What every process of one SLURM job can work out alone, and all agree on:
+the job's hosts and a port derived from its id (the DDP rendezvous, the Ray cluster a job
+starts); and a free port on loopback for a process that starts a service of its own."""
 from __future__ import annotations
 
+import socket
 import subprocess
 
 
@@ -23,3 +25,15 @@ def slurm_hosts(nodelist: str) -> list[str]:
     if not out:
         raise RuntimeError(f"`scontrol show hostnames {nodelist}` printed no host")
     return out
+
+
+def free_loopback_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else a port the system picks."""
+    for port in ((preferred,) if preferred else ()) + (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
+from structgen.launch.hosts import free_loopback_port
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
              extra_pythonpath: list[str] | None = None):
@@ -41,7 +43,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         ray.init(address=address, log_to_driver=not quiet, runtime_env=_env(env_vars))
     else:
         # "local": always a new cluster; never attach to a stray head found in /tmp/ray.
-        port = _free_loopback_port()
+        port = free_loopback_port(preferred=8265)     # Ray's usual dashboard port, the README's URLs
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, log_to_driver=not quiet, configure_logging=True, runtime_env=_env(env_vars))
@@ -50,17 +52,3 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
 def _env(env_vars: dict) -> dict | None:
     return {"env_vars": env_vars} if env_vars else None
-
-
-def _free_loopback_port(preferred: int = 8265) -> int:
-    """Ray's usual dashboard port when it is free (the README's URLs), else any free one."""
-    import socket
-
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port on 127.0.0.1 for the Ray dashboard")

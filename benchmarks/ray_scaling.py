@@ -1,16 +1,20 @@
-"""Ray Train DDP on this machine: 2 workers vs 1 worker, and the per-step cost of DDP.
+"""Ray Train DDP on this machine: 2 workers vs 1 worker, and the per-step cost of DDP; with
+--two-nodes, 2 workers on one Ray node vs one on each of two.
 
-    .venv/bin/python benchmarks/ray_scaling.py [--steps 10] [--batch 256] [--leaves 10]
+    .venv/bin/python benchmarks/ray_scaling.py [--steps 10] [--batch 256] [--leaves 10] [--two-nodes]
 
 Each configuration runs as a real TorchTrainer job on a local Ray cluster. Inside the workers
 the same full-tree train step (global batch split across workers) is timed twice: through
 DDP (gradient all-reduce, global-batch BatchNorm) and as a plain local step on the same shard.
 Prints images/s per configuration, the 2-vs-1 ratio, and the communication share of a step.
+--two-nodes starts a head and a second node (`ray start --block`, 2 CPUs each, on loopback) and
+runs the 2-worker job PACK (both on the head) and SPREAD (one per node), 1 thread per worker.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,7 +67,7 @@ def worker(config: dict) -> None:
     t_local = timed(step(objective))
     t_ddp = timed(step(ctx.wrap(objective)))
     if ctx.is_main:         # Ray's Result.metrics keeps only reports that carry a checkpoint
-        (Path(config["out"]) / f"world{ctx.world_size}.json").write_text(
+        (Path(config["out"]) / f"{config['label']}.json").write_text(
             json.dumps({"t_ddp": t_ddp, "t_local": t_local}))
     ray.train.report({"t_ddp": t_ddp})
 
@@ -73,28 +77,63 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--leaves", type=int, default=10)
+    parser.add_argument("--two-nodes", action="store_true", help="2 workers on one node vs on two nodes")
     args = parser.parse_args()
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    print(f"full-tree train step, {args.leaves} leaves, global batch {args.batch}, {args.steps} timed steps")
+    if args.two_nodes:
+        two_nodes(args)
+        return
     from structgen.launch.ray_cluster import init_ray
 
     init_ray(num_cpus=3)
+    # the machine's 2 cores, shared out
+    results = fit_each(args, {"1 worker": (1, 2, "PACK"), "2 workers": (2, 1, "PACK")})
+    print(f"  2 workers / 1 worker throughput ratio: {results['1 worker']['t_ddp'] / results['2 workers']['t_ddp']:.2f}")
+
+
+def two_nodes(args) -> None:
+    from structgen.launch.hosts import free_loopback_port
+    from structgen.launch.ray_cluster import init_ray
+    from structgen.launch.ray_nodes import start_node, stop_node
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")      # the second node and this driver show the head's token
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = f"127.0.0.1:{free_loopback_port()}"
+    node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats"]
+    nodes = []
+    try:
+        nodes.append(start_node([ray_cli, "start", "--head", "--port", head.split(":")[1], "--include-dashboard=false",
+                                 *node], ready_timeout_s=120))
+        nodes.append(start_node([ray_cli, "start", "--address", head, *node], ready_timeout_s=120))
+        init_ray(head)
+        results = fit_each(args, {"2 workers, one node (PACK)": (2, 1, "PACK"),
+                                  "2 workers, two nodes (SPREAD)": (2, 1, "SPREAD")})
+    finally:
+        import ray
+        ray.shutdown()
+        for n in reversed(nodes):
+            stop_node(n, grace_s=2)
+    one, two = results.values()
+    print(f"  two nodes / one node step time: {two['t_ddp'] / one['t_ddp']:.2f}")
+
+
+def fit_each(args, runs: dict[str, tuple[int, int, str]]) -> dict[str, dict]:
+    """{label: (workers, threads per worker, placement)} -> {label: the timings}; prints each."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for world in (1, 2):
-            threads = 2 // world             # the machine's 2 cores, shared out
+        for i, (label, (world, threads, placement)) in enumerate(runs.items()):
             TorchTrainer(worker, train_loop_config={"out": tmp, "steps": args.steps, "batch": args.batch,
-                                                             "leaves": args.leaves, "threads": threads},
-                                  scaling_config=ScalingConfig(num_workers=world),
-                                  run_config=RunConfig(name=f"bench-{world}", storage_path=f"{tmp}/ray")).fit()
-            results[world] = json.loads((Path(tmp) / f"world{world}.json").read_text())
-    print(f"full-tree train step, {args.leaves} leaves, global batch {args.batch}, {args.steps} timed steps")
-    for world, m in results.items():
-        print(f"  {world} worker(s): {args.batch / m['t_ddp']:7.0f} img/s   step {m['t_ddp'] * 1000:7.1f} ms   "
-              f"same shard without DDP {m['t_local'] * 1000:7.1f} ms   "
-              f"DDP overhead {(m['t_ddp'] - m['t_local']) / m['t_ddp']:6.1%}")
-    print(f"  2 workers / 1 worker throughput ratio: {results[1]['t_ddp'] / results[2]['t_ddp']:.2f}")
+                                                    "leaves": args.leaves, "threads": threads, "label": f"run{i}"},
+                         scaling_config=ScalingConfig(num_workers=world, placement_strategy=placement),
+                         run_config=RunConfig(name=f"bench-{i}", storage_path=f"{tmp}/ray")).fit()
+            m = results[label] = json.loads((Path(tmp) / f"run{i}.json").read_text())
+            print(f"  {label}: {args.batch / m['t_ddp']:7.0f} img/s   step {m['t_ddp'] * 1000:7.1f} ms   "
+                  f"same shard without DDP {m['t_local'] * 1000:7.1f} ms   "
+                  f"DDP overhead {(m['t_ddp'] - m['t_local']) / m['t_ddp']:6.1%}")
+    return results
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import torch
 from conftest import SYNTHETIC_FAST
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = SYNTHETIC_FAST + ["data.train_subset=400", "data.test_subset=100", "training.num_epochs=3",
-                          "training.num_epochs_smalltree=3", "training.num_epochs_finetuning=2", "run.threads=1",
+SMALL = SYNTHETIC_FAST + ["data.train_subset=400", "data.test_subset=100", "training.num_epochs=2",
+                          "training.num_epochs_smalltree=3", "training.num_epochs_finetuning=1", "run.threads=1",
                           "evaluation.baselines=false"]
 # A share of the 2-core test machine; timeout_min > 10 so that a USR2 counts as a preemption,
 # not as a time-out (submitit only calls it a time-out past 80% of the limit or limit - 10 min).

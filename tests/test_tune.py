@@ -179,13 +179,14 @@ class TestSweepsOnOneLocalRay:
 
     def test_ddpm_sweep_over_conditioning_and_width(self, tmp_path):
         from structgen.api import train_tree
-        vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae",
+        vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae", "training.num_epochs=1",
                                                           "training.grow=false", "training.num_epochs_finetuning=0"]),
                                 evaluate=False)
         sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
                                                   "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
                                        stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
-        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "diffusion.dim=16",
+        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "data.train_subset=128",
+                                        "diffusion.dim=16",
                                         "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
                                         "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
                                         "diffusion.batch_size=64", "diffusion.sample_every=0"])

@@ -77,6 +77,26 @@ def test_ari_near_zero_for_independent_labels():
     assert abs(ari(rng.integers(0, 5, 5000), rng.integers(0, 5, 5000))) < 0.01
 
 
+def test_nmi_and_ari_equal_scikit_learns_on_random_and_degenerate_labellings():
+    """Our count-matrix NMI and ARI against scikit-learn's, the definitions the README's tables
+    and the reference use: random labellings, relabelled copies, one class or one cluster, single
+    samples, and a 60k-image case (ARI's pair counts pass int64's range there)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(0)
+    cases = [(np.zeros(7, int), np.zeros(7, int)), (np.zeros(7, int), np.arange(7)), (np.arange(7), np.zeros(7, int)),
+             (np.array([3]), np.array([0])), (np.array([0, 0, 1, 1]), np.array([5, 5, 2, 2]))]
+    for _ in range(400):
+        n = int(rng.integers(1, 50))
+        true = rng.integers(0, int(rng.integers(1, 6)), n)
+        cases += [(true, rng.integers(0, int(rng.integers(1, 6)), n)), (true, (true * 3 + 1) % 5)]
+    big = rng.integers(0, 10, 60_000)
+    cases.append((big, (big + (rng.random(60_000) < 0.3) * rng.integers(0, 10, 60_000)) % 12))
+    for true, pred in cases:
+        assert nmi(true, pred) == pytest.approx(normalized_mutual_info_score(true, pred), abs=1e-12), (true, pred)
+        assert ari(true, pred) == pytest.approx(adjusted_rand_score(true, pred), abs=1e-12), (true, pred)
+
+
 def test_metrics_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="differ in length"):
         cluster_acc([0, 1, 1], [0, 1])

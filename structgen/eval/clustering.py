@@ -49,18 +49,49 @@ def cluster_acc(y_true, y_pred) -> float:
     return float(counts[rows, cols].sum() / t.size)
 
 
-def nmi(y_true, y_pred) -> float:
-    from sklearn.metrics import normalized_mutual_info_score
+def _contingency(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Counts of (class, cluster) pairs over the labels that occur, as float64."""
+    classes, t_idx = np.unique(t, return_inverse=True)
+    clusters, p_idx = np.unique(p, return_inverse=True)
+    return _count_matrix(t_idx, p_idx, classes.size, clusters.size).astype(np.float64)
 
-    t, p = _pair(y_true, y_pred)
-    return float(normalized_mutual_info_score(t, p, average_method="arithmetic"))
+
+def _entropy(counts: np.ndarray) -> float:
+    share = counts[counts > 0] / counts.sum()
+    return float(-(share * np.log(share)).sum())
+
+
+# NMI and ARI are computed here from the count matrix rather than by scikit-learn, with the
+# same definitions and special cases (tested equal to it): importing sklearn.metrics costs
+# every evaluating process about 2.5 s, more than these metrics take on 60k images.
+def nmi(y_true, y_pred) -> float:
+    """Normalised mutual information, normalised by the arithmetic mean of the two entropies."""
+    counts = _contingency(*_pair(y_true, y_pred))
+    if counts.shape[0] == counts.shape[1] == 1:        # one class, one cluster: the same partition
+        return 1.0
+    joint = counts / counts.sum()
+    rows, cols = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    present = joint > 0
+    mi = float((joint[present] * np.log(joint[present] / (rows * cols)[present])).sum())
+    if mi <= 1e-15:                                     # independent (or one side a single group)
+        return 0.0
+    return mi / ((_entropy(counts.sum(axis=1)) + _entropy(counts.sum(axis=0))) / 2)
 
 
 def ari(y_true, y_pred) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    t, p = _pair(y_true, y_pred)
-    return float(adjusted_rand_score(t, p))
+    """Adjusted Rand index, from the pair-confusion counts (Python ints: no overflow at any size)."""
+    counts = _contingency(*_pair(y_true, y_pred)).astype(np.int64)
+    n = int(counts.sum())
+    same_both = int((counts ** 2).sum())
+    same_class = int((counts.sum(axis=1) ** 2).sum())
+    same_cluster = int((counts.sum(axis=0) ** 2).sum())
+    tp = same_both - n                                  # ordered pairs together in both
+    fp = same_cluster - same_both                       # together in the clustering only
+    fn = same_class - same_both                         # together in the classes only
+    tn = n * n - same_class - same_cluster + same_both
+    if fn == 0 and fp == 0:                             # identical partitions (up to names)
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
 
 
 def leaf_histograms(tree: Tree, y_true, leaf_pred, num_classes: int) -> np.ndarray:

@@ -186,8 +186,7 @@ class TestSweepsOnOneLocalRay:
                                                   "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
                                        stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
         cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "data.train_subset=128",
-                                        "diffusion.dim=16",
-                                        "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
+                                        "diffusion.dim=16", "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
                                         "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
                                         "diffusion.batch_size=64", "diffusion.sample_every=0"])
         experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")

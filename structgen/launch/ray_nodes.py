@@ -4,6 +4,7 @@ for (its "started" line, or `ray status` listing the nodes), and stopped by proc
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -40,8 +41,6 @@ def stop_node(step: subprocess.Popen, grace_s: float = 10) -> None:
     `ray start --block` ignores SIGTERM and SIGKILL leaves its children behind, so: TERM, then
     KILL the whole group. Under SLURM the step's remote tasks end with the job, right after this
     function returns."""
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(step.pid, sig)

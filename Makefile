@@ -13,14 +13,9 @@ TEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml .ci/system-deps.sh
+$(STAMP): pyproject.toml .ci/system-deps.sh .ci/python-deps.sh
 	bash .ci/system-deps.sh
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
-	@# pip byte-compiles what it installs on one core; compileall does it on every core (measured,
-	@# fresh venv and pip cache: 204 s with pip's compile, 143 s + 50 s without). Its status is
-	@# ignored: a few test files of torch are Python 3.12 syntax, which pip's compile skips too.
-	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	PYTHON=$(PYTHON) bash .ci/python-deps.sh $(VENV)
 	$(PY) -c "import torch, torchvision, ray, ffcv, submitit, sklearn; print('[structgen] environment ready: torch', torch.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 

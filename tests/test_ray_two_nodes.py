@@ -8,8 +8,10 @@ what needs no second node: one DDP step equals one process's, a stopped job resu
 Its cluster takes fixed ports and loses a node on purpose, so no other test's local cluster may
 be up meanwhile: conftest keeps every such test on one pytest-xdist worker, one after another."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,17 +54,21 @@ def two_nodes():
     from structgen.launch.ray_nodes import start_node, stop_node
 
     assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
+    # Its own temp dir, as the README advises where clusters share a machine: a submitted job's
+    # RAY_ADDRESS comes from <temp dir>/ray_current_cluster, which test_slurm's cluster, started
+    # beside this one, overwrites in the shared /tmp/ray (seen: the job joined that cluster and
+    # died with it). Short: Ray's socket paths under it must fit in 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--temp-dir", temp_dir,
+            "--object-store-memory", str(300 * 2**20)]
     nodes = []
     try:
         nodes.append(start_node(
-            [RAY, "start", "--head", "--block", "--port", HEAD.split(":")[1], "--node-ip-address", "127.0.0.1",
-             "--num-cpus", "2", "--resources", '{"head_node": 1}', "--dashboard-host", "127.0.0.1",
-             "--dashboard-port", str(DASHBOARD), "--object-store-memory", str(300 * 2**20), "--disable-usage-stats"],
+            [RAY, "start", "--head", "--port", HEAD.split(":")[1], "--resources", '{"head_node": 1}',
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(DASHBOARD), "--disable-usage-stats", *node],
             env=_env(), ready_timeout_s=120))
-        nodes.append(start_node(
-            [RAY, "start", "--block", "--address", HEAD, "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-             "--resources", '{"second_node": 1}', "--object-store-memory", str(300 * 2**20)],
-            env=_env(), ready_timeout_s=120))
+        nodes.append(start_node([RAY, "start", "--address", HEAD, "--resources", '{"second_node": 1}', *node],
+                                env=_env(), ready_timeout_s=120))
         from structgen.launch.ray_cluster import init_ray
         init_ray(HEAD, extra_pythonpath=[str(Path(__file__).parent)])
         ids = {}
@@ -78,8 +84,9 @@ def two_nodes():
         yield ids["head_node"], ids["second_node"]
     finally:
         ray.shutdown()
-        for node in reversed(nodes):
-            stop_node(node, grace_s=2)
+        for started in reversed(nodes):
+            stop_node(started, grace_s=2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 GROWTH = TINY + ["data.train_subset=256", "training.num_epochs=1"]   # 1 epoch for 2 leaves, 2 per sub-tree
@@ -100,8 +107,6 @@ def _checkout_copy(dest: Path) -> Path:
     """What a user's clone holds (git's tracked files, as edited), as the job's --working-dir:
     not this checkout, whose ignored folders (runs, caches) change while other tests run beside
     this one."""
-    import shutil
-
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], check=True, capture_output=True).stdout
     for name in filter(None, files.decode().split("\0")):
         if (ROOT / name).is_file():

@@ -380,6 +380,11 @@ def test_ray_tune_sweep_over_both_nodes_of_one_allocation(slurm_cluster, tmp_pat
     assert sorted(trial_hosts) == slurm_cluster
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--port={ray_port_for_job(job.job_id)}" not in ps, "the job's Ray head outlived it"
+    # its nodes kept to a temp dir of the job's own, so the machine's /tmp/ray cannot point at them
+    temp_dir = Path(result["ray_temp_dir"])
+    recorded = (temp_dir / "ray_current_cluster").read_text().strip()      # its host as Ray resolved it
+    assert recorded.rsplit(":", 1)[1] == str(ray_port_for_job(job.job_id))
+    shutil.rmtree(temp_dir)
 
 
 def test_generate_through_the_local_executor(reference, capsys):

@@ -163,7 +163,8 @@ class TestSweepsOnOneLocalRay:
         again run after two others in that process, reports exactly what the first reported."""
         sweep = load_sweep(write_sweep(tmp_path, {"training.decay_kl": {"grid": [0.05, 0.2, 0.05]}}, metric="acc",
                                        num_samples=1, scheduler="fifo", searcher="random"))
-        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}"])
+        # the initial 2-leaf tree only (no sub-trees): what is checked here needs no growth
+        cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", "training.num_clusters_tree=2"])
         experiment, results, info = sweep_on_local_ray(cfg, sweep, "acc-sweep", tmp_path / "tune")
         assert len(results) == 3 and not results.errors
         rows = info["rows"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -99,7 +100,11 @@ def two_nodes(args) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "token")      # the second node and this driver show the head's token
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = f"127.0.0.1:{free_loopback_port()}"
-    node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats"]
+    # A temp dir of its own: every `ray start` under the shared /tmp/ray rewrites the machine's
+    # ray_current_cluster, which another cluster's submitted jobs read as their address (README).
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
+            "--temp-dir", temp_dir]
     nodes = []
     try:
         nodes.append(start_node([ray_cli, "start", "--head", "--port", head.split(":")[1], "--include-dashboard=false",
@@ -113,6 +118,7 @@ def two_nodes(args) -> None:
         ray.shutdown()
         for n in reversed(nodes):
             stop_node(n, grace_s=2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     one, two = results.values()
     print(f"  two nodes / one node step time: {two['t_ddp'] / one['t_ddp']:.2f}")
 

@@ -109,8 +109,8 @@ def test_rerun_with_the_same_name_resumes_a_stopped_run_on_a_users_image_folder(
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "stopped.marker"
     fault = {"STRUCTGEN_FAULT_AT": "subtree-1:1:0", "STRUCTGEN_FAULT_MARKER": str(marker)}
-    cfg = load_config(None, TINY + ["data.dataset=folder", "data.path=my_images", "data.train_subset=0", "data.test_subset=0",
-                             f"run.runs_dir={tmp_path / 'runs'}"])
+    cfg = load_config(None, TINY + ["data.dataset=folder", "data.path=my_images", "data.train_subset=0",
+                                    "data.test_subset=0", f"run.runs_dir={tmp_path / 'runs'}"])
     spec = dict(num_workers=2, name="stopped", storage_path=str(tmp_path / "ray"))
     with pytest.raises(ray.train.TrainingFailedError):
         run_job(cfg, JobSpec(**spec, env=fault), evaluate=False)

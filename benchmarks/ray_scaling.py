@@ -95,14 +95,12 @@ def main() -> None:
 def two_nodes(args) -> None:
     from structgen.launch.hosts import free_loopback_port
     from structgen.launch.ray_cluster import init_ray
-    from structgen.launch.ray_nodes import start_node, stop_node
+    from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")      # the second node and this driver show the head's token
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = f"127.0.0.1:{free_loopback_port()}"
-    # A temp dir of its own: every `ray start` under the shared /tmp/ray rewrites the machine's
-    # ray_current_cluster, which another cluster's submitted jobs read as their address (README).
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    temp_dir = cluster_temp_dir()            # not the /tmp/ray that other clusters here may share
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
             "--temp-dir", temp_dir]
     nodes = []

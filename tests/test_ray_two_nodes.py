@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,14 +50,10 @@ def two_nodes():
     would also end the clusters of tests running beside this module (test_slurm's Ray sweep)."""
     import ray
 
-    from structgen.launch.ray_nodes import start_node, stop_node
+    from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node
 
     assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
-    # Its own temp dir, as the README advises where clusters share a machine: a submitted job's
-    # RAY_ADDRESS comes from <temp dir>/ray_current_cluster, which test_slurm's cluster, started
-    # beside this one, overwrites in the shared /tmp/ray (seen: the job joined that cluster and
-    # died with it). Short: Ray's socket paths under it must fit in 107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    temp_dir = cluster_temp_dir()        # test_slurm's Ray, started beside it, shares /tmp/ray
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--temp-dir", temp_dir,
             "--object-store-memory", str(300 * 2**20)]
     nodes = []

@@ -6,11 +6,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
 
 READY_LINE = "Ray runtime started"      # what `ray start` prints once its node is up, before --block blocks
+
+
+def cluster_temp_dir(name: str | None = None) -> str:
+    """A temp dir for one cluster's nodes (`ray start --temp-dir`), instead of the shared /tmp/ray.
+    Ray's job supervisor, and any process given the address "auto", read "their" cluster from
+    <temp dir>/ray_current_cluster, which every `ray start` under that dir rewrites: clusters
+    sharing it capture each other's jobs (seen: a job submitted to one cluster joined another,
+    started later on the same machine, and died when that one stopped). Short and under /tmp:
+    Ray's socket paths below it must fit in 107 characters. With ``name``, a fixed path (the
+    same on every node of a SLURM job; Ray's logs stay there, as under /tmp/ray); without, a
+    fresh folder, for the caller to remove."""
+    return f"/tmp/ray-{name}" if name else tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 
 
 def start_node(command: list[str], env: dict | None = None, ready_timeout_s: float | None = None) -> subprocess.Popen:

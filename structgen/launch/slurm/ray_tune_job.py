@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structgen.config import load_config
 from structgen.launch.hosts import job_port, slurm_hosts
-from structgen.launch.ray_nodes import start_node, stop_node, wait_for_nodes
+from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node, wait_for_nodes
 from structgen.launch.slurm.stage_job import job_id
 
 TUNE_DRIVER = "structgen.launch.tune_main"        # run with python -m: works installed, not only from a checkout
@@ -58,13 +58,9 @@ class RayTuneJob:
         head, head_ip = hosts[0], _ip_of(hosts[0])
         address = f"{head_ip}:{ray_port_for_job(jid)}"
         ray = str(Path(sys.executable).with_name("ray"))
-        # A temp dir of the job's own on every node: Ray's job supervisor, and any process given
-        # address "auto", find "their" cluster in <temp dir>/ray_current_cluster, which every
-        # `ray start` overwrites, so under the shared /tmp/ray another job's cluster on the same
-        # node would capture them (seen: a job submitted to one cluster joined another, started
-        # later on the same machine, and died when that one stopped).
+        temp_dir = cluster_temp_dir(f"structgen-{jid}")       # not /tmp/ray, which other jobs' Ray share
         node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--disable-usage-stats",
-                f"--temp-dir={ray_temp_dir_for_job(jid)}", "--block"]
+                f"--temp-dir={temp_dir}", "--block"]
         srun = ["srun", "--overlap", "--ntasks-per-node=1", f"--cpus-per-task={self.cpus_per_node}",
                 *([f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else [])]
         head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",
@@ -86,13 +82,7 @@ class RayTuneJob:
         if rc != 0:
             raise RuntimeError(f"the Tune driver exited with status {rc}: {' '.join(command)}")
         return {"stage": "tune", "name": name, "address": address, "nodes": hosts, "job_id": jid,
-                "config": str(resolved), "ray_temp_dir": ray_temp_dir_for_job(jid)}
-
-
-def ray_temp_dir_for_job(jid: str) -> str:
-    """Ray's temp dir on each node (its logs stay there, as under /tmp/ray): short, since Ray's
-    socket paths under it must fit in 107 characters."""
-    return f"/tmp/ray-structgen-{jid}"
+                "config": str(resolved), "ray_temp_dir": temp_dir}
 
 
 def ray_port_for_job(jid: str) -> int:

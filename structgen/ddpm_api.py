@@ -67,6 +67,9 @@ def _validate(cfg: Config, image_shape) -> None:
         raise ConfigError(str(err)) from None
     if d.sampler == "ddim" and d.n_steps > d.n_timesteps:
         raise ConfigError(f"diffusion.n_steps = {d.n_steps} exceeds diffusion.n_timesteps = {d.n_timesteps}")
+    if d.guidance_weight > 0 and not d.cfg_rate:
+        raise ConfigError(f"diffusion.guidance_weight = {d.guidance_weight:g} needs diffusion.cfg_rate > 0: guidance "
+                          f"mixes in the unconditional prediction, which only guidance dropout trains")
 
 
 @keep_torch_threads()
@@ -182,6 +185,15 @@ def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> Sampler
     return opts
 
 
+def _check_guidance(guidance: float, state: dict, run) -> None:
+    """Guidance mixes in the model's unconditional prediction, which only guidance dropout trains."""
+    trained_rate = state["config"]["diffusion"].get("cfg_rate", 0.0)
+    if guidance > 0 and not trained_rate:
+        raise ConfigError(f"--guidance {guidance:g}: {run_folder(run)} was trained with diffusion.cfg_rate = 0, so "
+                          f"its unconditional prediction was never trained; train with diffusion.cfg_rate > 0 "
+                          f"(e.g. 0.1) to sample with guidance")
+
+
 def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, guidance=None, leaf_choice=None):
     """(sampler, run config, checkpoint state, seed) to generate from the DDPM run ``run``: a bad
     path, then bad sampler options, are reported before any sampling."""
@@ -192,6 +204,7 @@ def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, g
     device = setup_torch(cfg)
     model, conditioner, schedule, state = load_ddpm(run, device, state=state)
     opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
+    _check_guidance(opts.guidance, state, run)
     runner = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size,
                               progress=Progress(cfg.run.progress))
     return runner, cfg, state, cfg.run.seed if seed is None else seed
@@ -232,9 +245,11 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
 def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int = 500, per_leaf: int = 50,
                sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                guidance: float | None = None, seed: int | None = None, overrides=(),
-               out_dir: str | Path | None = None) -> tuple[dict, list[Path]]:
+               out_dir: str | Path | None = None, floor: bool = True) -> tuple[dict, list[Path]]:
     """Score a DDPM run's generations against its TreeVAE's (structgen.diffusion.score) with the
-    dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files)."""
+    dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files).
+    ``floor``: also the CFD of ``n`` training images (the same for every run of a dataset)."""
+    from structgen.data.run_data import labelled_test_split
     from structgen.diffusion.score import format_table, score_generations, write_scores
     from structgen.scoring.classifier import default_classifier_path, load_classifier
 
@@ -247,7 +262,8 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
     clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,
                                     device=runner.device)
-    scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed)
+    scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed,
+                               floor=floor, test=labelled_test_split(cfg))
     meta = {"run": str(run_folder(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
             "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "seed": seed, "n": n,
             "per_leaf": per_leaf, "classifier": str(clf_path), "classifier_test_accuracy": clf_meta["test_accuracy"]}
@@ -286,6 +302,7 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
     for label, r, (model, conditioner, schedule, state) in zip(labels, runs, loaded):
         cfg = run_config(r)
         opts = _options(cfg, sampler, steps, eta, guidance, None)
+        _check_guidance(opts.guidance, state, r)
         device = next(model.parameters()).device
         # One chunk size for all runs: chunking decides which noise each root sample gets.
         result = DiffusionSampler(model, conditioner, schedule, opts, device, cfg0.diffusion.sample_batch_size).run(

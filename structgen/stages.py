@@ -65,7 +65,8 @@ STAGES = {stage.name: stage for stage in (
           ("elbo", "loss", "nmi", "acc", "ari", "leaf_purity", "dendrogram_purity"),
           final_metrics=("nmi", "acc", "ari", "leaf_purity", "dendrogram_purity")),
     Stage("ddpm", "train-ddpm", _train_ddpm, _ddpm_progress, "structgen.launch.tune_trials:ddpm_trial",
-          ("loss", "generation_purity", "cfd"), final_metrics=("generation_purity", "cfd"), needs_vae=True),
+          ("loss", "generation_purity", "cfd", "agreement", "purity_cfd_score"),
+          final_metrics=("generation_purity", "cfd", "agreement", "purity_cfd_score"), needs_vae=True),
 )}
 
 

@@ -123,6 +123,17 @@ def test_condition_dropout_is_per_sample_and_dropped_rows_match_the_unconditiona
     assert torch.allclose(rates, torch.full((3,), 0.8), atol=0.05)
 
 
+@pytest.mark.parametrize("kind", ["none", "leaf", "path"])
+def test_the_unconditional_branch_sees_no_condition_at_all(kind):
+    """Two unrelated conditions (other VAE images, leaves, paths), both dropped: the same output."""
+    model = trained_looking_model(kind)
+    a, b = random_condition(kind), random_condition(kind)
+    x, t = torch.randn(8, 1, 8, 8), torch.randint(0, 1000, (8,))
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, a), model(x, t, b), atol=1e-3)     # the conditions do matter
+        assert torch.equal(model(x, t, a.dropped()), model(x, t, b.dropped()))
+
+
 @pytest.mark.parametrize("kind", ["leaf", "path"])
 def test_guidance_weight_0_is_the_conditional_model_and_w_mixes_cond_and_uncond(kind):
     model = trained_looking_model(kind)

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_DATA
 
 from structgen.cli import main
-from structgen.config import load_config
+from structgen.config import ConfigError, load_config
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.ddpm_api import load_ddpm, sample, train_ddpm
 from structgen.diffusion.loop import DDPMTrainer
@@ -187,9 +187,26 @@ def test_score_ddpm_compares_vae_and_diffusion_samples(leaf_run, runs_dir, tmp_p
         assert np.allclose(np.sum(scores[model]["histograms"], axis=1), 1.0)
         assert len(scores[model]["histograms"]) == n_leaves
         assert (out / f"generation_{model}.png").stat().st_size > 1000
+        # agreement: each leaf's images against the class of the test images routed to it
+        assert 0.0 <= scores[model]["agreement"] <= 1.0 and len(scores[model]["leaf_agreement"]) == n_leaves
+        known = [a for a in scores[model]["leaf_agreement"] if a is not None]
+        assert known and all(0 <= a <= p + 1e-9 for a, p in zip(scores[model]["leaf_agreement"],
+                                                                scores[model]["leaf_purity"]) if a is not None)
+    assert len(scores["leaf_classes"]) == n_leaves and max(scores["leaf_classes"]) < 4
+    assert "agreement" in printed
     assert scores["vae"]["histograms"] != scores["diffusion"]["histograms"] or \
         scores["vae"]["cfd"] != scores["diffusion"]["cfd"], "the two columns must come from different images"
     assert 0 <= scores["train_floor_cfd"] < max(scores["vae"]["cfd"], scores["diffusion"]["cfd"])
+
+
+def test_guidance_is_refused_for_a_model_trained_without_guidance_dropout(vae_run, runs_dir, capsys):
+    with pytest.raises(ConfigError, match="needs diffusion.cfg_rate > 0"):
+        train_ddpm(ddpm_cfg(runs_dir, "diffusion.cfg_rate=0", "diffusion.guidance_weight=1"), vae_run)
+    plain = train_ddpm(ddpm_cfg(runs_dir, "diffusion.cfg_rate=0", "diffusion.epochs=1", "run.name=no-cfg"), vae_run)
+    assert main(["sample", str(plain), "--mode", "sample", "--n", "2", "--guidance", "1"]) == 2
+    assert "trained with diffusion.cfg_rate = 0" in capsys.readouterr().err
+    assert not (plain / "samples").exists()
+    assert sample(plain, "sample", n=2, steps=2)                       # without guidance it samples
 
 
 def test_score_ddpm_rejects_bad_input_before_sampling(leaf_run, vae_run, tmp_path, capsys):

@@ -12,6 +12,7 @@ from structgen.scoring.classifier import SPLIT_SEED, SmallResNet, load_classifie
 from structgen.scoring.frechet import (FeatureStats, classifier_features, classifier_frechet_distance,
                                        frechet_distance, frechet_distance_from_stats, reference_stats)
 from structgen.scoring.images import as_unit_images
+from structgen.scoring.leaf_agreement import leaf_majority_classes, majority_agreement, per_leaf_agreement
 from structgen.scoring.purity import generation_purity, leaf_class_histograms
 from structgen.errors import CheckpointError
 
@@ -115,6 +116,37 @@ def test_leaf_class_histograms_count_each_leafs_predictions_after_clamping():
         leaf_class_histograms(BrightnessClassifier(), imgs, num_classes=10)
     with pytest.raises(ValueError, match="N x L x C x H x W"):
         leaf_class_histograms(BrightnessClassifier(), imgs[0], num_classes=3)
+
+
+class BrightnessRouter(BrightnessClassifier):
+    """Stub TreeVAE for routing: leaf = round(2 · mean pixel), of 3 leaves."""
+
+    class tree:
+        @staticmethod
+        def leaves():
+            return ["r0", "r10", "r11"]
+
+    def predict(self, x):
+        return self(x)
+
+
+def test_leaf_majority_classes_and_agreement_by_hand():
+    images = torch.zeros(6, 1, 4, 4)
+    images[2:5] = 0.5                          # three images routed to leaf 1
+    labels = np.array([2, 2, 1, 1, 0, 0])      # leaf 0 holds labels 2, 2; leaf 1 holds 1, 1, 0; leaf 2 none
+    majority = leaf_majority_classes(BrightnessRouter(), images, labels, num_classes=3, batch_size=4)
+    np.testing.assert_array_equal(majority, [2, 1, -1])
+    hist = np.array([[0.25, 0.0, 0.75], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(per_leaf_agreement(hist, majority), [0.75, 0.5, np.nan])
+    # Leaf 2 has no real class: left out, its weight with it; a pure leaf of the wrong class scores 0.
+    assert majority_agreement(hist, majority, [0.5, 0.25, 0.25]) == pytest.approx((0.5 * 0.75 + 0.25 * 0.5) / 0.75)
+    assert majority_agreement([[1, 0, 0], [0, 1, 0], [1, 0, 0]], majority, [1, 0, 0]) == 0.0
+    with pytest.raises(ValueError, match="one label per image"):
+        leaf_majority_classes(BrightnessRouter(), images, labels[:5], num_classes=3)
+    with pytest.raises(ValueError, match="must lie in"):
+        leaf_majority_classes(BrightnessRouter(), images, labels + 1, num_classes=3)
+    with pytest.raises(ValueError, match="no leaf with a real class"):
+        majority_agreement(hist, majority, [0, 0, 1])
 
 
 def test_images_are_clamped_and_scaled():

@@ -178,24 +178,35 @@ class TestSweepsOnOneLocalRay:
                 for line in (trial / "result.json").read_text().splitlines() if line.strip()}
         assert len(pids) == 1, f"the trials ran in {len(pids)} processes, not one reused"
 
-    def test_ddpm_sweep_over_conditioning_and_width(self, tmp_path):
+    def test_ddpm_sweep_over_conditioning_chooses_by_purity_and_cfd(self, tmp_path):
+        """The objective of configs/sweeps/ddpm_guidance.yml: with the dataset's --degrade classifier
+        in runs/classifiers, each finished trial scores its guided samples against the TreeVAE's."""
         from structgen.api import train_tree
+        from structgen.scoring.classifier import train_classifier
         vae_dir, _ = train_tree(load_config(None, TINY + [f"run.runs_dir={tmp_path}", "run.name=vae", "training.num_epochs=1",
                                                           "training.grow=false", "training.num_epochs_finetuning=0"]),
                                 evaluate=False)
+        train_classifier("synthetic", epochs=1, out=tmp_path / "classifiers" / "synthetic-degrade.pt", degrade=True,
+                         progress=False)
         sweep = load_sweep(write_sweep(tmp_path, {"diffusion.conditioning": {"grid": ["leaf", "path"]},
                                                   "diffusion.lr": {"loguniform": [1e-4, 1e-3]}},
-                                       stage="ddpm", metric="loss", mode="min", num_samples=1, scheduler="fifo"))
+                                       stage="ddpm", metric="purity_cfd_score", mode="max", num_samples=1,
+                                       scheduler="fifo"))
         cfg = load_config(None, TINY + [f"run.runs_dir={tmp_path}", f"diffusion.vae_run={vae_dir}", "data.train_subset=128",
                                         "diffusion.dim=16", "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
                                         "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
-                                        "diffusion.batch_size=64", "diffusion.sample_every=0"])
+                                        "diffusion.batch_size=64", "diffusion.sample_every=0", "diffusion.cfg_rate=0.2",
+                                        "diffusion.guidance_weight=1", "diffusion.n_steps=5"])
         experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
         assert len(results) == 2 and not results.errors
         assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}
         assert all(r["training_iteration"] >= 2 for r in info["rows"])          # per-epoch reports + final
-        best = load_config(info["best"])
-        assert best.diffusion.conditioning in ("leaf", "path") and best.diffusion.vae_run == str(vae_dir.resolve())
+        for row in info["rows"]:
+            assert 0 < row["purity_cfd_score"] < 100 and 0 < row["generation_purity"] <= 1
+            assert 0 <= row["agreement"] <= 1 and row["cfd"] > 0
+        best, top = load_config(info["best"]), max(info["rows"], key=lambda r: r["purity_cfd_score"])
+        assert (best.diffusion.conditioning, best.diffusion.lr) == (top["diffusion.conditioning"], top["diffusion.lr"])
+        assert best.diffusion.vae_run == str(vae_dir.resolve())
 
 
 def _trials_started(experiment: Path) -> list[Path]:

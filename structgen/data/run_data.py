@@ -62,6 +62,15 @@ def load_run_data(cfg) -> RunData:
     return RunData(_subset(train, d.train_subset, seed), _subset(test, d.test_subset, seed + 1))
 
 
+def labelled_test_split(cfg):
+    """The run's test split with labels in the dataset's own classes (what its classifier
+    predicts), or None: unlabelled data, or data.num_clusters_data renumbered the labels."""
+    if cfg.data.num_clusters_data:
+        return None
+    test = load_run_data(cfg).test
+    return test if test.labels is not None else None
+
+
 def check_batch_fits(images_per_batch: int, key: str, data: RunData) -> None:
     """Training drops the last incomplete batch, so a batch larger than the training set would
     train on nothing: refuse it before a run folder is made."""

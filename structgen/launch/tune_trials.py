@@ -116,16 +116,22 @@ def tree_trial(config: dict) -> None:
     tune.report(final)
 
 
-def score_trial(run_dir: Path, cfg, n: int = 32) -> dict:
-    """Generation purity and classifier-Fréchet distance of a DDPM trial's samples, when the
-    dataset's classifier exists (structgen train-classifier); an empty dict otherwise."""
+def score_trial(run_dir: Path, cfg, n: int = 100) -> dict:
+    """Generation purity, agreement and classifier-Fréchet distance of a DDPM trial's samples, and
+    purity_cfd_score = min(purity / the TreeVAE's purity, the TreeVAE's CFD / (2 · CFD)): at least 1
+    when the samples are as pure as the TreeVAE's and at most half as far from the test set (issue
+    17's target), so maximising it trades neither for the other. Judged by the dataset's
+    `--degrade` classifier (runs/classifiers/<dataset>-degrade.pt) when it exists, else by its
+    plain one; an empty dict when neither exists (structgen train-classifier)."""
+    from structgen.data.run_data import labelled_test_split
     from structgen.ddpm_api import load_ddpm
     from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
     from structgen.diffusion.score import score_generations
     from structgen.scoring.classifier import default_classifier_path, load_classifier
 
-    path = default_classifier_path(cfg.data.dataset, cfg.run.runs_dir)
-    if not Path(path).exists():
+    plain = Path(default_classifier_path(cfg.data.dataset, cfg.run.runs_dir))
+    path = next((p for p in (plain.with_name(f"{cfg.data.dataset}-degrade.pt"), plain) if p.exists()), None)
+    if path is None:
         return {}
     clf, _ = load_classifier(path, expect_dataset=cfg.data.dataset)
     device = resolve_device(cfg.run.device)
@@ -133,8 +139,12 @@ def score_trial(run_dir: Path, cfg, n: int = 32) -> dict:
     sampler = DiffusionSampler(model, conditioner, schedule, SamplerOptions.from_config(cfg.diffusion), device,
                                cfg.diffusion.sample_batch_size)
     scores = score_generations(sampler, clf, cfg.data.dataset, cfg.data.data_dir, n=n,
-                               per_leaf=max(2, n // conditioner.n_leaves), seed=cfg.run.seed, floor=False)
-    return {"generation_purity": float(scores["diffusion"]["purity"]), "cfd": float(scores["diffusion"]["cfd"])}
+                               per_leaf=max(2, n // conditioner.n_leaves), seed=cfg.run.seed, floor=False,
+                               test=labelled_test_split(cfg))
+    diffusion, vae = scores["diffusion"], scores["vae"]
+    return {"generation_purity": float(diffusion["purity"]), "cfd": float(diffusion["cfd"]),
+            "agreement": diffusion["agreement"], "classifier": str(path),
+            "purity_cfd_score": float(min(diffusion["purity"] / vae["purity"], vae["cfd"] / (2 * diffusion["cfd"])))}
 
 
 def ddpm_trial(config: dict) -> None:

@@ -196,7 +196,7 @@ class TestSweepsOnOneLocalRay:
                                         "diffusion.dim=16", "diffusion.dim_mults=[1,2]", "diffusion.n_residual=1",
                                         "diffusion.attn_resolutions=[14]", "diffusion.n_heads=4", "diffusion.epochs=2",
                                         "diffusion.batch_size=64", "diffusion.sample_every=0", "diffusion.cfg_rate=0.2",
-                                        "diffusion.guidance_weight=1", "diffusion.n_steps=5"])
+                                        "diffusion.guidance_weight=1", "diffusion.sampler=ddim", "diffusion.n_steps=5"])
         experiment, results, info = sweep_on_local_ray(cfg, sweep, "ddpm-sweep", tmp_path / "tune")
         assert len(results) == 2 and not results.errors
         assert {r["diffusion.conditioning"] for r in info["rows"]} == {"leaf", "path"}

@@ -4,17 +4,20 @@
     .venv/bin/python benchmarks/diffusion_study.py --ddpm RUN_LEAF RUN_PATH --weights 0 0.5 1 2 4 --seeds 0 1
     # ablation: none / leaf / path trained for the same steps on one TreeVAE, then scored
     .venv/bin/python benchmarks/diffusion_study.py --ablation --vae TREE_RUN [--set KEY=VALUE ...] [--weights 0 2]
+    # where sampling starts: pure noise (1) or the leaf's VAE image noised to strength·(T-1)
+    .venv/bin/python benchmarks/diffusion_study.py --ddpm RUN_LEAF --strengths 1 0.7 0.5 0.3
 
 Every row is one `score_ddpm` call with one classifier (--classifier; default the dataset's
 `--degrade` one, the fair judge of blurry TreeVAE images, trained first when missing): CFD to the
 test set, generation purity, agreement (the share of a leaf's images given the class of the test
 images that leaf holds), each as the mean and half-range over the sampling --seeds. The TreeVAE's
 own row comes from the same root samples. For each seed every run and weight sees the same
-root samples and the same noise, so rows differ only in the model and w. Then, per run, the
+root samples and the same noise, so rows differ only in the model, w and the start strength. Then, per run, the
 ε-loss on 1,000 test images with the condition present and dropped, by quarter of the timestep
 range: how much the model leans on its condition, and where. Writes in --out:
-study.csv (one line per run, w and seed), study.json, guidance.png (purity, agreement and CFD
-against w, a line per run) and, with --ablation, compare_ddpm.png (the same root samples through
+study.csv (one line per run, w, strength and seed), study.json, guidance.png (purity, agreement
+and CFD against w, a line per run and strength), strength.png (the same against the strength, with
+more than one) and, with --ablation, compare_ddpm.png (the same root samples through
 the three models). Training uses --config (default configs/mnist.yml) with the CPU-sized UNet of
 diffusion_quality.py; --set changes any key, e.g. diffusion.epochs or diffusion.cfg_rate.
 """
@@ -64,33 +67,36 @@ def train_ablation(args) -> list[Path]:
 
 
 def score_rows(runs: list[Path], weights: list[float], seeds: list[int], classifier: Path, n: int,
-               per_leaf: int, out: Path) -> list[dict]:
+               per_leaf: int, out: Path, strengths: tuple[float, ...] = (1.0,)) -> list[dict]:
     rows = []
     for run in runs:
         for w in weights:
-            for seed in seeds:
-                scores, written = score_ddpm(run, classifier=classifier, n=n, per_leaf=per_leaf, guidance=w,
-                                             seed=seed, out_dir=out / "scores" / f"{Path(run).name}-w{w:g}-seed{seed}",
-                                             floor=False)
-                meta = json.loads(written[0].read_text())                      # scores.json
-                for model in ("vae", "diffusion"):
-                    rows.append({"run": Path(run).name, "conditioning": meta["conditioning"], "model": model,
-                                 "guidance": w, "seed": seed, "step": meta["step"],
-                                 **{m: scores[model][m] for m in MEASURES}})
+            for strength in strengths:
+                for seed in seeds:
+                    folder = out / "scores" / f"{Path(run).name}-w{w:g}-s{strength:g}-seed{seed}"
+                    scores, written = score_ddpm(run, classifier=classifier, n=n, per_leaf=per_leaf, guidance=w,
+                                                 strength=strength, seed=seed, out_dir=folder, floor=False)
+                    meta = json.loads(written[0].read_text())                      # scores.json
+                    for model in ("vae", "diffusion"):
+                        rows.append({"run": Path(run).name, "conditioning": meta["conditioning"], "model": model,
+                                     "guidance": w, "strength": strength, "seed": seed, "step": meta["step"],
+                                     **{m: scores[model][m] for m in MEASURES}})
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and half-range over seeds per (run, model, w); the TreeVAE once per run (w does not touch it)."""
+    """Mean and half-range over seeds per (run, model, w, strength); the TreeVAE once per run
+    (neither w nor the strength touches its images)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["model"] == "vae" and r["guidance"] != rows[0]["guidance"]:
-            continue                                     # the same TreeVAE images at every w
-        groups.setdefault((r["run"], r["conditioning"], r["model"], r["guidance"]), []).append(r)
+        if r["model"] == "vae" and (r["guidance"], r["strength"]) != (rows[0]["guidance"], rows[0]["strength"]):
+            continue                                     # the same TreeVAE images at every w and strength
+        groups.setdefault((r["run"], r["conditioning"], r["model"], r["guidance"], r["strength"]), []).append(r)
     table = []
-    for (run, kind, model, w), members in groups.items():
-        line = {"run": run, "conditioning": kind, "model": model, "guidance": w if model == "diffusion" else None,
-                "seeds": len(members)}
+    for (run, kind, model, w, strength), members in groups.items():
+        diffusion = model == "diffusion"
+        line = {"run": run, "conditioning": kind, "model": model, "guidance": w if diffusion else None,
+                "strength": strength if diffusion else None, "seeds": len(members)}
         for m in MEASURES:
             values = np.array([r[m] for r in members if r[m] is not None], dtype=np.float64)
             line[m] = float(values.mean()) if len(values) else None
@@ -107,6 +113,7 @@ def conditioning_use(run: Path, n: int = 1000, seed: int = 0) -> dict:
     from structgen.data.run_data import load_run_data
     from structgen.ddpm_api import load_ddpm
     from structgen.diffusion.process import DiffusionProcess
+    from structgen.diffusion.schedule import QUARTERS, timestep_quarter
     from structgen.diffusion.vae_condition import choose_leaf, to_signed
 
     model, conditioner, schedule, _ = load_ddpm(run)
@@ -125,11 +132,11 @@ def conditioning_use(run: Path, n: int = 1000, seed: int = 0) -> dict:
             losses[name].append(process.loss(to_signed(x01), c, t=t, noise=noise)[0])
         ts.append(t)
     t = torch.cat(ts)
-    quarter = (t * 4 // schedule.T).clamp(max=3)
+    quarter = timestep_quarter(t, schedule.T)
     use = {}
     for name, parts in losses.items():
         loss = torch.cat(parts)
-        use[name] = [float(loss[quarter == q].mean()) for q in range(4)] + [float(loss.mean())]
+        use[name] = [float(loss[quarter == q].mean()) for q in range(QUARTERS)] + [float(loss.mean())]
     return use
 
 
@@ -137,32 +144,42 @@ def print_table(table: list[dict]) -> None:
     def cell(line, m):
         return "–" if line[m] is None else f"{line[m]:.3f} ± {line[m + '_spread']:.3f}"
 
-    print(f"{'run':28s} {'signal':6s} {'model':9s} {'w':>4s} {'purity':>15s} {'agreement':>15s} {'CFD':>15s}")
+    print(f"{'run':28s} {'signal':6s} {'model':9s} {'w':>4s} {'start':>5s} {'purity':>15s} {'agreement':>15s} "
+          f"{'CFD':>15s}")
     for line in table:
         w = "" if line["guidance"] is None else f"{line['guidance']:g}"
-        print(f"{line['run'][:28]:28s} {line['conditioning']:6s} {line['model']:9s} {w:>4s} "
+        s = "" if line["strength"] is None else f"{line['strength']:g}"
+        print(f"{line['run'][:28]:28s} {line['conditioning']:6s} {line['model']:9s} {w:>4s} {s:>5s} "
               + " ".join(f"{cell(line, m):>15s}" for m in MEASURES))
 
 
-def guidance_figure(table: list[dict], path: Path) -> Path:
+AXES = {"guidance": ("strength", "guidance weight w"),
+        "strength": ("guidance", "start strength (1 = pure noise; s < 1: the VAE image noised to s·T)")}
+
+
+def measure_figure(table: list[dict], x: str, path: Path) -> Path:
+    """Purity, agreement and CFD against ``x`` (guidance or strength), a line per run and value
+    of the other setting, the TreeVAE dotted."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    other, xlabel = AXES[x]
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.4))
     for ax, m in zip(axes, MEASURES):
         for run in dict.fromkeys(line["run"] for line in table):
-            mine = sorted((line for line in table if line["run"] == run and line["model"] == "diffusion"
-                           and line[m] is not None), key=lambda line: line["guidance"])
-            if not mine:
-                continue
-            ws = [line["guidance"] for line in mine]
-            ax.errorbar(ws, [line[m] for line in mine], yerr=[line[f"{m}_spread"] for line in mine], marker="o",
-                        capsize=3, label=f"{mine[0]['conditioning']} ({run})")
+            for fixed in dict.fromkeys(line[other] for line in table if line["model"] == "diffusion"):
+                mine = sorted((line for line in table if line["run"] == run and line["model"] == "diffusion"
+                               and line[other] == fixed and line[m] is not None), key=lambda line: line[x])
+                if not mine:
+                    continue
+                ax.errorbar([line[x] for line in mine], [line[m] for line in mine],
+                            yerr=[line[f"{m}_spread"] for line in mine], marker="o", capsize=3,
+                            label=f"{mine[0]['conditioning']} ({run}), {'w' if other == 'guidance' else 's'} {fixed:g}")
             vae = next((line for line in table if line["run"] == run and line["model"] == "vae"), None)
-            if vae is not None and vae[m] is not None:
+            if vae is not None and vae[m] is not None and ax.lines:
                 ax.axhline(vae[m], color=ax.lines[-1].get_color(), linestyle=":", linewidth=1)
-        ax.set_xlabel("guidance weight w")
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_title({"purity": "generation purity", "agreement": "agreement with the leaf's class",
                       "cfd": "CFD to the test set (lower is better)"}[m], fontsize=9)
     axes[0].legend(fontsize=7)
@@ -184,6 +201,8 @@ def main() -> None:
     parser.add_argument("--name", default="ablation", help="ablation runs are named NAME-none, NAME-leaf, NAME-path")
     parser.add_argument("--runs-dir", default="runs/benchmarks")
     parser.add_argument("--weights", nargs="+", type=float, default=[0.0])
+    parser.add_argument("--strengths", nargs="+", type=float, default=[1.0],
+                        help="where sampling starts: 1 = pure noise; s < 1 = the leaf's VAE image noised to s·(T-1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="sampling seeds")
     parser.add_argument("--n", type=int, default=500, help="root samples for CFD")
     parser.add_argument("--per-leaf", type=int, default=50, help="images per leaf for purity and agreement")
@@ -192,6 +211,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.ablation == bool(args.ddpm) or (args.ablation and not args.vae):
         parser.error("pass --ddpm RUN [RUN ...] to score trained runs, or --ablation --vae TREE_RUN to train them")
+    if not all(0 < s <= 1 for s in args.strengths):
+        parser.error(f"--strengths must lie in (0, 1]; got {args.strengths}")
     out = Path(args.out)
     runs = [Path(r) for r in args.ddpm]
     for path in runs + ([Path(args.vae)] if args.vae else []):    # bad paths stop here, before any work
@@ -207,7 +228,7 @@ def main() -> None:
     if args.ablation:
         runs = train_ablation(args)
     start = time.perf_counter()
-    rows = score_rows(runs, args.weights, args.seeds, classifier, args.n, args.per_leaf, out)
+    rows = score_rows(runs, args.weights, args.seeds, classifier, args.n, args.per_leaf, out, args.strengths)
     table = summarise(rows)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "study.csv", "w", newline="") as f:
@@ -222,7 +243,9 @@ def main() -> None:
     for name, losses in use.items():
         print(f"{name[:28]:28s} " + "  ".join(f"{c:.4f}/{d:.4f}" for c, d in zip(losses["conditioned"],
                                                                              losses["dropped"])))
-    print(f"figure: {guidance_figure(table, out / 'guidance.png')}")
+    print(f"figure: {measure_figure(table, 'guidance', out / 'guidance.png')}")
+    if len(args.strengths) > 1:
+        print(f"figure: {measure_figure(table, 'strength', out / 'strength.png')}")
     if args.ablation:
         print(f"figure: {compare_ddpm(runs, n=4, out=out / 'compare_ddpm.png')}")
     print(f"scored in {(time.perf_counter() - start) / 60:.1f} min; tables in {out}")

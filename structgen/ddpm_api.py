@@ -32,7 +32,7 @@ RESUME_FREE = RUN_FREE + (
     "diffusion.vae_run", "diffusion.epochs", "diffusion.checkpoint_every", "diffusion.sample_every",
     "diffusion.n_samples", "diffusion.sample_batch_size", "diffusion.sampler", "diffusion.variance",
     "diffusion.n_steps", "diffusion.eta", "diffusion.skip_strategy", "diffusion.guidance_weight",
-    "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
+    "diffusion.strength", "diffusion.leaf_choice", "diffusion.checkpoint_every_steps")
 # Only these sections shape a DDPM run (the TreeVAE's own keys are frozen inside its checkpoint).
 RESUME_CHECKED = ("run.seed", "data.", "diffusion.")
 
@@ -171,10 +171,11 @@ def load_ddpm(path: str | Path, device="cpu", ema: bool = True, state: dict | No
     return model.to(device).eval(), conditioner, schedule, state
 
 
-def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> SamplerOptions:
+def _options(cfg: Config, sampler=None, steps=None, eta=None, guidance=None, leaf_choice=None,
+             strength=None) -> SamplerOptions:
     d = cfg.diffusion
     opts = SamplerOptions.from_config(d, sampler=sampler, n_steps=steps, eta=eta, guidance=guidance,
-                                      leaf_choice=leaf_choice)
+                                      leaf_choice=leaf_choice, strength=strength)
     if opts.sampler == "ddpm" and steps is not None and steps != d.n_timesteps:
         raise ConfigError(f"--steps {steps}: the ddpm sampler runs all T = {d.n_timesteps} steps; "
                           f"use --sampler ddim for fewer")
@@ -182,6 +183,8 @@ def _options(cfg: Config, sampler, steps, eta, guidance, leaf_choice) -> Sampler
         raise ConfigError(f"--steps {opts.n_steps}: DDIM needs 1 <= steps <= T = {d.n_timesteps}")
     if not 0 <= opts.eta <= 1 or opts.guidance < 0:
         raise ConfigError(f"--eta must lie in [0, 1] and --guidance be >= 0 (got {opts.eta}, {opts.guidance})")
+    if not 0 < opts.strength <= 1:
+        raise ConfigError(f"--strength must lie in (0, 1] (1 = start from pure noise); got {opts.strength}")
     return opts
 
 
@@ -194,7 +197,7 @@ def _check_guidance(guidance: float, state: dict, run) -> None:
                           f"(e.g. 0.1) to sample with guidance")
 
 
-def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, guidance=None, leaf_choice=None):
+def _open_sampler(run, overrides, seed, **flags):
     """(sampler, run config, checkpoint state, seed) to generate from the DDPM run ``run``: a bad
     path, then bad sampler options, are reported before any sampling."""
     from structgen.runtime.progress import Progress
@@ -203,7 +206,7 @@ def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, g
     cfg = run_config(run, overrides)
     device = setup_torch(cfg)
     model, conditioner, schedule, state = load_ddpm(run, device, state=state)
-    opts = _options(cfg, sampler, steps, eta, guidance, leaf_choice)
+    opts = _options(cfg, **flags)
     _check_guidance(opts.guidance, state, run)
     runner = DiffusionSampler(model, conditioner, schedule, opts, device, cfg.diffusion.sample_batch_size,
                               progress=Progress(cfg.run.progress))
@@ -213,21 +216,22 @@ def _open_sampler(run, overrides, seed, *, sampler=None, steps=None, eta=None, g
 @keep_torch_threads()
 def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | None = None, steps: int | None = None,
            eta: float | None = None, guidance: float | None = None, leaf_choice: str | None = None,
-           seed: int | None = None, overrides=(), out_dir: str | Path | None = None) -> list[Path]:
+           strength: float | None = None, seed: int | None = None, overrides=(),
+           out_dir: str | Path | None = None) -> list[Path]:
     """Run one generation mode of a trained DDPM; writes PNGs, figures and a .npz, returns their paths."""
     from structgen.data.run_data import load_run_data
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
-                                             guidance=guidance, leaf_choice=leaf_choice)
+                                             guidance=guidance, leaf_choice=leaf_choice, strength=strength)
     opts, conditioner, d = runner.options, runner.conditioner, cfg.diffusion
     n = n or d.n_samples
     test = load_run_data(cfg).test if mode.startswith("recons") else None
     result = runner.run(mode, n, seed, None if test is None else test.images, None if test is None else test.labels)
     meta = {"mode": mode, "sampler": opts.tag(d.n_timesteps), "guidance": opts.guidance, "eta": opts.eta,
-            "leaf_choice": opts.leaf_choice, "seed": seed, "conditioning": state["signal"]["kind"],
-            "step": state["step"]}
+            "strength": opts.strength, "leaf_choice": opts.leaf_choice, "seed": seed,
+            "conditioning": state["signal"]["kind"], "step": state["step"]}
     out = Path(out_dir) if out_dir else run_folder(run) / "samples" / f"{mode}-{opts.tag(d.n_timesteps)}"
     written = write_outputs(result, out, mode, conditioner.leaves, meta)
     line = f"{mode}: {len(result['images'])} x {conditioner.n_leaves if mode.endswith('_all_leaves') else 1} " \
@@ -244,8 +248,8 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
 @keep_torch_threads()
 def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int = 500, per_leaf: int = 50,
                sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               guidance: float | None = None, seed: int | None = None, overrides=(),
-               out_dir: str | Path | None = None, floor: bool = True) -> tuple[dict, list[Path]]:
+               guidance: float | None = None, strength: float | None = None, seed: int | None = None,
+               overrides=(), out_dir: str | Path | None = None, floor: bool = True) -> tuple[dict, list[Path]]:
     """Score a DDPM run's generations against its TreeVAE's (structgen.diffusion.score) with the
     dataset's classifier (default runs/classifiers/<dataset>.pt); returns (scores, written files).
     ``floor``: also the CFD of ``n`` training images (the same for every run of a dataset)."""
@@ -257,7 +261,7 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
         raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
                           f"(got {n}, {per_leaf})")
     runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
-                                             guidance=guidance)
+                                             guidance=guidance, strength=strength)
     opts, conditioner, dataset = runner.options, runner.conditioner, cfg.data.dataset
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
     clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,
@@ -265,8 +269,9 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     scores = score_generations(runner, clf, dataset, cfg.data.data_dir, n=n, per_leaf=per_leaf, seed=seed,
                                floor=floor, test=labelled_test_split(cfg))
     meta = {"run": str(run_folder(run)), "step": state["step"], "conditioning": state["signal"]["kind"],
-            "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "seed": seed, "n": n,
-            "per_leaf": per_leaf, "classifier": str(clf_path), "classifier_test_accuracy": clf_meta["test_accuracy"]}
+            "sampler": opts.tag(cfg.diffusion.n_timesteps), "guidance": opts.guidance, "strength": opts.strength,
+            "seed": seed, "n": n, "per_leaf": per_leaf, "classifier": str(clf_path),
+            "classifier_test_accuracy": clf_meta["test_accuracy"]}
     out = Path(out_dir) if out_dir else run_folder(run) / "scores" / opts.tag(cfg.diffusion.n_timesteps)
     written = write_scores(scores, conditioner.tree, out, meta, class_names=clf_meta["class_names"])
     print(format_table(scores))
@@ -276,7 +281,7 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
 @keep_torch_threads()
 def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None = None, sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
-                 seed: int | None = None, out: str | Path | None = None) -> Path:
+                 strength: float | None = None, seed: int | None = None, out: str | Path | None = None) -> Path:
     """The same TreeVAE root samples and the same noise through several DDPMs (e.g. conditioning
     none / leaf / path), every leaf side by side: one figure (+ .npz). The runs must share their TreeVAE."""
     from structgen.diffusion.comparison_figures import compare_figure
@@ -301,7 +306,7 @@ def compare_ddpm(runs: list[str | Path], n: int = 4, *, labels: list[str] | None
     by_model, vae, probs = {}, None, None
     for label, r, (model, conditioner, schedule, state) in zip(labels, runs, loaded):
         cfg = run_config(r)
-        opts = _options(cfg, sampler, steps, eta, guidance, None)
+        opts = _options(cfg, sampler, steps, eta, guidance, strength=strength)
         _check_guidance(opts.guidance, state, r)
         device = next(model.parameters()).device
         # One chunk size for all runs: chunking decides which noise each root sample gets.

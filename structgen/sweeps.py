@@ -68,6 +68,18 @@ class Sweep:
         return [k for k, d in self.params.items() if d.kind == "grid"]
 
 
+def slow_scoring_warning(sweep: Sweep, cfg: Config) -> str | None:
+    """DDPM trials score their samples with the config's sampler; ancestral sampling over all T
+    steps on CPU workers takes hours per trial, so say so before any trial starts."""
+    d = cfg.diffusion
+    if sweep.stage != "ddpm" or cfg.ray.use_gpu or "diffusion.sampler" in sweep.params or d.sampler != "ddpm" \
+            or d.n_timesteps <= 100:
+        return None
+    return (f"{sweep.path}: every trial scores its samples with ancestral DDPM sampling over all T = "
+            f"{d.n_timesteps} steps on CPU workers (ray.use_gpu false): hours per trial on a CPU. To score with "
+            f"DDIM add --set diffusion.sampler=ddim --set diffusion.n_steps=50")
+
+
 def _fail(path: Path, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {msg}")
 

@@ -21,6 +21,21 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
+def load_script(path: Path, name: str):
+    """A script of this repository (slurm/launch.py, benchmarks/*.py) as a module, loaded with its
+    own folder on sys.path, as when it runs from there (benchmarks import their siblings)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
 # A fast schedule that still grows, prunes and finetunes: synthetic has 4 classes in 2
 # superclasses, so 4 effective leaves is the target tree.
 SYNTHETIC_FAST = [

@@ -75,6 +75,36 @@ def test_conditions_from_the_vae_have_the_right_shapes_for_every_kind(kind):
         assert signal(every).shape == (6, 64)
 
 
+@pytest.mark.parametrize("kind", ["leaf", "path"])
+@pytest.mark.parametrize("spectral_norm", ["none", "reference"])
+def test_training_conditions_decode_only_the_chosen_leaf_and_equal_the_full_pass(kind, spectral_norm):
+    """What DDPM training draws: the lean pass gives the same leaf, VAE image and path latents as
+    the full TreeVAE forward with the same RNG state, decoding only each row's chosen leaf."""
+    torch.manual_seed(0)
+    vae = TreeVAE(ModelSpec(image_shape=(1, 28, 28), spectral_norm=spectral_norm))
+    vae.attach("r1", SubTree(vae, "r1"))
+    vae.attach("r10", SubTree(vae, "r10"))
+    cond_src = VAEConditioner(vae.eval(), kind)                 # leaves r0, r11, r100, r101
+    x01 = torch.rand(40, 1, 28, 28)
+    torch.manual_seed(5)
+    parts = cond_src.posterior(x01)
+    full = cond_src.condition(parts, choose_leaf(parts.probs, "sample"))
+    calls = []
+    hooks = [vae.decoder[p].register_forward_hook(lambda m, i, o: calls.append(len(o))) for p in cond_src.leaves]
+    torch.manual_seed(5)
+    lean = cond_src.posterior_condition(x01, "sample")
+    for hook in hooks:
+        hook.remove()
+    assert sum(calls) == 40                                     # one decoder pass per row, not one per leaf
+    chosen = lean.leaf if kind == "leaf" else lean.path_ids[:, 0]
+    assert len(set(chosen.tolist())) > 1                        # rows of several leaves in the batch
+    assert torch.allclose(lean.recon, full.recon, atol=1e-5)
+    if kind == "leaf":
+        assert torch.equal(lean.leaf, full.leaf)
+    else:
+        assert torch.equal(lean.path_ids, full.path_ids) and torch.equal(lean.path_z, full.path_z)
+
+
 def test_leaf_choice_max_is_argmax_and_sample_follows_the_probabilities():
     probs = torch.tensor([[0.1, 0.2, 0.7]]).expand(30000, 3)
     assert choose_leaf(probs, "max").unique().tolist() == [2]

@@ -156,3 +156,41 @@ def test_an_oracle_noise_predictor_leads_every_sampler_to_the_data_point(sampler
     sched = make_scheduler(schedule, sampler, n_steps=steps, eta=eta, spacing=spacing)
     out = sample_loop(oracle, sched, (5, 1, 4, 4), torch.Generator().manual_seed(0), "cpu")
     assert torch.allclose(out, target.expand(5, 1, 4, 4), atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_strength_keeps_the_timesteps_at_or_below_its_share_of_T(sampler):
+    sched = make_scheduler(NoiseSchedule(1e-4, 0.02, 100), sampler, n_steps=20)
+    every = sched.timesteps.tolist()
+    assert sched.timesteps_from(1.0) == every
+    half = sched.timesteps_from(0.5)
+    assert half == [t for t in every if t <= 49.5] and half[-1] == 0 and len(half) < len(every)
+    assert sched.timesteps_from(1e-6) == [0]
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="strength must lie in"):
+            sched.timesteps_from(bad)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_a_partial_strength_starts_from_the_start_image_noised_to_its_first_timestep(sampler):
+    schedule = NoiseSchedule(1e-4, 0.02, 100)
+    sched = make_scheduler(schedule, sampler, n_steps=20, eta=1.0)
+    start = torch.linspace(-1, 1, 32).view(2, 1, 4, 4)
+    calls = []
+
+    def recording(x, t):
+        calls.append((x.clone(), t.clone()))
+        return torch.zeros_like(x)
+
+    sample_loop(recording, sched, (2, 1, 4, 4), torch.Generator().manual_seed(0), "cpu", start=start, strength=0.4)
+    first_t = sched.timesteps_from(0.4)[0]
+    assert len(calls) == len(sched.timesteps_from(0.4)) and set(calls[0][1].tolist()) == {first_t}
+    noise = torch.randn((2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    expected = schedule.q_sample(start, torch.full((2,), first_t), noise)
+    assert torch.allclose(calls[0][0], expected, atol=1e-6)
+    # strength 1 is the pure-noise start, whatever start image is passed
+    plain = sample_loop(dummy_eps, sched, (2, 1, 4, 4), torch.Generator().manual_seed(1), "cpu")
+    ignored = sample_loop(dummy_eps, sched, (2, 1, 4, 4), torch.Generator().manual_seed(1), "cpu", start=start)
+    assert torch.equal(plain, ignored)
+    with pytest.raises(ValueError, match="needs a start image"):
+        sample_loop(dummy_eps, sched, (2, 1, 4, 4), None, "cpu", strength=0.4)

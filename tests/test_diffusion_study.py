@@ -1,12 +1,12 @@
 """benchmarks/diffusion_study.py on tiny models: the conditioning ablation (none / leaf / path
 trained for the same steps on one TreeVAE) scored over guidance weights, with its tables and figures."""
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from test_diffusion_train import TINY_DDPM
 
 from structgen.cli import main
@@ -19,13 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def study():
     """The script's main(argv), run in this process (its module as .module): it imports its sibling
     diffusion_quality.py as it does when run from benchmarks/."""
-    spec = importlib.util.spec_from_file_location("diffusion_study", ROOT / "benchmarks" / "diffusion_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    module = load_script(ROOT / "benchmarks" / "diffusion_study.py", "diffusion_study")
 
     def run(argv):
         saved = sys.argv
@@ -46,7 +40,8 @@ def test_the_ablation_trains_three_signals_alike_and_scores_them_over_guidance(s
     sets = [a for s in TINY_DDPM + [f"run.runs_dir={runs_dir}", "run.threads=1"] for a in ("--set", s)]
     out = tmp_path / "study"
     study(["--ablation", "--vae", str(vae_run), "--config", "configs/digits.yml", *sets, "--name", "abl",
-           "--weights", "0", "2", "--seeds", "0", "--n", "8", "--per-leaf", "2", "--classifier", str(clf),
+           "--weights", "0", "2", "--strengths", "1", "0.5", "--seeds", "0", "--n", "8", "--per-leaf", "2",
+           "--classifier", str(clf),
            "--out", str(out)])
     printed = capsys.readouterr().out
     runs = {kind: runs_dir / "synthetic" / f"abl-{kind}" for kind in ("none", "leaf", "path")}
@@ -55,13 +50,13 @@ def test_the_ablation_trains_three_signals_alike_and_scores_them_over_guidance(s
     assert {s["step"] for s in states.values()} == {16}                   # the same steps for each signal
     assert len({s["vae"]["source"] for s in states.values()}) == 1        # on the same TreeVAE
     rows = list(csv.DictReader(open(out / "study.csv")))
-    assert len(rows) == 3 * 2 * 2                                         # runs x weights x {vae, diffusion}
+    assert len(rows) == 3 * 2 * 2 * 2                             # runs x weights x strengths x {vae, diffusion}
     # Every run and weight starts from the same root samples: the TreeVAE column agrees.
     assert len({round(float(r["cfd"]), 6) for r in rows if r["model"] == "vae"}) == 1
     study = json.loads((out / "study.json").read_text())
     table = study["table"]
     diffusion = [t for t in table if t["model"] == "diffusion"]
-    assert len(diffusion) == 3 * 2 and all(t["seeds"] == 1 and t["cfd_spread"] == 0 for t in diffusion)
+    assert len(diffusion) == 3 * 2 * 2 and all(t["seeds"] == 1 and t["cfd_spread"] == 0 for t in diffusion)
     assert sum(t["model"] == "vae" for t in table) == 3                  # one TreeVAE row per run
     # how much each model leans on its condition: ε-loss with it present and dropped, 4 quarters + all
     for use in study["conditioning_use"].values():
@@ -69,16 +64,17 @@ def test_the_ablation_trains_three_signals_alike_and_scores_them_over_guidance(s
     for t in table:
         assert 0 <= t["purity"] <= 1 and t["agreement"] is not None and 0 <= t["agreement"] <= 1
         assert t["cfd"] >= 0 and t["cfd_spread"] >= 0
-    # guidance changes what a model draws from the same noise
-    leaf = {t["guidance"]: t for t in diffusion if t["conditioning"] == "leaf"}
-    assert (leaf[0.0]["cfd"], leaf[0.0]["purity"]) != (leaf[2.0]["cfd"], leaf[2.0]["purity"])
+    # guidance and the start strength change what a model draws from the same noise
+    leaf = {(t["guidance"], t["strength"]): t for t in diffusion if t["conditioning"] == "leaf"}
+    assert (leaf[0.0, 1.0]["cfd"], leaf[0.0, 1.0]["purity"]) != (leaf[2.0, 1.0]["cfd"], leaf[2.0, 1.0]["purity"])
+    assert leaf[0.0, 1.0]["cfd"] != leaf[0.0, 0.5]["cfd"]
     assert "purity" in printed and "agreement" in printed
-    for figure in ("guidance.png", "compare_ddpm.png"):
+    for figure in ("guidance.png", "strength.png", "compare_ddpm.png"):
         assert (out / figure).stat().st_size > 10_000, figure
 
 
 def test_rows_over_seeds_become_mean_and_half_range_with_one_treevae_row_per_run(study):
-    rows = [{"run": "a", "conditioning": "leaf", "model": model, "guidance": w, "seed": seed,
+    rows = [{"run": "a", "conditioning": "leaf", "model": model, "guidance": w, "strength": 1.0, "seed": seed,
              "purity": p, "agreement": None, "cfd": c}
             for model, w, seed, p, c in [("vae", 0.0, 0, 0.5, 50.0), ("diffusion", 0.0, 0, 0.3, 20.0),
                                          ("vae", 0.0, 1, 0.7, 54.0), ("diffusion", 0.0, 1, 0.4, 30.0),

@@ -94,6 +94,22 @@ def test_every_mode_writes_grids_figures_and_arrays(leaf_run):
     assert ancestral[-1].parent.name == "recons-ddpm100" and np.load(ancestral[-1])["images"].shape == (2, 1, 28, 28)
 
 
+def test_a_partial_strength_starts_near_the_leafs_vae_image(leaf_run):
+    """--strength s < 1 denoises the leaf's VAE image noised to s·(T-1): the lower s, the closer
+    the output stays to that image; the input image never enters (recons modes)."""
+    def distance(strength):
+        written = sample(leaf_run, "sample_all_leaves", n=4, sampler="ddim", steps=20, strength=strength, seed=3)
+        data = np.load(written[-1])
+        assert float(data["meta_strength"]) == strength
+        return written[-1].parent.name, float(np.abs(data["images"] - data["vae"]).mean())
+
+    (folder, far), (_, mid), (near_folder, near) = distance(1.0), distance(0.5), distance(0.05)
+    assert folder == "sample_all_leaves-ddim20q" and near_folder == "sample_all_leaves-ddim20q-s0.05"
+    assert near < mid < far and near < 0.1
+    recons = np.load(sample(leaf_run, "recons", n=2, sampler="ddim", steps=20, strength=0.05, seed=3)[-1])
+    assert np.abs(recons["images"] - recons["vae"]).mean() < np.abs(recons["images"] - recons["originals"]).mean()
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(vae_run, runs_dir, monkeypatch):
     extra = ("diffusion.checkpoint_every_steps=3",)
     straight = train_ddpm(ddpm_cfg(runs_dir, *extra, "run.name=straight"), vae_run)
@@ -144,6 +160,8 @@ def test_bad_input_fails_with_exit_code_2_and_a_clear_message(vae_run, leaf_run,
         (["sample", str(leaf_run), "--mode", "sample", "--sampler", "ddpm", "--steps", "5"], "--sampler ddim"),
         (["sample", str(leaf_run), "--mode", "sample", "--steps", "500"], "1 <= steps <= T = 100"),
         (["compare-ddpm", str(leaf_run)], "at least two"),
+        (["sample", str(leaf_run), "--mode", "sample", "--strength", "0"], "--strength must lie in (0, 1]"),
+        (["score-ddpm", str(leaf_run), "--strength", "1.5"], "--strength must lie in (0, 1]"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

@@ -304,3 +304,19 @@ def test_cli_train_classifier_bad_input_writes_nothing(tmp_path, capsys):
     blocker.write_text("")
     assert main(["train-classifier", "--dataset", "digits", "--out", str(blocker / "x.pt")]) == EXIT_BAD_INPUT
     assert "cannot write the classifier" in capsys.readouterr().err   # refused before training
+
+
+def test_the_labelled_test_split_is_the_runs_test_split_without_reading_the_training_images(monkeypatch):
+    from structgen.config import load_config
+    from structgen.data import run_data
+
+    cfg = load_config("configs/mnist.yml", ["data.test_subset=300", "run.seed=5"])
+    expected = run_data.load_run_data(cfg).test
+    splits = []
+    real = run_data.load_split
+    monkeypatch.setattr(run_data, "load_split", lambda name, split, *a, **k: splits.append(split) or real(
+        name, split, *a, **k))
+    test = run_data.labelled_test_split(cfg)
+    assert splits == ["test"]
+    assert np.array_equal(test.images, expected.images) and np.array_equal(test.labels, expected.labels)
+    assert run_data.labelled_test_split(load_config("configs/mnist.yml", ["data.num_clusters_data=3"])) is None

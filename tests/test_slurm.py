@@ -5,7 +5,6 @@ killed and then preempted mid-run ending with the same tree and weights as the u
 one, a Ray Tune sweep on a Ray cluster over both nodes of one allocation, status and logs;
 without SLURM: precedence of settings, rank detection, the dry run, the ddpm wiring, the local
 executor."""
-import importlib.util
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SYNTHETIC_FAST
+from conftest import SYNTHETIC_FAST, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = SYNTHETIC_FAST + ["data.train_subset=400", "data.test_subset=100", "training.num_epochs=2",
@@ -29,10 +28,7 @@ TINY_JOB = {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 15}
 
 
 def load_launch():
-    spec = importlib.util.spec_from_file_location("slurm_launch", REPO / "slurm" / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "slurm" / "launch.py", "slurm_launch")
 
 
 def slurm_script() -> Path:

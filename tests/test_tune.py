@@ -11,7 +11,7 @@ from conftest import SYNTHETIC_FAST
 
 from structgen.config import ConfigError, load_config
 from structgen.runtime.metrics_log import read_metrics
-from structgen.sweeps import expand_trials, load_sweep, trial_overrides
+from structgen.sweeps import expand_trials, load_sweep, slow_scoring_warning, trial_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SYNTHETIC_FAST + ["data.train_subset=384", "data.test_subset=128", "training.num_epochs=3",
@@ -60,6 +60,16 @@ def test_a_labelled_metric_needs_fifo_and_random_search(tmp_path):
 def test_every_shipped_sweep_file_loads_on_its_profile(sweep_file):
     config = "configs/cifar10.yml" if "cifar" in sweep_file.name else "configs/digits.yml"
     assert load_sweep(sweep_file, load_config(ROOT / config)).params
+
+
+def test_a_ddpm_sweep_scoring_with_ancestral_sampling_on_cpu_is_warned_about(tmp_path):
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "ddpm_guidance.yml", load_config(ROOT / "configs/mnist.yml"))
+    warning = slow_scoring_warning(sweep, load_config(ROOT / "configs/mnist.yml"))
+    assert "all T = 1000 steps" in warning and "--set diffusion.sampler=ddim" in warning
+    for fix in (["diffusion.sampler=ddim"], ["ray.use_gpu=true"]):
+        assert slow_scoring_warning(sweep, load_config(ROOT / "configs/mnist.yml", fix)) is None
+    assert slow_scoring_warning(load_sweep(write_sweep(tmp_path, {"training.lr": {"uniform": [0.1, 0.2]}})),
+                                load_config(ROOT / "configs/mnist.yml")) is None
 
 
 def test_sweep_values_are_checked_on_top_of_the_base_config(tmp_path):

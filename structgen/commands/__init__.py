@@ -20,4 +20,7 @@ def add_sampler_arguments(p) -> None:
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default diffusion.eta)")
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance weight w (default diffusion.guidance_weight)")
+    p.add_argument("--strength", type=float,
+                   help="start from the leaf's VAE image noised to strength*(T-1) (SDEdit), in (0, 1]; "
+                        "1 = pure noise (default diffusion.strength)")
     p.add_argument("--seed", type=int, help="default run.seed")

@@ -16,5 +16,5 @@ def run(args) -> int:
     from structgen.ddpm_api import compare_ddpm
 
     print(compare_ddpm(args.runs, args.n, labels=args.labels, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                       guidance=args.guidance, seed=args.seed, out=args.out))
+                       guidance=args.guidance, strength=args.strength, seed=args.seed, out=args.out))
     return 0

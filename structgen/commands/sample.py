@@ -22,7 +22,7 @@ def run(args) -> int:
     from structgen.ddpm_api import sample
 
     for path in sample(args.run, args.mode, args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                       guidance=args.guidance, leaf_choice=args.leaf_choice, seed=args.seed,
+                       guidance=args.guidance, leaf_choice=args.leaf_choice, strength=args.strength, seed=args.seed,
                        overrides=args.overrides, out_dir=args.out):
         print(path)
     return 0

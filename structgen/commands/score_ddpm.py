@@ -21,7 +21,7 @@ def run(args) -> int:
 
     _, written = score_ddpm(args.run, classifier=args.classifier, n=args.n, per_leaf=args.per_leaf,
                             sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
-                            seed=args.seed, overrides=args.overrides, out_dir=args.out)
+                            strength=args.strength, seed=args.seed, overrides=args.overrides, out_dir=args.out)
     for path in written:
         print(path)
     return 0

@@ -213,6 +213,9 @@ class DiffusionConfig:
     n_steps: int = option(1000, "reverse steps for ddim", min=1)
     eta: float = option(0.0, "DDIM eta (0 = deterministic, 1 = ancestral-like)", min=0.0, max=1.0)
     skip_strategy: str = option("quad", "DDIM timestep spacing, both ending at T-1", choices=("uniform", "quad"))
+    strength: float = option(1.0, "where sampling starts: 1 = pure noise x_T (the reference); s < 1 = the leaf's "
+                                  "VAE image noised to timestep s*(T-1), then denoised from there (SDEdit): "
+                                  "lower keeps more of the leaf's image", above=0.0, max=1.0)
     leaf_choice: str = option("max", "leaf of the `recons` and `sample` modes: max = most probable, "
                                      "sample = drawn from the leaf probabilities (the reference)",
                               choices=("max", "sample"))

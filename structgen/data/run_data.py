@@ -65,9 +65,13 @@ def load_run_data(cfg) -> RunData:
 def labelled_test_split(cfg):
     """The run's test split with labels in the dataset's own classes (what its classifier
     predicts), or None: unlabelled data, or data.num_clusters_data renumbered the labels."""
-    if cfg.data.num_clusters_data:
+    d, seed = cfg.data, cfg.run.seed
+    if d.num_clusters_data:
         return None
-    test = load_run_data(cfg).test
+    # The test split alone, taken as load_run_data takes it (same seed and subset), without
+    # reading the training images.
+    test = load_split(d.dataset, "test", d.data_dir, seed=seed, test_fraction=d.test_fraction, data_cfg=d)
+    test = _subset(test, d.test_subset, seed + 1)
     return test if test.labels is not None else None
 
 

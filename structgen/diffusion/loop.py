@@ -17,9 +17,9 @@ from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.diffusion.ema import EMA
 from structgen.diffusion.conditioning import ConditionalUNet, signal_spec
 from structgen.diffusion.process import DiffusionProcess
-from structgen.diffusion.schedule import NoiseSchedule
+from structgen.diffusion.schedule import QUARTERS, NoiseSchedule, timestep_quarter
 from structgen.diffusion.unet import UNetSpec
-from structgen.diffusion.vae_condition import VAEConditioner, choose_leaf, to_signed
+from structgen.diffusion.vae_condition import VAEConditioner, to_signed
 from structgen.errors import NonFiniteLossError
 from structgen.runs import final_checkpoint, last_checkpoint
 from structgen.runtime.checkpoint_io import rng_state, set_rng_state
@@ -27,7 +27,6 @@ from structgen.runtime.context import Context
 from structgen.runtime.precision import StepPrecision
 from structgen.runtime.resources import memory_fields
 
-QUARTILES = 4          # loss logged per quarter of the timestep range, as improved-diffusion does
 _RANK_SEED_STRIDE = 7919
 
 
@@ -69,7 +68,7 @@ class DDPMTrainer:
     # ---- state ------------------------------------------------------------------------------
     def _zero_sums(self) -> torch.Tensor:
         # [loss·n, grad_norm·batches, batches, n, per-quartile loss sums (4), per-quartile counts (4)]
-        return torch.zeros(4 + 2 * QUARTILES, dtype=torch.float64, device=self.ctx.device)
+        return torch.zeros(4 + 2 * QUARTERS, dtype=torch.float64, device=self.ctx.device)
 
     def _restore(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
@@ -118,9 +117,7 @@ class DDPMTrainer:
     def train_step(self, x01: torch.Tensor) -> tuple[float, float]:
         d = self.d
         x0 = to_signed(x01)
-        parts = self.conditioner.posterior(x01)
-        leaf = choose_leaf(parts.probs, "sample")                         # ∝ π(x), batched
-        cond = self.conditioner.condition(parts, leaf).with_dropout(d.cfg_rate)
+        cond = self.conditioner.posterior_condition(x01, "sample").with_dropout(d.cfg_rate)   # leaf ∝ π(x)
         with self.precision.autocast():
             per_sample, t = self.process.loss(x0, cond)
             loss = per_sample.mean()
@@ -139,12 +136,12 @@ class DDPMTrainer:
         self.lr_schedule.step()
         self.ema.update(self.model)
         self.step += 1
-        q = (t * QUARTILES) // self.schedule.T
+        q = timestep_quarter(t, self.schedule.T)
         n = len(x0)
         logged_norm = 0.0 if overflow_skipped else norm_v     # an fp16 overflow step changed nothing
         self.sums[:4] += torch.tensor([loss_v * n, logged_norm, 1.0, n], dtype=torch.float64, device=self.sums.device)
-        self.sums[4:4 + QUARTILES].index_add_(0, q, per_sample.detach().double())
-        self.sums[4 + QUARTILES:].index_add_(0, q, torch.ones_like(per_sample, dtype=torch.float64))
+        self.sums[4:4 + QUARTERS].index_add_(0, q, per_sample.detach().double())
+        self.sums[4 + QUARTERS:].index_add_(0, q, torch.ones_like(per_sample, dtype=torch.float64))
         return loss_v, norm_v
 
     def run(self) -> torch.nn.Module:
@@ -188,17 +185,17 @@ class DDPMTrainer:
         sums = self.ctx.all_reduce_sum(self.sums).cpu()
         self.sums = self._zero_sums()
         n, batches = max(sums[3].item(), 1.0), max(sums[2].item(), 1.0)
-        q_loss, q_count = sums[4:4 + QUARTILES], sums[4 + QUARTILES:].clamp(min=1)
+        q_loss, q_count = sums[4:4 + QUARTERS], sums[4 + QUARTERS:].clamp(min=1)
         record = {"epoch": self.epoch, "epochs": self.d.epochs, "steps": self.step, "loss": sums[0].item() / n,
                   "grad_norm": sums[1].item() / batches, "lr": self.optimizer.param_groups[0]["lr"],
                   "ema_decay": self.ema.current_decay(), "images_per_s": images_per_s, "images": int(sums[3].item()),
-                  **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTILES)},
+                  **{f"loss_q{i}": (q_loss[i] / q_count[i]).item() for i in range(QUARTERS)},
                   **memory_fields(self.ctx.device)}
         if self.ctx.on_epoch_end is not None:
             self.ctx.on_epoch_end(record)
         if self.ctx.is_main:
             self.log.write("ddpm_epoch", step=self.step, **record)
-            quartiles = " ".join(f"{record['loss_q' + str(i)]:.3f}" for i in range(QUARTILES))
+            quartiles = " ".join(f"{record['loss_q' + str(i)]:.3f}" for i in range(QUARTERS))
             self.progress.line(f"[ddpm] epoch {self.epoch}/{self.d.epochs}  step {self.step}  "
                                f"loss {record['loss']:.4f}  "
                                f"(by t quartile {quartiles})  "

@@ -6,9 +6,10 @@
 * ``sample_all_leaves``: one prior sample, every leaf at once.
 
 Every mode starts from x_T ~ N(0, I): reconstructions do not see the original image through
-x_T (the reference's recons modes leak it, §8.5). In the all-leaves modes the batch holds each
-root sample L times (sample-major) and x_T and every step's noise are drawn once per root
-sample, so leaves differ only in their conditioning. Two generators keep runs comparable: one
+x_T (the reference's recons modes leak it, §8.5). With ``strength`` < 1 a mode starts instead
+from each row's leaf VAE image noised to strength·(T-1) (SDEdit), never from the input image.
+In the all-leaves modes the batch holds each root sample L times (sample-major) and x_T and
+every step's noise are drawn once per root sample, so leaves differ only in their conditioning. Two generators keep runs comparable: one
 for the VAE (prior samples, leaf draws), one for the diffusion noise; with the same seed two
 DDPMs on the same TreeVAE see the same root samples and the same noise.
 """
@@ -41,10 +42,12 @@ class SamplerOptions:
     variance: str = "fixedlarge"
     guidance: float = 0.0
     leaf_choice: str = "max"
+    strength: float = 1.0           # < 1: start from the leaf's VAE image noised to strength·(T-1)
 
     @classmethod
     def from_config(cls, d, **overrides) -> "SamplerOptions":
-        base = cls(d.sampler, d.n_steps, d.eta, d.skip_strategy, d.variance, d.guidance_weight, d.leaf_choice)
+        base = cls(d.sampler, d.n_steps, d.eta, d.skip_strategy, d.variance, d.guidance_weight, d.leaf_choice,
+                   d.strength)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def tag(self, T: int) -> str:
@@ -54,6 +57,8 @@ class SamplerOptions:
             tag += f"-eta{self.eta:g}"
         if self.guidance:
             tag += f"-w{self.guidance:g}"
+        if self.strength < 1:
+            tag += f"-s{self.strength:g}"
         return tag
 
 
@@ -70,10 +75,11 @@ class DiffusionSampler:
     @torch.no_grad()
     def denoise(self, cond, generator: torch.Generator, group: int = 1) -> torch.Tensor:
         """Images in [0, 1] for a batch of conditions; ``group`` rows share their noise."""
-        bar = self.progress.epoch(len(self.scheduler.timesteps), f"sampling {len(cond)} images") \
-            if self.progress is not None else None
+        steps = len(self.scheduler.timesteps_from(self.options.strength))
+        bar = self.progress.epoch(steps, f"sampling {len(cond)} images") if self.progress is not None else None
         x = self.process.sample(cond, self.scheduler, guidance=self.options.guidance, generator=generator, group=group,
-                                on_step=(lambda: bar.update(0, {})) if bar is not None else None)
+                                on_step=(lambda: bar.update(0, {})) if bar is not None else None,
+                                strength=self.options.strength)
         if bar is not None:
             bar.close()
         return to_unit(x)

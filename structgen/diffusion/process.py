@@ -37,11 +37,13 @@ class DiffusionProcess:
 
     @torch.no_grad()
     def sample(self, cond: Condition, scheduler, *, guidance: float = 0.0, generator: torch.Generator | None = None,
-               group: int = 1, on_step=None) -> torch.Tensor:
+               group: int = 1, on_step=None, strength: float = 1.0) -> torch.Tensor:
         """x0 in [-1, 1], one image per condition row, from x_T ~ N(0, I) through ``scheduler``'s
         timesteps (`samplers.make_scheduler`: DDPM or DDIM). ``guidance`` is the classifier-free
         weight w (0 = the conditional model alone); ``group`` > 1 shares x_T and every step's noise
-        within consecutive groups of rows (one root sample, all its leaves)."""
+        within consecutive groups of rows (one root sample, all its leaves). ``strength`` < 1
+        starts from the condition's VAE image noised to strength·(T-1) instead (SDEdit)."""
         shape = (len(cond), *cond.recon.shape[1:])
         eps_fn = lambda x, t: guided_eps(self.network, x, t, cond, guidance)  # noqa: E731
-        return sample_loop(eps_fn, scheduler, shape, generator, cond.recon.device, group=group, on_step=on_step)
+        return sample_loop(eps_fn, scheduler, shape, generator, cond.recon.device, group=group, on_step=on_step,
+                           start=cond.recon, strength=strength)

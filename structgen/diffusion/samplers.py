@@ -53,6 +53,14 @@ class _Scheduler:
     def x0(self, eps, t, x_t):
         return self.schedule.predict_x0(x_t, t, eps).clamp(-CLIP, CLIP)
 
+    def timesteps_from(self, strength: float = 1.0) -> list[int]:
+        """The descending timesteps a run of ``strength`` walks: all of them at 1, else those at or
+        below strength·(T-1) (t = 0 is always among them)."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must lie in (0, 1]; got {strength}")
+        ts = self.timesteps.tolist()
+        return ts if strength == 1.0 else [t for t in ts if t <= strength * (self.schedule.T - 1)]
+
 
 class DDPMScheduler(_Scheduler):
     """Ancestral sampling over all T steps.
@@ -140,14 +148,23 @@ def shared_noise(shape, group: int, generator, device, dtype=torch.float32) -> t
 
 @torch.no_grad()
 def sample_loop(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: _Scheduler, shape,
-                generator: torch.Generator | None, device, group: int = 1, on_step=None) -> torch.Tensor:
-    """Run the reverse process from x_T ~ N(0, I) (no image leaks in, §8.5) to x_0.
+                generator: torch.Generator | None, device, group: int = 1, on_step=None,
+                start: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+    """Run the reverse process to x_0 from x_T ~ N(0, I) (no image leaks in, §8.5), or, with
+    ``strength`` < 1, from ``start`` noised to the first timestep at or below strength·(T-1)
+    (SDEdit; ``start`` is the leaf's VAE image, never the input image).
 
-    ``eps_fn(x_t, t_batch)`` is the (guided) noise prediction; ``group`` > 1 shares x_T and
-    every step's noise within consecutive groups of that many batch rows.
+    ``eps_fn(x_t, t_batch)`` is the (guided) noise prediction; ``group`` > 1 shares the first
+    noise and every step's noise within consecutive groups of that many batch rows.
     """
+    timesteps = scheduler.timesteps_from(strength)
     x = shared_noise(shape, group, generator, device)
-    for t in scheduler.timesteps.tolist():
+    if strength < 1.0:
+        if start is None or start.shape != torch.Size(shape):
+            raise ValueError(f"strength {strength} < 1 needs a start image batch of shape {tuple(shape)}")
+        first = torch.full((shape[0],), timesteps[0], device=device, dtype=torch.long)
+        x = scheduler.schedule.q_sample(start.to(x.dtype), first, x)
+    for t in timesteps:
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         noise = shared_noise(shape, group, generator, device) if scheduler.needs_noise and t > 0 else None
         x = scheduler.step(eps_fn(x, t_batch), t, x, noise=noise).prev_sample

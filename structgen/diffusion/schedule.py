@@ -52,6 +52,14 @@ class NoiseSchedule:
         return beta * math.sqrt(ab_prev) / (1.0 - ab), (1.0 - ab_prev) * math.sqrt(1.0 - beta) / (1.0 - ab)
 
 
+QUARTERS = 4       # the ε-loss is reported per quarter of the timestep range, as improved-diffusion does
+
+
+def timestep_quarter(t: torch.Tensor, T: int) -> torch.Tensor:
+    """Which quarter of 0..T-1 each timestep falls in: 0 (least noise) to 3 (most)."""
+    return (t * QUARTERS) // T
+
+
 def spaced_timesteps(T: int, n: int, spacing: str) -> torch.Tensor:
     """n distinct timesteps in 0..T-1, ascending, always including 0 and T-1.
 

@@ -71,12 +71,25 @@ class VAEConditioner:
     def condition(self, parts: LeafParts, leaf: torch.Tensor) -> Condition:
         """One row per sample, conditioned on its leaf ``leaf`` (B,)."""
         rows = torch.arange(len(leaf), device=leaf.device)
-        cond = Condition(recon=to_signed(parts.images[rows, leaf]), keep=parts.probs.new_ones(len(leaf)))
+        return self._condition(parts.images[rows, leaf], leaf, parts.z_all)
+
+    def _condition(self, images: torch.Tensor, leaf: torch.Tensor, z_all: torch.Tensor | None) -> Condition:
+        cond = Condition(recon=to_signed(images), keep=images.new_ones(len(leaf)))
         if self.kind == "leaf":
             cond.leaf = leaf
         elif self.kind == "path":
-            cond.path_z, cond.path_ids, cond.path_mask = self.paths.gather(parts.z_all, leaf)
+            cond.path_z, cond.path_ids, cond.path_mask = self.paths.gather(z_all, leaf)
         return cond
+
+    @torch.no_grad()
+    def posterior_condition(self, x01: torch.Tensor, how: str = "sample") -> Condition:
+        """What DDPM training conditions on: a posterior sample of real images x01, one leaf per
+        row chosen by ``how`` (`choose_leaf`). The same as ``condition(posterior(x01), leaf)``
+        with the same RNG state, but only the chosen leaf's decoder runs for each row."""
+        z, probs = self.vae.posterior_latents(x01)
+        leaf = choose_leaf(probs, how)
+        images = self.vae.decode_chosen(leaf, z).clamp(0.0, 1.0)
+        return self._condition(images, leaf, self._z_all(z))
 
     def all_leaves(self, parts: LeafParts) -> Condition:
         """B·L rows: sample b with leaf l at row b·L + l."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from structgen.config import Config, ConfigError, apply_overrides, config_to_dic
 from structgen.launch.job_args import absolute_paths
 from structgen.runs import check_run_name
 from structgen.stages import STAGES, get_stage
-from structgen.sweeps import Sweep
+from structgen.sweeps import Sweep, slow_scoring_warning
 
 
 def _tune_space(sweep: Sweep) -> dict:
@@ -43,6 +44,9 @@ def run_sweep(cfg: Config, sweep: Sweep, name: str, storage_path: str | Path, cp
         raise ConfigError(f"{sweep.path}: the optuna searcher cannot take grid parameters "
                           f"({', '.join(sweep.grid_keys)}); use choice instead")
     get_stage(sweep.stage, str(sweep.path)).check(cfg, f"{sweep.path}: a {sweep.stage} sweep")
+    warning = slow_scoring_warning(sweep, cfg)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     cfg = apply_overrides(cfg, absolute_paths(cfg))     # trials run in their own working folders
     storage = Path(storage_path).resolve()
     experiment = storage / check_run_name(name, "sweep name (--name)")

@@ -223,6 +223,44 @@ class TreeVAE(nn.Module):
         out.decoder_out = self.decode(out.leaves, [out.z[p] for p in out.leaves])
         return out
 
+    @torch.no_grad()
+    def posterior_latents(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(z of every node, leaf probabilities (B, n_leaves)): the posterior samples of `forward`,
+        drawn in the same order from the same RNG, without its ELBO terms and decoders.
+
+        A DDPM conditions on one leaf's image per sample; decoding every leaf for every sample
+        to keep one is most of the frozen TreeVAE's cost in a diffusion training step.
+        """
+        feats = self.bottom_up(x)
+        z, reach = {}, {ROOT: x.new_ones(x.shape[0])}
+        for path in self.tree.bfs():
+            d = feats[self.level(_depth(path))]
+            mu, var = self.dense[path](d)
+            if path != ROOT:
+                mu, var = G.precision_weighted(mu, var, *self.transform[path](z[path[:-1]]))
+            z[path] = G.sample(mu, var)
+            kind = self.tree.kind(path)
+            if kind == "internal":
+                q_left = torch.sigmoid(self.router_q[path](d))
+                reach[path + "0"], reach[path + "1"] = reach[path] * q_left, reach[path] * (1 - q_left)
+            elif kind == "passthrough":
+                reach[self.tree.children(path)[0]] = reach[path]
+        return z, torch.stack([reach[p] for p in self.tree.leaves()], dim=1)
+
+    @torch.no_grad()
+    def decode_chosen(self, leaf: torch.Tensor, z: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C, H, W) images: row b decoded by the decoder of leaf ``leaf[b]`` (an index into
+        ``tree.leaves()``) alone, each leaf's rows in one call."""
+        images = None
+        for i, path in enumerate(self.tree.leaves()):
+            rows = (leaf == i).nonzero().squeeze(1)
+            if len(rows):
+                out = self.decoder[path](z[path][rows])
+                if images is None:
+                    images = out.new_empty((len(leaf), *out.shape[1:]))
+                images[rows] = out
+        return to_image(images, self.spec.likelihood)
+
     def decode(self, leaves: list[str], latents: list[torch.Tensor]) -> torch.Tensor:
         """(B, len(leaves), C, H, W) pre-activation images of each leaf's decoder."""
         return decode_leaves([self.decoder[p] for p in leaves], latents)

@@ -229,22 +229,16 @@ class TreeVAE(nn.Module):
         drawn in the same order from the same RNG, without its ELBO terms and decoders.
 
         A DDPM conditions on one leaf's image per sample; decoding every leaf for every sample
-        to keep one is most of the frozen TreeVAE's cost in a diffusion training step.
+        to keep one was nearly half of the frozen TreeVAE's cost in a diffusion training step.
         """
         feats = self.bottom_up(x)
-        z, reach = {}, {ROOT: x.new_ones(x.shape[0])}
+        z = {}
         for path in self.tree.bfs():
-            d = feats[self.level(_depth(path))]
-            mu, var = self.dense[path](d)
+            mu, var = self.dense[path](feats[self.level(_depth(path))])
             if path != ROOT:
                 mu, var = G.precision_weighted(mu, var, *self.transform[path](z[path[:-1]]))
             z[path] = G.sample(mu, var)
-            kind = self.tree.kind(path)
-            if kind == "internal":
-                q_left = torch.sigmoid(self.router_q[path](d))
-                reach[path + "0"], reach[path + "1"] = reach[path] * q_left, reach[path] * (1 - q_left)
-            elif kind == "passthrough":
-                reach[self.tree.children(path)[0]] = reach[path]
+        reach = self.reach_from_features(feats)
         return z, torch.stack([reach[p] for p in self.tree.leaves()], dim=1)
 
     @torch.no_grad()

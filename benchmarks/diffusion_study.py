@@ -11,10 +11,10 @@ Every row is one `score_ddpm` call with one classifier (--classifier; default th
 `--degrade` one, the fair judge of blurry TreeVAE images, trained first when missing): CFD to the
 test set, generation purity, agreement (the share of a leaf's images given the class of the test
 images that leaf holds), each as the mean and half-range over the sampling --seeds. The TreeVAE's
-own row comes from the same root samples. For each seed every run and weight sees the same
-root samples and the same noise, so rows differ only in the model, w and the start strength. Then, per run, the
-ε-loss on 1,000 test images with the condition present and dropped, by quarter of the timestep
-range: how much the model leans on its condition, and where. Writes in --out:
+own row comes from the same root samples. For each seed every run, weight and strength sees the
+same root samples and the same noise, so rows differ only in the model, w and the start strength.
+Then, per run, the ε-loss on 1,000 test images with the condition present and dropped, by quarter
+of the timestep range: how much the model leans on its condition, and where. Writes in --out:
 study.csv (one line per run, w, strength and seed), study.json, guidance.png (purity, agreement
 and CFD against w, a line per run and strength), strength.png (the same against the strength, with
 more than one) and, with --ablation, compare_ddpm.png (the same root samples through

@@ -9,9 +9,10 @@ Every mode starts from x_T ~ N(0, I): reconstructions do not see the original im
 x_T (the reference's recons modes leak it, §8.5). With ``strength`` < 1 a mode starts instead
 from each row's leaf VAE image noised to strength·(T-1) (SDEdit), never from the input image.
 In the all-leaves modes the batch holds each root sample L times (sample-major) and x_T and
-every step's noise are drawn once per root sample, so leaves differ only in their conditioning. Two generators keep runs comparable: one
-for the VAE (prior samples, leaf draws), one for the diffusion noise; with the same seed two
-DDPMs on the same TreeVAE see the same root samples and the same noise.
+every step's noise are drawn once per root sample, so leaves differ only in their conditioning.
+Two generators keep runs comparable: one for the VAE (prior samples, leaf draws), one for the
+diffusion noise; with the same seed two DDPMs on the same TreeVAE see the same root samples and
+the same noise.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
 from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNet, UNetSpec
-from structgen.diffusion.vae_condition import choose_leaf, to_signed
+from structgen.diffusion.vae_condition import to_signed
 from structgen.data.run_data import load_run_data
 
 DATA = ["data.dataset=synthetic", "data.train_subset=512", "data.test_subset=64", "run.progress=plain"]
@@ -62,8 +62,7 @@ def reference_size_step(conditioner, batch: int, repeats: int) -> tuple[float, f
     x01 = torch.rand(batch, *conditioner.image_shape)
 
     def step():
-        parts = conditioner.posterior(x01)
-        cond = conditioner.condition(parts, choose_leaf(parts.probs, "sample"))
+        cond = conditioner.posterior_condition(x01, "sample")      # as DDPMTrainer.train_step conditions
         loss = process.loss(to_signed(x01), cond)[0].mean()
         opt.zero_grad()
         loss.backward()

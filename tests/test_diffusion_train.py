@@ -11,7 +11,7 @@ from structgen.cli import main
 from structgen.config import ConfigError, load_config
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 from structgen.ddpm_api import load_ddpm, sample, train_ddpm
-from structgen.diffusion.loop import DDPMTrainer
+from structgen.diffusion.loop import DDPMTrainer, lr_factor
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.train.phase import NonFiniteLossError
 
@@ -110,9 +110,28 @@ def test_a_partial_strength_starts_near_the_leafs_vae_image(leaf_run):
     assert np.abs(recons["images"] - recons["vae"]).mean() < np.abs(recons["images"] - recons["originals"]).mean()
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(vae_run, runs_dir, monkeypatch):
-    extra = ("diffusion.checkpoint_every_steps=3",)
-    straight = train_ddpm(ddpm_cfg(runs_dir, *extra, "run.name=straight"), vae_run)
+def test_lr_factor_warms_up_then_holds_or_decays_to_zero():
+    assert [lr_factor(s, 4, 16, "none") for s in (0, 3, 4, 15, 40)] == [0.25, 1.0, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, 4, 16, "cosine") for s in range(17)]
+    assert cosine[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert cosine[10] == pytest.approx(0.5) and cosine[16] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(cosine[4:], cosine[5:]))
+    assert lr_factor(99, 4, 16, "cosine") == pytest.approx(0.0)      # past the end: stays at 0
+    assert lr_factor(0, 0, 16, "cosine") == 1.0                      # no warm-up
+
+
+def test_cosine_lr_decay_ends_the_run_at_zero(vae_run, runs_dir):
+    run = train_ddpm(ddpm_cfg(runs_dir, "diffusion.lr_decay=cosine", "run.name=cosine"), vae_run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["event"] == "ddpm_epoch"]
+    base = load_config(run / "config.yml").diffusion.lr
+    assert lrs[0] == pytest.approx(base * 0.75) and lrs[1] == pytest.approx(0.0, abs=1e-12)   # 8 of 16 steps; 16
+
+
+@pytest.mark.parametrize("decay", ["none", "cosine"])
+def test_an_interrupted_run_resumes_to_the_same_weights(vae_run, runs_dir, monkeypatch, decay):
+    extra = ("diffusion.checkpoint_every_steps=3", f"diffusion.lr_decay={decay}")
+    straight = train_ddpm(ddpm_cfg(runs_dir, *extra, f"run.name=straight-{decay}"), vae_run)
 
     real_step = DDPMTrainer.train_step
 
@@ -123,8 +142,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(vae_run, runs_dir, monke
 
     monkeypatch.setattr(DDPMTrainer, "train_step", crash_at_step_10)
     with pytest.raises(KeyboardInterrupt):
-        train_ddpm(ddpm_cfg(runs_dir, *extra, "run.name=crashed"), vae_run)
-    crashed = runs_dir / "synthetic" / "crashed"
+        train_ddpm(ddpm_cfg(runs_dir, *extra, f"run.name=crashed-{decay}"), vae_run)
+    crashed = runs_dir / "synthetic" / f"crashed-{decay}"
     saved = ddpm_ckpt.load(crashed / "checkpoints" / "last.pt")
     assert (saved["step"], saved["epoch"], saved["batch_in_epoch"]) == (9, 1, 1)    # mid-epoch
     monkeypatch.setattr(DDPMTrainer, "train_step", real_step)

@@ -195,6 +195,9 @@ class DiffusionConfig:
                                          "(1+w) eps(cond) - w eps(uncond)", min=0.0)
     lr: float = option(2e-4, "Adam learning rate", above=0.0, max=1.0)
     warmup_steps: int = option(5000, "linear LR warm-up steps", min=0)
+    lr_decay: str = option("none", "after the warm-up: none = constant LR (the reference); cosine = a half cosine "
+                                   "to 0 at the last step of diffusion.epochs (short runs end on small steps)",
+                           choices=("none", "cosine"))
     grad_clip: float = option(1.0, "gradient norm clip; 0 = off", min=0.0)
     ema_decay: float = option(0.9999, "EMA decay of the sampling weights", min=0.0, max=1.0)
     ema_warmup: bool = option(True, "EMA decay min(ema_decay, (1+step)/(10+step)): short runs get a usable EMA "

@@ -30,6 +30,17 @@ from structgen.runtime.resources import memory_fields
 _RANK_SEED_STRIDE = 7919
 
 
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str) -> float:
+    """The multiplier of diffusion.lr at optimiser step ``step`` (from 0): a linear warm-up over
+    ``warmup_steps``, then 1 (``none``, the reference) or a half cosine from 1 after the warm-up
+    to 0 at ``total_steps`` (``cosine``). A run resumed with more epochs stretches the rest of
+    its cosine over the new total."""
+    if step < warmup_steps or decay == "none":
+        return min((step + 1) / max(warmup_steps, 1), 1.0)
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class DDPMTrainer:
     """Trains with the ``diffusion`` and ``run`` config sections; batches come from ``loaders``
     (`data.loaders.make_loader` bound to the run's data section) and ``record`` (the run's
@@ -49,13 +60,14 @@ class DDPMTrainer:
         self.model = self.precision.module(ConditionalUNet.build(self.unet_spec, self.signal).to(ctx.device))
         self.ema = EMA(self.model, d.ema_decay, d.ema_warmup)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=d.lr)
-        warmup = max(d.warmup_steps, 1)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.schedule = NoiseSchedule.from_config(d)
         # Shuffled, unlike the reference (§8 perf 6); sharded by rank with equal batch counts.
         self.loader = loaders(train_set.images, train_set.labels, per_rank, split="train", shuffle=True,
                               seed=run.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
                               device=ctx.device)
+        total_steps = d.epochs * len(self.loader)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, d.warmup_steps, total_steps, d.lr_decay))
         self.step = self.epoch = self.batch_in_epoch = 0
         self.sums = self._zero_sums()
         if saved is not None:

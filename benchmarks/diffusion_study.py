@@ -14,7 +14,10 @@ images that leaf holds), each as the mean and half-range over the sampling --see
 own row comes from the same root samples. For each seed every run, weight and strength sees the
 same root samples and the same noise, so rows differ only in the model, w and the start strength.
 Then, per run, the ε-loss on 1,000 test images with the condition present and dropped, by quarter
-of the timestep range: how much the model leans on its condition, and where. Writes in --out:
+of the timestep range: how much the model leans on its condition, and where; with --kept, per run,
+w and strength, how often a DDPM image keeps the class of its own VAE image when the condition is a
+posterior leaf image (test images: what training shows it) and when it is a prior one (root
+samples: what `sample` mode gives it), beside the judge's confidence on those VAE images. Writes in --out:
 study.csv (one line per run, w, strength and seed), study.json, guidance.png (purity, agreement
 and CFD against w, a line per run and strength), strength.png (the same against the strength, with
 more than one) and, with --ablation, compare_ddpm.png (the same root samples through
@@ -140,6 +143,29 @@ def conditioning_use(run: Path, n: int = 1000, seed: int = 0) -> dict:
     return use
 
 
+def class_kept(run: Path, classifier: Path, n: int, seed: int, guidance: float, strength: float) -> dict:
+    """Does the model keep the class of the leaf image it is given, for the conditions it was trained
+    on (posterior: the test images' most probable leaf) and for those `sample` mode gives it (prior
+    root samples)? Per kind: the judge's mean confidence on the VAE images (how clear their class
+    is) and the share of DDPM images given the same class as their own VAE image."""
+    from structgen.data.run_data import labelled_test_split
+    from structgen.ddpm_api import open_sampler
+    from structgen.scoring.classifier import load_classifier
+    from structgen.scoring.predict import class_probabilities
+
+    runner, cfg, _, _ = open_sampler(run, (), seed, guidance=guidance, strength=strength)
+    clf, _ = load_classifier(classifier, expect_dataset=cfg.data.dataset,
+                             expect_shape=runner.conditioner.image_shape, device=runner.device)
+    test = labelled_test_split(cfg).images
+    kept = {}
+    for kind, result in (("posterior", runner.run("recons", n, seed, originals=test)),
+                         ("prior", runner.run("sample", n, seed))):
+        vae, ddpm = class_probabilities(clf, result["vae"]), class_probabilities(clf, result["images"])
+        kept[kind] = {"vae_confidence": float(vae.max(1).mean()),
+                      "kept": float((vae.argmax(1) == ddpm.argmax(1)).mean())}
+    return kept
+
+
 def print_table(table: list[dict]) -> None:
     def cell(line, m):
         return "–" if line[m] is None else f"{line[m]:.3f} ± {line[m + '_spread']:.3f}"
@@ -208,6 +234,8 @@ def main() -> None:
     parser.add_argument("--per-leaf", type=int, default=50, help="images per leaf for purity and agreement")
     parser.add_argument("--classifier", help="judging classifier (default: the dataset's --degrade one)")
     parser.add_argument("--out", default="runs/benchmarks/diffusion_study")
+    parser.add_argument("--kept", action="store_true",
+                        help="also: how often each run keeps its VAE image's class, posterior vs prior conditions")
     args = parser.parse_args()
     if args.ablation == bool(args.ddpm) or (args.ablation and not args.vae):
         parser.error("pass --ddpm RUN [RUN ...] to score trained runs, or --ablation --vae TREE_RUN to train them")
@@ -236,13 +264,22 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     use = {Path(run).name: conditioning_use(run) for run in runs}
+    kept = [{"run": Path(run).name, "guidance": w, "strength": s,
+             **class_kept(run, classifier, args.n, args.seeds[0], w, s)}
+            for run in runs for w in args.weights for s in args.strengths] if args.kept else []
     (out / "study.json").write_text(json.dumps({"classifier": str(classifier), "runs": [str(r) for r in runs],
-                                                "table": table, "conditioning_use": use}, indent=1))
+                                                "table": table, "conditioning_use": use, "class_kept": kept},
+                                               indent=1))
     print_table(table)
     print("\nε-loss on test images, condition present / dropped, by timestep quarter (t < T/4 first) and overall:")
     for name, losses in use.items():
         print(f"{name[:28]:28s} " + "  ".join(f"{c:.4f}/{d:.4f}" for c, d in zip(losses["conditioned"],
                                                                              losses["dropped"])))
+    if kept:
+        print("\nclass kept from the VAE image (judge's confidence on the VAE images), posterior vs prior conditions:")
+        for k in kept:
+            print(f"{k['run'][:28]:28s} w {k['guidance']:g} s {k['strength']:g}  " + "  ".join(
+                f"{kind} {k[kind]['kept']:.3f} ({k[kind]['vae_confidence']:.3f})" for kind in ("posterior", "prior")))
     print(f"figure: {measure_figure(table, 'guidance', out / 'guidance.png')}")
     if len(args.strengths) > 1:
         print(f"figure: {measure_figure(table, 'strength', out / 'strength.png')}")

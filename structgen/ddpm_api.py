@@ -197,7 +197,7 @@ def _check_guidance(guidance: float, state: dict, run) -> None:
                           f"(e.g. 0.1) to sample with guidance")
 
 
-def _open_sampler(run, overrides, seed, **flags):
+def open_sampler(run, overrides, seed, **flags):
     """(sampler, run config, checkpoint state, seed) to generate from the DDPM run ``run``: a bad
     path, then bad sampler options, are reported before any sampling."""
     from structgen.runtime.progress import Progress
@@ -223,7 +223,7 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
-    runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
+    runner, cfg, state, seed = open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
                                              guidance=guidance, leaf_choice=leaf_choice, strength=strength)
     opts, conditioner, d = runner.options, runner.conditioner, cfg.diffusion
     n = n or d.n_samples
@@ -260,7 +260,7 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
     if n < 2 or per_leaf < 1:
         raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
                           f"(got {n}, {per_leaf})")
-    runner, cfg, state, seed = _open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
+    runner, cfg, state, seed = open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
                                              guidance=guidance, strength=strength)
     opts, conditioner, dataset = runner.options, runner.conditioner, cfg.data.dataset
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)

@@ -10,6 +10,8 @@ from conftest import load_script
 from test_diffusion_train import TINY_DDPM
 
 from structgen.cli import main
+from structgen.config import load_config
+from structgen.ddpm_api import train_ddpm
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,21 @@ def test_the_ablation_trains_three_signals_alike_and_scores_them_over_guidance(s
     assert "purity" in printed and "agreement" in printed
     for figure in ("guidance.png", "strength.png", "compare_ddpm.png"):
         assert (out / figure).stat().st_size > 10_000, figure
+
+
+def test_class_kept_is_all_kept_when_sampling_starts_at_the_vae_image(study, vae_run, runs_dir, tmp_path):
+    """At a strength of 0.01 the DDPM walks only t = 0 from its own VAE image: every sample keeps
+    the VAE image's class, for posterior and prior conditions alike; from pure noise the tiny
+    model does not."""
+    clf = tmp_path / "synthetic.pt"
+    assert main(["train-classifier", "--dataset", "synthetic", "--epochs", "1", "--out", str(clf)]) == 0
+    run = train_ddpm(load_config(None, TINY_DDPM + [f"run.runs_dir={runs_dir}", "run.name=kept"]), vae_run)
+    near = study.module.class_kept(run, clf, n=16, seed=0, guidance=0.0, strength=0.01)
+    far = study.module.class_kept(run, clf, n=16, seed=0, guidance=0.0, strength=1.0)
+    for kind in ("posterior", "prior"):
+        assert near[kind]["kept"] == 1.0 and far[kind]["kept"] < 1.0
+        assert 0.0 < near[kind]["vae_confidence"] <= 1.0
+        assert near[kind]["vae_confidence"] == far[kind]["vae_confidence"]      # the same VAE images
 
 
 def test_rows_over_seeds_become_mean_and_half_range_with_one_treevae_row_per_run(study):

@@ -36,6 +36,11 @@ def predict_classes(classifier, images, batch_size: int = 500) -> np.ndarray:
     return _batched(classifier, images, batch_size, lambda x: classifier(x).argmax(1)).numpy()
 
 
+def class_probabilities(classifier, images, batch_size: int = 500) -> np.ndarray:
+    """(N, K) float64 softmax over the classes for every image."""
+    return _batched(classifier, images, batch_size, lambda x: classifier(x).softmax(1)).double().numpy()
+
+
 def classifier_features(classifier, images, batch_size: int = 500) -> np.ndarray:
     """(N, D) float64 penultimate-layer features (global-average-pooled last block)."""
     return _batched(classifier, images, batch_size, classifier.features).double().numpy()

@@ -11,10 +11,15 @@ CPU-sized UNet (benchmarks/diffusion_quality.py) and the reference-size one (con
 it prints, per thread count: the conditioning alone (ms per batch, both ways), the whole step
 (images/s, both ways), their ratios, and the conditioning's share of the old step. Timings
 interleave the two ways so that machine noise hits both alike; the best round is kept.
+
+With --unet-variants it then times the CPU-sized UNet's step alone (one fixed condition batch)
+as it is, on channels-last tensors, and through `torch.compile` (its compile time printed):
+the UNet side of a step, ratios against the plain one, interleaved in the same way.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -49,6 +54,48 @@ def seconds(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def unet_variants(conditioner: VAEConditioner, threads: list[int], rounds: int, repeats: int) -> None:
+    """The CPU-sized UNet's training step as is, channels-last and compiled, on one condition batch."""
+    d = load_config("configs/mnist.yml", CPU_DDPM).diffusion
+    base = ConditionalUNet.build(UNetSpec.from_config(d, conditioner.image_shape),
+                                 signal_spec(conditioner.kind, conditioner))
+    x01 = torch.rand(64, *conditioner.image_shape)
+    condition = lean_condition(conditioner, x01)
+    variants = {"plain": (copy.deepcopy(base), torch.contiguous_format),
+                "channels_last": (copy.deepcopy(base).to(memory_format=torch.channels_last), torch.channels_last)}
+    steps = {}
+    for name, (model, memory_format) in variants.items():
+        steps[name] = unet_step(model, NoiseSchedule.from_config(d), memory_format, x01, lambda: condition)
+    start = time.perf_counter()
+    steps["compiled"] = unet_step(torch.compile(copy.deepcopy(base)), NoiseSchedule.from_config(d),
+                                  torch.contiguous_format, x01, lambda: condition)
+    steps["compiled"]()                                   # the first call compiles
+    print(f"\nCPU-sized UNet step alone, batch 64: torch.compile took {time.perf_counter() - start:.0f} s")
+    print(f"{'threads':>7}" + "".join(f"{name + ' img/s':>22}" for name in steps) + "".join(
+        f"{name + ' ratio':>22}" for name in list(steps)[1:]))
+    for n in threads:
+        torch.set_num_threads(n)
+        best = {name: float("inf") for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                best[name] = min(best[name], seconds(step, repeats))
+        print(f"{n:>7}" + "".join(f"{64 / best[name]:>22.0f}" for name in steps) + "".join(
+            f"{best['plain'] / best[name]:>22.2f}" for name in list(steps)[1:]), flush=True)
+
+
+def unet_step(model, schedule, memory_format, x01, make_condition):
+    """One training step on x01 as a callable; ``make_condition()`` is timed inside it."""
+    process = DiffusionProcess(model, schedule, memory_format)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def run():
+        loss = process.loss(to_signed(x01), make_condition())[0].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vae", help="a TreeVAE run to condition on (default: an untrained 10-leaf tree)")
@@ -56,6 +103,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--conditioning", default="leaf", choices=("none", "leaf", "path"))
+    parser.add_argument("--unet-variants", action="store_true",
+                        help="also time the CPU-sized UNet's step plain, channels-last and compiled")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.vae:
@@ -71,17 +120,11 @@ def main() -> None:
         d = load_config("configs/mnist.yml", overrides).diffusion
         model = ConditionalUNet.build(UNetSpec.from_config(d, conditioner.image_shape),
                                       signal_spec(args.conditioning, conditioner))
-        process = DiffusionProcess(model, NoiseSchedule.from_config(d))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         x01 = torch.rand(batch, *conditioner.image_shape)
 
         def step(condition):
-            def run():
-                loss = process.loss(to_signed(x01), condition(conditioner, x01))[0].mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            return run
+            return unet_step(model, NoiseSchedule.from_config(d), torch.contiguous_format, x01,
+                             lambda: condition(conditioner, x01))
 
         print(f"\n{name}: {sum(p.numel() for p in model.parameters()):,} parameters, batch {batch}")
         print(f"{'threads':>7}{'cond full ms':>14}{'cond lean ms':>14}{'ratio':>7}"
@@ -97,6 +140,8 @@ def main() -> None:
             print(f"{threads:>7}{best['cf'] * 1e3:>14.0f}{best['cl'] * 1e3:>14.0f}{best['cf'] / best['cl']:>7.2f}"
                   f"{batch / best['sf']:>17.0f}{batch / best['sl']:>17.0f}{best['sf'] / best['sl']:>7.2f}"
                   f"{best['cf'] / best['sf']:>19.2f}", flush=True)
+    if args.unet_variants:
+        unet_variants(conditioner, args.threads, args.rounds, args.repeats)
 
 
 if __name__ == "__main__":

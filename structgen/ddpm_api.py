@@ -224,7 +224,7 @@ def sample(run: str | Path, mode: str, n: int | None = None, *, sampler: str | N
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     runner, cfg, state, seed = open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
-                                             guidance=guidance, leaf_choice=leaf_choice, strength=strength)
+                                            guidance=guidance, leaf_choice=leaf_choice, strength=strength)
     opts, conditioner, d = runner.options, runner.conditioner, cfg.diffusion
     n = n or d.n_samples
     test = load_run_data(cfg).test if mode.startswith("recons") else None
@@ -261,7 +261,7 @@ def score_ddpm(run: str | Path, *, classifier: str | Path | None = None, n: int 
         raise ConfigError(f"--n must be >= 2 (a Fréchet distance needs a covariance) and --per-leaf >= 1 "
                           f"(got {n}, {per_leaf})")
     runner, cfg, state, seed = open_sampler(run, overrides, seed, sampler=sampler, steps=steps, eta=eta,
-                                             guidance=guidance, strength=strength)
+                                            guidance=guidance, strength=strength)
     opts, conditioner, dataset = runner.options, runner.conditioner, cfg.data.dataset
     clf_path = Path(classifier) if classifier else default_classifier_path(dataset)
     clf, clf_meta = load_classifier(clf_path, expect_dataset=dataset, expect_shape=conditioner.image_shape,

@@ -122,9 +122,9 @@ def main() -> None:
                                       signal_spec(args.conditioning, conditioner))
         x01 = torch.rand(batch, *conditioner.image_shape)
 
-        def step(condition):
-            return unet_step(model, NoiseSchedule.from_config(d), torch.contiguous_format, x01,
-                             lambda: condition(conditioner, x01))
+        step_full, step_lean = (unet_step(model, NoiseSchedule.from_config(d), torch.contiguous_format, x01,
+                                          lambda condition=condition: condition(conditioner, x01))
+                                for condition in (full_condition, lean_condition))
 
         print(f"\n{name}: {sum(p.numel() for p in model.parameters()):,} parameters, batch {batch}")
         print(f"{'threads':>7}{'cond full ms':>14}{'cond lean ms':>14}{'ratio':>7}"
@@ -135,8 +135,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 best["cf"] = min(best["cf"], seconds(lambda: full_condition(conditioner, x01), args.repeats))
                 best["cl"] = min(best["cl"], seconds(lambda: lean_condition(conditioner, x01), args.repeats))
-                best["sf"] = min(best["sf"], seconds(step(full_condition), args.repeats))
-                best["sl"] = min(best["sl"], seconds(step(lean_condition), args.repeats))
+                best["sf"] = min(best["sf"], seconds(step_full, args.repeats))
+                best["sl"] = min(best["sl"], seconds(step_lean, args.repeats))
             print(f"{threads:>7}{best['cf'] * 1e3:>14.0f}{best['cl'] * 1e3:>14.0f}{best['cf'] / best['cl']:>7.2f}"
                   f"{batch / best['sf']:>17.0f}{batch / best['sl']:>17.0f}{best['sf'] / best['sl']:>7.2f}"
                   f"{best['cf'] / best['sf']:>19.2f}", flush=True)

@@ -20,16 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ddpm_step import unet_step
 
 from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.ddpm_api import load_ddpm, train_ddpm
 from structgen.diffusion.conditioning import ConditionalUNet, SignalEmbedding
 from structgen.diffusion.modes import DiffusionSampler, SamplerOptions
-from structgen.diffusion.process import DiffusionProcess
 from structgen.diffusion.schedule import NoiseSchedule
 from structgen.diffusion.unet import UNet, UNetSpec
-from structgen.diffusion.vae_condition import to_signed
 from structgen.data.run_data import load_run_data
 
 DATA = ["data.dataset=synthetic", "data.train_subset=512", "data.test_subset=64", "run.progress=plain"]
@@ -57,17 +56,9 @@ def reference_size_step(conditioner, batch: int, repeats: int) -> tuple[float, f
     torch.manual_seed(0)
     spec = UNetSpec(conditioner.image_shape, dim=64, attn_resolutions=[])
     model = ConditionalUNet(UNet(spec), SignalEmbedding("leaf", spec.emb_dim, conditioner.n_leaves))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-    process = DiffusionProcess(model, NoiseSchedule())
     x01 = torch.rand(batch, *conditioner.image_shape)
-
-    def step():
-        cond = conditioner.posterior_condition(x01, "sample")      # as DDPMTrainer.train_step conditions
-        loss = process.loss(to_signed(x01), cond)[0].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
+    step = unet_step(model, NoiseSchedule(), torch.contiguous_format, x01,
+                     lambda: conditioner.posterior_condition(x01, "sample"))     # as DDPMTrainer.train_step conditions
     step()
     start = time.perf_counter()
     for _ in range(repeats):

@@ -148,7 +148,7 @@ def class_kept(run: Path, classifier: Path, n: int, seed: int, guidance: float, 
     on (posterior: the test images' most probable leaf) and for those `sample` mode gives it (prior
     root samples)? Per kind: the judge's mean confidence on the VAE images (how clear their class
     is) and the share of DDPM images given the same class as their own VAE image."""
-    from structgen.data.run_data import labelled_test_split
+    from structgen.data.run_data import run_test_split
     from structgen.ddpm_api import open_sampler
     from structgen.scoring.classifier import load_classifier
     from structgen.scoring.predict import class_probabilities
@@ -156,7 +156,7 @@ def class_kept(run: Path, classifier: Path, n: int, seed: int, guidance: float, 
     runner, cfg, _, _ = open_sampler(run, (), seed, guidance=guidance, strength=strength)
     clf, _ = load_classifier(classifier, expect_dataset=cfg.data.dataset,
                              expect_shape=runner.conditioner.image_shape, device=runner.device)
-    test = labelled_test_split(cfg).images
+    test = run_test_split(cfg).images                    # no labels needed: the judge names the classes
     kept = {}
     for kind, result in (("posterior", runner.run("recons", n, seed, originals=test)),
                          ("prior", runner.run("sample", n, seed))):
@@ -235,7 +235,8 @@ def main() -> None:
     parser.add_argument("--classifier", help="judging classifier (default: the dataset's --degrade one)")
     parser.add_argument("--out", default="runs/benchmarks/diffusion_study")
     parser.add_argument("--kept", action="store_true",
-                        help="also: how often each run keeps its VAE image's class, posterior vs prior conditions")
+                        help="also: how often each run keeps its VAE image's class, posterior vs prior conditions "
+                             "(first --seeds seed, --n images each)")
     args = parser.parse_args()
     if args.ablation == bool(args.ddpm) or (args.ablation and not args.vae):
         parser.error("pass --ddpm RUN [RUN ...] to score trained runs, or --ablation --vae TREE_RUN to train them")

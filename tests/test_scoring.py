@@ -320,3 +320,15 @@ def test_the_labelled_test_split_is_the_runs_test_split_without_reading_the_trai
     assert splits == ["test"]
     assert np.array_equal(test.images, expected.images) and np.array_equal(test.labels, expected.labels)
     assert run_data.labelled_test_split(load_config("configs/mnist.yml", ["data.num_clusters_data=3"])) is None
+
+
+def test_the_run_test_split_keeps_the_runs_class_subset():
+    """Unlike labelled_test_split, run_test_split answers with data.num_clusters_data too: the
+    run's own test images, relabelled as the run sees them."""
+    from structgen.config import load_config
+    from structgen.data import run_data
+
+    cfg = load_config("configs/mnist.yml", ["data.num_clusters_data=3", "data.test_subset=200", "run.seed=5"])
+    test, expected = run_data.run_test_split(cfg), run_data.load_run_data(cfg).test
+    assert np.array_equal(test.images, expected.images) and np.array_equal(test.labels, expected.labels)
+    assert set(np.unique(test.labels)) <= {0, 1, 2}

@@ -62,16 +62,23 @@ def load_run_data(cfg) -> RunData:
     return RunData(_subset(train, d.train_subset, seed), _subset(test, d.test_subset, seed + 1))
 
 
+def run_test_split(cfg):
+    """The run's test split as load_run_data gives it (same seed, classes and subset), read
+    without the training images unless data.num_clusters_data needs their classes; labels as the
+    dataset has them (None when unlabelled)."""
+    d, seed = cfg.data, cfg.run.seed
+    if d.num_clusters_data:
+        return load_run_data(cfg).test
+    test = load_split(d.dataset, "test", d.data_dir, seed=seed, test_fraction=d.test_fraction, data_cfg=d)
+    return _subset(test, d.test_subset, seed + 1)
+
+
 def labelled_test_split(cfg):
     """The run's test split with labels in the dataset's own classes (what its classifier
     predicts), or None: unlabelled data, or data.num_clusters_data renumbered the labels."""
-    d, seed = cfg.data, cfg.run.seed
-    if d.num_clusters_data:
+    if cfg.data.num_clusters_data:
         return None
-    # The test split alone, taken as load_run_data takes it (same seed and subset), without
-    # reading the training images.
-    test = load_split(d.dataset, "test", d.data_dir, seed=seed, test_fraction=d.test_fraction, data_cfg=d)
-    test = _subset(test, d.test_subset, seed + 1)
+    test = run_test_split(cfg)
     return test if test.labels is not None else None
 
 

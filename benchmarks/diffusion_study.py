@@ -13,6 +13,7 @@ test set, generation purity, agreement (the share of a leaf's images given the c
 images that leaf holds), each as the mean and half-range over the sampling --seeds. The TreeVAE's
 own row comes from the same root samples. For each seed every run, weight and strength sees the
 same root samples and the same noise, so rows differ only in the model, w and the start strength.
+Each row also keeps its per-leaf purity (each leaf's mean over seeds in study.json, and printed).
 Then, per run, the ε-loss on 1,000 test images with the condition present and dropped, by quarter
 of the timestep range: how much the model leans on its condition, and where; with --kept, per run,
 w and strength, how often a DDPM image keeps the class of its own VAE image when the condition is a
@@ -83,7 +84,8 @@ def score_rows(runs: list[Path], weights: list[float], seeds: list[int], classif
                     for model in ("vae", "diffusion"):
                         rows.append({"run": Path(run).name, "conditioning": meta["conditioning"], "model": model,
                                      "guidance": w, "strength": strength, "seed": seed, "step": meta["step"],
-                                     **{m: scores[model][m] for m in MEASURES}})
+                                     **{m: scores[model][m] for m in MEASURES},
+                                     "leaf_purity": [float(p) for p in scores[model]["leaf_purity"]]})
     return rows
 
 
@@ -104,6 +106,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             values = np.array([r[m] for r in members if r[m] is not None], dtype=np.float64)
             line[m] = float(values.mean()) if len(values) else None
             line[f"{m}_spread"] = float(np.ptp(values) / 2) if len(values) else None
+        per_leaf = [r["leaf_purity"] for r in members if r.get("leaf_purity") is not None]
+        line["leaf_purity"] = np.mean(per_leaf, axis=0).round(4).tolist() if per_leaf else None
         table.append(line)
     return table
 
@@ -170,13 +174,20 @@ def print_table(table: list[dict]) -> None:
     def cell(line, m):
         return "–" if line[m] is None else f"{line[m]:.3f} ± {line[m + '_spread']:.3f}"
 
+    def settings(line):                                  # w and strength, blank for the TreeVAE's rows
+        return "".join(f" {'' if line[k] is None else f'{line[k]:g}':>{width}s}"
+                       for k, width in (("guidance", 4), ("strength", 5)))
+
     print(f"{'run':28s} {'signal':6s} {'model':9s} {'w':>4s} {'start':>5s} {'purity':>15s} {'agreement':>15s} "
           f"{'CFD':>15s}")
     for line in table:
-        w = "" if line["guidance"] is None else f"{line['guidance']:g}"
-        s = "" if line["strength"] is None else f"{line['strength']:g}"
-        print(f"{line['run'][:28]:28s} {line['conditioning']:6s} {line['model']:9s} {w:>4s} {s:>5s} "
+        print(f"{line['run'][:28]:28s} {line['conditioning']:6s} {line['model']:9s}{settings(line)} "
               + " ".join(f"{cell(line, m):>15s}" for m in MEASURES))
+    print("\nper-leaf purity (leaves in the tree's order, mean over seeds):")
+    for line in table:
+        if line.get("leaf_purity") is not None:
+            print(f"{line['run'][:28]:28s} {line['model']:9s}{settings(line)}  "
+                  + " ".join(f"{p:.2f}" for p in line["leaf_purity"]))
 
 
 AXES = {"guidance": ("strength", "guidance weight w"),
@@ -261,7 +272,7 @@ def main() -> None:
     table = summarise(rows)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "study.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "leaf_purity"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     use = {Path(run).name: conditioning_use(run) for run in runs}

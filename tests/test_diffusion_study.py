@@ -11,7 +11,7 @@ from test_diffusion_train import TINY_DDPM
 
 from structgen.cli import main
 from structgen.config import load_config
-from structgen.ddpm_api import train_ddpm
+from structgen.ddpm_api import load_ddpm, train_ddpm
 from structgen.diffusion import ddpm_checkpoint as ddpm_ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,12 @@ def test_the_ablation_trains_three_signals_alike_and_scores_them_over_guidance(s
     # how much each model leans on its condition: ε-loss with it present and dropped, 4 quarters + all
     for use in study["conditioning_use"].values():
         assert len(use["conditioned"]) == len(use["dropped"]) == 5 and min(use["dropped"]) > 0
+    n_leaves = load_ddpm(runs["leaf"])[1].n_leaves
+    assert "leaf_purity" not in rows[0]                                  # a list: in study.json, not the CSV
     for t in table:
         assert 0 <= t["purity"] <= 1 and t["agreement"] is not None and 0 <= t["agreement"] <= 1
+        assert t["leaf_purity"] and all(0 <= p <= 1 for p in t["leaf_purity"])
+        assert len(t["leaf_purity"]) == n_leaves
         assert t["cfd"] >= 0 and t["cfd_spread"] >= 0
     # guidance and the start strength change what a model draws from the same noise
     leaf = {(t["guidance"], t["strength"]): t for t in diffusion if t["conditioning"] == "leaf"}
@@ -92,15 +96,20 @@ def test_class_kept_is_all_kept_when_sampling_starts_at_the_vae_image(study, vae
 
 def test_rows_over_seeds_become_mean_and_half_range_with_one_treevae_row_per_run(study):
     rows = [{"run": "a", "conditioning": "leaf", "model": model, "guidance": w, "strength": 1.0, "seed": seed,
-             "purity": p, "agreement": None, "cfd": c}
-            for model, w, seed, p, c in [("vae", 0.0, 0, 0.5, 50.0), ("diffusion", 0.0, 0, 0.3, 20.0),
-                                         ("vae", 0.0, 1, 0.7, 54.0), ("diffusion", 0.0, 1, 0.4, 30.0),
-                                         ("vae", 2.0, 0, 0.5, 50.0), ("diffusion", 2.0, 0, 0.6, 24.0)]]
+             "purity": p, "agreement": None, "cfd": c, "leaf_purity": leaves}
+            for model, w, seed, p, c, leaves in [("vae", 0.0, 0, 0.5, 50.0, [0.5, 0.5]),
+                                                 ("diffusion", 0.0, 0, 0.3, 20.0, [0.2, 0.6]),
+                                                 ("vae", 0.0, 1, 0.7, 54.0, [0.7, 0.7]),
+                                                 ("diffusion", 0.0, 1, 0.4, 30.0, [0.4, 0.8]),
+                                                 ("vae", 2.0, 0, 0.5, 50.0, [0.5, 0.5]),
+                                                 ("diffusion", 2.0, 0, 0.6, 24.0, [0.9, 0.3])]]
     table = {(t["model"], t["guidance"]): t for t in study.module.summarise(rows)}
     assert set(table) == {("vae", None), ("diffusion", 0.0), ("diffusion", 2.0)}
     assert table["vae", None]["purity"] == pytest.approx(0.6) and table["vae", None]["purity_spread"] == pytest.approx(0.1)
     assert table["diffusion", 0.0]["cfd"] == 25.0 and table["diffusion", 0.0]["cfd_spread"] == 5.0
     assert table["diffusion", 2.0]["seeds"] == 1 and table["diffusion", 2.0]["agreement"] is None
+    assert table["diffusion", 0.0]["leaf_purity"] == pytest.approx([0.3, 0.7])     # each leaf's mean over seeds
+    assert table["diffusion", 2.0]["leaf_purity"] == pytest.approx([0.9, 0.3])
 
 
 def test_the_study_refuses_bad_input_before_any_work(study, tmp_path, capsys):

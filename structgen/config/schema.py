@@ -116,6 +116,9 @@ class TrainingConfig:
     num_epochs_smalltree: int = option(150, "epochs per sub-tree while growing", min=0)
     num_epochs_intermediate_fulltrain: int = option(80, "full-tree epochs every 3 splits", min=0)
     num_epochs_finetuning: int = option(200, "final full-tree epochs after pruning", min=0)
+    budget_minutes: float = option(0.0, "0 = train the epochs above; > 0 = scale the four epoch counts by one factor "
+                                        "(proportions kept, each >= 1) to fit this many minutes of training, "
+                                        "predicted from a few timed steps (evaluation not included)", min=0.0)
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
     grow: bool = option(True, "grow the tree beyond the initial depth")
     prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")

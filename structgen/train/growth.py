@@ -8,6 +8,7 @@ from rank 0 as a guard, so every rank holds the same topology.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
+from structgen.train.budget import finetuning_epochs, plan_schedule
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
@@ -42,6 +44,8 @@ class GrowthState:
     phase: dict | None = None
     before_finetuning: dict = field(default_factory=dict)   # leaf -> {"share", "mass"} when finetuning began
     round: list[dict] | None = None    # parallel growth: the sub-tree phases of the round under way
+    epochs: dict | None = None         # training.budget_minutes: the planned epoch counts by key
+    seconds_trained: float = 0.0       # wall seconds of this run so far, counted at every checkpoint
 
 
 class TreeTrainer:
@@ -64,6 +68,9 @@ class TreeTrainer:
         self.loaders = run_loaders(cfg)
         self.runner = PhaseRunner(cfg.training, cfg.run, ctx, self.model, data.train.images, data.train.labels,
                                   self.loaders, log, progress, self._checkpoint)
+        self._clock = time.monotonic()
+        if resume is None and cfg.training.budget_minutes > 0:
+            self.state.epochs = self._plan_budget()
 
     @property
     def _contrastive(self) -> bool:
@@ -73,6 +80,45 @@ class TreeTrainer:
     @property
     def checkpoint_path(self) -> Path:
         return last_checkpoint(self.ctx.run_dir)
+
+    def _plan_budget(self) -> dict[str, int]:
+        """Epoch counts scaled to training.budget_minutes, planned once (a resumed run keeps them)."""
+        plan = plan_schedule(self.cfg, self.ctx, self.model.spec, self.data.train.images, self.data.train.labels,
+                             self.loaders)
+        plan = self.ctx.broadcast_object(plan)          # the ranks timed their own steps: use rank 0's
+        self.log_event("budget_plan", **plan)
+        if self.ctx.is_main:
+            e = plan["epochs"]
+            self.progress.line(
+                f"budget {plan['budget_minutes']:g} min: epochs {e['num_epochs']}/{e['num_epochs_smalltree']}/"
+                f"{e['num_epochs_intermediate_fulltrain']}/{e['num_epochs_finetuning']} (initial/sub-tree/"
+                f"intermediate/finetuning), predicted {plan['predicted_total_minutes']:.1f} min of training")
+        return plan["epochs"]
+
+    def _replan_finetuning(self) -> None:
+        """Fit the finetuning to what growth left of the budget (it fills or gives back the
+        difference between the plan's prediction and what growth really took)."""
+        self._count_time()
+        left = self.cfg.training.budget_minutes * 60 - self.state.seconds_trained
+        fit = finetuning_epochs(self.cfg, self.ctx, self.model, self.data.train.images, self.data.train.labels,
+                                self.loaders, left)
+        fit = self.ctx.broadcast_object(fit)
+        planned = self.state.epochs["num_epochs_finetuning"]
+        self.state.epochs["num_epochs_finetuning"] = fit["epochs"]
+        self.log_event("budget_replan", planned=planned, **fit)
+        if self.ctx.is_main:
+            self.progress.line(f"budget: {fit['minutes_left']:.1f} min left, {fit['epoch_seconds'] / 60:.2f} min per "
+                               f"epoch of the {fit['leaves']}-leaf tree: {fit['epochs']} finetuning epochs "
+                               f"(planned {planned})")
+
+    def _count_time(self) -> None:
+        now = time.monotonic()
+        self.state.seconds_trained += now - self._clock
+        self._clock = now
+
+    def epochs(self, key: str) -> int:
+        """Epochs of the phase behind training.<key>: the budget's plan, else the config's."""
+        return self.state.epochs[key] if self.state.epochs else getattr(self.cfg.training, key)
 
     # ---- the schedule ----------------------------------------------------------------------
     def run(self) -> TreeVAE:
@@ -85,7 +131,8 @@ class TreeTrainer:
             elif self.state.round is not None:
                 self._run_round()
             elif self.state.stage == "initial":
-                self._start(Phase("initial", "full", 0, t.num_epochs, t.kl_start, t.decay_kl), next_stage="grow")
+                self._start(Phase("initial", "full", 0, self.epochs("num_epochs"), t.kl_start, t.decay_kl),
+                            next_stage="grow")
             elif self.state.stage == "grow":
                 self._grow_step()
             elif self.state.stage == "prune":
@@ -93,14 +140,16 @@ class TreeTrainer:
                 self.state.stage = "finetune"
                 self._checkpoint(None, None)
             elif self.state.stage == "finetune":
-                e = t.num_epochs_finetuning
+                if self.state.epochs and self.state.epochs["num_epochs_finetuning"] > 0:
+                    self._replan_finetuning()
+                e = self.epochs("num_epochs_finetuning")
                 self._start(Phase("finetune", "full", 0, e, t.kl_start, finetune_decay(e),
                                   warmup_epochs=t.retrain_warmup_epochs, lr_factor=t.finetune_lr_factor),
                             next_stage="final_prune")
             elif self.state.stage == "final_prune":
                 # The finetuning can starve a branch that held real mass before it (MNIST: two
                 # leaves went from 9.4 % and 8.1 % to 0.0 %); such a leaf must not stay in the tree.
-                if t.prune and t.prune_after_finetuning and t.num_epochs_finetuning > 0:
+                if t.prune and t.prune_after_finetuning and self.epochs("num_epochs_finetuning") > 0:
                     self._prune(after_finetuning=True)
                 self.state.stage = "done"
                 self._checkpoint(None, None)
@@ -146,10 +195,10 @@ class TreeTrainer:
         # Every 3 splits; a parallel round may step over a multiple of 3, so compare thirds.
         last_retrain = s.intermediate_done_at[-1] if s.intermediate_done_at else 0
         if (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
-                and t.num_epochs_intermediate_fulltrain > 0):
+                and self.epochs("num_epochs_intermediate_fulltrain") > 0):
             s.intermediate_done_at.append(s.splits)
             self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
-                              t.num_epochs_intermediate_fulltrain, t.kl_start, t.decay_kl,
+                              self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
                               warmup_epochs=t.retrain_warmup_epochs))
             return
         chosen = self.ctx.broadcast_object(self._choose_leaves())
@@ -159,7 +208,8 @@ class TreeTrainer:
         phases = []
         for leaf, subset in chosen:
             s.grow_iterations += 1
-            phases.append(Phase(f"subtree-{s.splits + len(phases) + 1}", "subtree", 0, t.num_epochs_smalltree,
+            phases.append(Phase(f"subtree-{s.splits + len(phases) + 1}", "subtree", 0,
+                                self.epochs("num_epochs_smalltree"),
                                 t.kl_start, t.decay_kl, leaf=leaf, subset=subset))
         if len(phases) == 1:        # one leaf to split: every worker trains it, resumable by the epoch
             self._start(phases[0])
@@ -301,6 +351,7 @@ class TreeTrainer:
     def _checkpoint(self, phase: Phase | None, pstate: PhaseState | None) -> None:
         if phase is not None:
             self.state.phase = phase.to_dict()
+        self._count_time()
         state = {
             "format": TREE_FORMAT,
             "config": config_to_dict(self.cfg),

@@ -134,7 +134,7 @@ class PhaseRunner:
         while phase.epoch < phase.epochs:
             loader.set_epoch(phase.epoch)
             self.ctx.seed_noise(self.seed, phase.index * 100_003 + phase.epoch)
-            self._train_mode(phase, state)
+            self.train_mode(phase, state)
             alpha, lr = state.annealer.alpha, state.optimizer.param_groups[0]["lr"]
             sums = self._epoch(phase, state, loader, step_fn)
             state.scheduler.step()
@@ -145,7 +145,7 @@ class PhaseRunner:
                 self.checkpoint(phase, state)
             maybe_die(phase.name, phase.epoch, self.ctx.rank)
 
-    def _train_mode(self, phase: Phase, state: PhaseState) -> None:
+    def train_mode(self, phase: Phase, state: PhaseState) -> None:
         if phase.kind == "subtree":
             self.model.eval()             # frozen: BN uses running stats, as in the reference
             state.subtree.train()

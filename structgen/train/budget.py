@@ -1,0 +1,213 @@
+"""`training.budget_minutes`: the configured schedule, scaled to fit a wall-clock budget.
+
+The four epoch keys keep their proportions (the profiles carry the reference's 150/150/80/200)
+and are multiplied by one factor, each rounded and at least 1, the largest factor whose
+predicted training time fits the budget. The prediction comes from a few timed steps of
+throwaway models built like the run's (the initial tree, a tree of `num_clusters_tree` leaves,
+a sub-tree below its deepest leaf) on the run's own batches, so it holds for this machine,
+thread count, precision and batch size. The random state is put back afterwards: a budgeted run
+trains exactly as the same epochs set by hand would.
+
+What it cannot know in advance is how growth goes; it assumes `num_clusters_tree` leaves are
+reached one split at a time, each sub-tree training on about 1.5/m of the images when the tree
+has m leaves (the largest leaf's members). The plan and its prediction per part go to
+metrics.jsonl (`budget_plan`), so a run's real minutes can be held against them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from structgen.errors import ConfigError
+from structgen.models.elbo import total_loss
+from structgen.models.treevae import SubTree, TreeVAE
+from structgen.runtime.checkpoint_io import rng_state, set_rng_state
+from structgen.runtime.leaf_probabilities import leaf_probabilities
+from structgen.train.phase import Phase, PhaseRunner, PhaseState
+from structgen.tree.topology import Tree
+
+EPOCH_KEYS = ("num_epochs", "num_epochs_smalltree", "num_epochs_intermediate_fulltrain", "num_epochs_finetuning")
+SUBSET_SHARE = 1.5          # a split leaf's members, as a multiple of N / (leaves in the tree)
+WARMUP_STEPS, TIMED_STEPS = 1, 3
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """Seconds per training image on one rank."""
+    full_first: float       # a full-tree step of the initial tree
+    full_last: float        # a full-tree step with num_clusters_tree leaves
+    subtree: float          # a sub-tree step below a leaf of the full-size tree
+    routing: float          # a routing pass (split selection), no gradients
+
+    def full(self, leaves: int, first: int, last: int) -> float:
+        """A full-tree step at ``leaves``, linear between the two measured sizes."""
+        if last <= first:
+            return self.full_last
+        share = (leaves - first) / (last - first)
+        return self.full_first + share * (self.full_last - self.full_first)
+
+
+@dataclass(frozen=True)
+class GrowthShape:
+    """What the schedule will do, as far as it can be told before it runs."""
+    images: int             # training images per rank and epoch
+    first_leaves: int       # leaves of the initial tree
+    last_leaves: int        # num_clusters_tree
+    splits: int             # sub-trees trained
+    intermediates: bool     # training.intermediate_fulltrain
+
+    @classmethod
+    def of_run(cls, t, images: int, world_size: int) -> "GrowthShape":
+        first = 2 ** t.initial_depth
+        splits = min(max(t.num_clusters_tree - first, 0), t.max_grow_iterations) if t.grow else 0
+        return cls(images=-(-images // world_size), first_leaves=first, last_leaves=max(first + splits, first),
+                   splits=splits, intermediates=t.intermediate_fulltrain)
+
+
+def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape) -> dict[str, float]:
+    """Seconds per part of the schedule for these epoch counts."""
+    n, first, last = shape.images, shape.first_leaves, shape.last_leaves
+    subtree_images = sum(min(1.0, SUBSET_SHARE / m) * n for m in range(first, first + shape.splits))
+    # the grow loop retrains the full tree after every third split (growth.py _grow_step)
+    retrain_leaves = [first + 3 * j for j in range(1, shape.splits // 3 + 1)] if shape.intermediates else []
+    return {
+        "initial": epochs["num_epochs"] * n * costs.full(first, first, last),
+        "subtrees": epochs["num_epochs_smalltree"] * subtree_images * costs.subtree,
+        "split selection": (shape.splits + 1) * n * costs.routing if shape.splits else 0.0,
+        "intermediate": sum(epochs["num_epochs_intermediate_fulltrain"] * n * costs.full(m, first, last)
+                            for m in retrain_leaves),
+        "finetuning": epochs["num_epochs_finetuning"] * n * costs.full_last,
+    }
+
+
+def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
+    """Each configured count times ``factor``, rounded, at least 1; a 0 stays 0 (the phase is off)."""
+    return {k: max(1, round(v * factor)) if v > 0 else 0 for k, v in configured.items()}
+
+
+def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
+                 where: str = "training.budget_minutes") -> dict[str, int]:
+    """The epochs of the largest scale factor whose predicted time fits ``budget_s``."""
+    def seconds(factor: float) -> float:
+        return sum(predicted_seconds(scale_epochs(configured, factor), costs, shape).values())
+
+    smallest = seconds(0.0)
+    if smallest > budget_s:
+        raise ConfigError(f"{where} = {budget_s / 60:g}: one epoch of every phase is predicted to take "
+                          f"{smallest / 60:.1f} min on this machine; raise the budget, or train on fewer images "
+                          f"(data.train_subset) or a smaller tree (training.num_clusters_tree)")
+    low, high = 0.0, 1.0
+    while seconds(high) <= budget_s and high < 1e6:
+        low, high = high, high * 2
+    for _ in range(50):          # the time is a step function of the factor: bisect to its last step
+        middle = (low + high) / 2
+        low, high = (middle, high) if seconds(middle) <= budget_s else (low, middle)
+    return scale_epochs(configured, low)
+
+
+def _grown_tree(first_depth: int, leaves: int, depth_limit: int) -> Tree:
+    """A tree of ``leaves`` leaves grown from the initial one, shallowest leaf first."""
+    tree = Tree.complete(first_depth)
+    while len(tree.leaves()) < leaves:
+        splittable = [leaf for leaf in tree.leaves() if Tree.depth(leaf) < depth_limit]
+        if not splittable:
+            break
+        tree = tree.attach(min(splittable, key=lambda leaf: (Tree.depth(leaf), leaf)))
+    return tree
+
+
+def _seconds_per_image(runner: PhaseRunner, phase: Phase, subtree: SubTree | None = None) -> float:
+    """Train steps of ``phase`` (warm-up, then timed), in the run's precision, on its batches."""
+    trained = subtree if subtree is not None else runner.model
+    state = PhaseState(torch.optim.Adam(trained.parameters(), lr=runner.t.lr), None, None, subtree)
+    objective = runner.objective(phase, state)
+    runner.train_mode(phase, state)
+    images, start = 0, time.perf_counter()
+    for step, (x, _, _) in enumerate(runner.loader(phase)):
+        if step == WARMUP_STEPS:
+            images, start = 0, time.perf_counter()
+        with runner.precision.autocast():
+            terms = objective(runner.precision.batch(x))
+            loss = total_loss(terms, 0.5, terms.get("aug"))
+        state.optimizer.zero_grad(set_to_none=True)
+        runner.precision.backward(loss)
+        runner.precision.step(state.optimizer)
+        images += x.shape[0] // (2 if runner.t.augment else 1)     # dataset images: a batch holds two views
+    return (time.perf_counter() - start) / images
+
+
+def _routing_seconds_per_image(model: TreeVAE, train_images, batch_size: int, ctx) -> float:
+    images = train_images[:min(len(train_images), batch_size)]
+    leaf_probabilities(model, images, ctx, batch_size)                # warm-up
+    start = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        leaf_probabilities(model, images, ctx, batch_size)
+    return (time.perf_counter() - start) / (TIMED_STEPS * len(images))
+
+
+def _probe_subset(t, world_size: int, n_images: int) -> list[int]:
+    per_rank = t.batch_size // world_size // (2 if t.augment else 1)
+    return list(range(min(n_images, per_rank * (WARMUP_STEPS + TIMED_STEPS))))
+
+
+def measure_step_costs(cfg, ctx, spec, train_images, train_labels, loaders) -> StepCosts:
+    """Time a few steps of throwaway models built like the run's; the random state is kept.
+
+    Every rank calls it (the routing pass gathers across ranks, as the real one does); the
+    ranks' clocks differ, so the caller uses rank 0's plan."""
+    t = cfg.training
+    saved = rng_state()
+    try:
+        probe = _probe_subset(t, ctx.world_size, len(train_images))
+        shape = GrowthShape.of_run(t, len(train_images), ctx.world_size)
+        costs = {}
+        for name, leaves in (("full_first", shape.first_leaves), ("full_last", shape.last_leaves)):
+            model = TreeVAE(spec, _grown_tree(t.initial_depth, leaves, cfg.depth_limit)).to(ctx.device)
+            runner = PhaseRunner(t, cfg.run, ctx, model, train_images, train_labels, loaders, None, None, None)
+            costs[name] = _seconds_per_image(runner, Phase("probe", "full", 0, 1, 0.0, 0.0, subset=probe))
+        deepest = max(model.tree.leaves(), key=lambda leaf: (Tree.depth(leaf), leaf))
+        if Tree.depth(deepest) < cfg.depth_limit:
+            subtree = SubTree(model, deepest).to(ctx.device)
+            costs["subtree"] = _seconds_per_image(
+                runner, Phase("probe", "subtree", 0, 1, 0.0, 0.0, leaf=deepest, subset=probe), subtree)
+        else:          # nothing to split below the deepest leaf: no sub-tree would train there either
+            costs["subtree"] = costs["full_first"]
+        costs["routing"] = _routing_seconds_per_image(model, train_images, cfg.evaluation.batch_size, ctx)
+        return StepCosts(**costs)
+    finally:
+        set_rng_state(saved)
+
+
+def finetuning_epochs(cfg, ctx, model: TreeVAE, train_images, train_labels, loaders, seconds_left: float) -> dict:
+    """The finetuning's epochs re-fitted to what is left of the budget, at least 1: growth may
+    have taken more or less than predicted, and the grown tree's step is timed here on a copy
+    of it (the model and the random state are left as they were)."""
+    saved = rng_state()
+    try:
+        copy = TreeVAE.from_state(model.to_state()).to(ctx.device)
+        runner = PhaseRunner(cfg.training, cfg.run, ctx, copy, train_images, train_labels, loaders, None, None, None)
+        probe = _probe_subset(cfg.training, ctx.world_size, len(train_images))
+        per_image = _seconds_per_image(runner, Phase("probe", "full", 0, 1, 0.0, 0.0, subset=probe))
+    finally:
+        set_rng_state(saved)
+    epoch_s = per_image * -(-len(train_images) // ctx.world_size)
+    return {"epochs": max(1, int(seconds_left // epoch_s)), "minutes_left": round(seconds_left / 60, 2),
+            "epoch_seconds": round(epoch_s, 3), "leaves": len(model.tree.leaves())}
+
+
+def plan_schedule(cfg, ctx, spec, train_images, train_labels, loaders) -> dict:
+    """The budgeted epochs (by key), the measured costs and the predicted minutes per part."""
+    t = cfg.training
+    start = time.perf_counter()
+    costs = measure_step_costs(cfg, ctx, spec, train_images, train_labels, loaders)
+    shape = GrowthShape.of_run(t, len(train_images), ctx.world_size)
+    probe_s = time.perf_counter() - start
+    configured = {k: getattr(t, k) for k in EPOCH_KEYS}
+    epochs = fit_schedule(configured, t.budget_minutes * 60 - probe_s, costs, shape)
+    predicted = predicted_seconds(epochs, costs, shape)
+    return {"epochs": epochs, "configured": configured, "budget_minutes": t.budget_minutes,
+            "probe_minutes": round(probe_s / 60, 3), "seconds_per_image": asdict(costs),
+            "predicted_minutes": {k: round(v / 60, 2) for k, v in predicted.items()},
+            "predicted_total_minutes": round(sum(predicted.values()) / 60 + probe_s / 60, 2)}

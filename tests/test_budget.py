@@ -1,0 +1,141 @@
+"""`training.budget_minutes`: the configured schedule scaled to a wall-clock budget."""
+import pytest
+import torch
+from conftest import SYNTHETIC_FAST
+
+import structgen.train.phase as phase_module
+from structgen.api import train_tree
+from structgen.config import load_config
+from structgen.errors import ConfigError
+from structgen.runtime.metrics_log import read_metrics
+from structgen.runtime.tree_checkpoint import load_model
+from structgen.train.budget import EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, predicted_seconds, scale_epochs
+
+REFERENCE = dict(zip(EPOCH_KEYS, (150, 150, 80, 200)))
+COSTS = StepCosts(full_first=1e-3, full_last=3e-3, subtree=5e-4, routing=1e-4)
+SHAPE = GrowthShape(images=60000, first_leaves=2, last_leaves=10, splits=8, intermediates=True)
+
+
+def total(epochs, shape=SHAPE):
+    return sum(predicted_seconds(epochs, COSTS, shape).values())
+
+
+def test_scaling_keeps_the_proportions_at_least_one_epoch_and_phases_that_are_off():
+    assert scale_epochs(REFERENCE, 0.034) == dict(zip(EPOCH_KEYS, (5, 5, 3, 7)))
+    off = {**REFERENCE, "num_epochs_intermediate_fulltrain": 0}
+    assert scale_epochs(off, 0.0) == dict(zip(EPOCH_KEYS, (1, 1, 0, 1)))
+
+
+def test_the_prediction_follows_the_growth_schedule():
+    one = dict.fromkeys(EPOCH_KEYS, 1)
+    parts = predicted_seconds(one, COSTS, SHAPE)
+    assert parts["initial"] == pytest.approx(60000 * 1e-3)
+    assert parts["finetuning"] == pytest.approx(60000 * 3e-3)
+    # retrained after splits 3 and 6: at 5 and 8 leaves, full-tree cost linear in the leaves
+    assert parts["intermediate"] == pytest.approx(60000 * ((1e-3 + 3 / 8 * 2e-3) + (1e-3 + 6 / 8 * 2e-3)))
+    assert parts["split selection"] == pytest.approx(9 * 60000 * 1e-4)
+    assert 0 < parts["subtrees"] < 8 * 60000 * 5e-4       # each sub-tree sees part of the images
+    no_growth = GrowthShape(images=60000, first_leaves=2, last_leaves=2, splits=0, intermediates=True)
+    assert predicted_seconds(one, COSTS, no_growth)["subtrees"] == 0
+    assert predicted_seconds(one, COSTS, no_growth)["intermediate"] == 0
+
+
+@pytest.mark.parametrize("minutes", [20, 45, 300])
+def test_the_fitted_schedule_is_the_largest_of_its_proportions_that_fits(minutes):
+    budget = minutes * 60
+    epochs = fit_schedule(REFERENCE, budget, COSTS, SHAPE)
+    # walking the factor up in small steps, the fitted schedule is the last one that fits
+    fitting = [e for e in (scale_epochs(REFERENCE, i / 10_000) for i in range(5000)) if total(e) <= budget]
+    assert epochs == fitting[-1]
+    assert total(epochs) > 0.8 * budget
+
+
+def test_a_budget_below_one_epoch_per_phase_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"training.budget_minutes = 0.5: one epoch of every phase is predicted "
+                                          r"to take \d+\.\d min"):
+        fit_schedule(REFERENCE, 30, COSTS, SHAPE)
+
+
+def budget_cfg(tmp_path, *extra):
+    return load_config(None, SYNTHETIC_FAST + ["data.train_subset=300", "data.test_subset=100",
+                                               "evaluation.baselines=false", f"run.runs_dir={tmp_path}", *extra])
+
+
+def phase_epochs(run_dir) -> dict[str, int]:
+    return {r["phase"]: r["epochs"] for r in read_metrics(run_dir) if r["event"] == "epoch"}
+
+
+def planned(run_dir) -> tuple[dict, dict]:
+    """The run's budget_plan record and the epochs it trained: the plan's, with the finetuning's
+    re-fitted when it began (budget_replan)."""
+    records = read_metrics(run_dir)
+    plans = [r for r in records if r["event"] == "budget_plan"]
+    replans = [r for r in records if r["event"] == "budget_replan"]
+    assert len(plans) == 1 and len(replans) == 1
+    assert replans[0]["planned"] == plans[0]["epochs"]["num_epochs_finetuning"] and replans[0]["epochs"] >= 1
+    return plans[0], {**plans[0]["epochs"], "num_epochs_finetuning": replans[0]["epochs"]}
+
+
+def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, one_torch_thread):
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", "training.budget_minutes=0.2"), evaluate=False)
+    plan, epochs = planned(run_dir)
+    assert set(plan["predicted_minutes"]) == {"initial", "subtrees", "split selection", "intermediate", "finetuning"}
+    assert plan["predicted_total_minutes"] <= 0.2 and plan["configured"]["num_epochs"] == 8
+    ran = phase_epochs(run_dir)
+    assert ran["initial"] == epochs["num_epochs"] and ran["finetune"] == epochs["num_epochs_finetuning"]
+    assert {e for p, e in ran.items() if p.startswith("subtree")} == {epochs["num_epochs_smalltree"]}
+    assert {e for p, e in ran.items() if p.startswith("intermediate")} <= {epochs["num_epochs_intermediate_fulltrain"]}
+
+    by_hand = [f"training.{k}={v}" for k, v in epochs.items()]
+    hand_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=hand", *by_hand), evaluate=False)
+    budgeted, manual = load_model(run_dir)[0], load_model(hand_dir)[0]
+    assert budgeted.tree == manual.tree
+    for (name, a), b in zip(budgeted.state_dict().items(), manual.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
+    cfg = budget_cfg(tmp_path, "run.name=stop", "training.budget_minutes=0.2")
+    real = phase_module.maybe_die
+
+    def stop_after_first_subtree_epoch(phase, epoch, rank):
+        if phase == "subtree-1" and epoch == 1:
+            raise KeyboardInterrupt
+        real(phase, epoch, rank)
+
+    monkeypatch.setattr(phase_module, "maybe_die", stop_after_first_subtree_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_tree(cfg, evaluate=False)
+    monkeypatch.setattr(phase_module, "maybe_die", real)
+    run_dir, _ = train_tree(cfg, resume=True, evaluate=False)
+    _, epochs = planned(run_dir)
+    ran = phase_epochs(run_dir)
+    assert ran["initial"] == epochs["num_epochs"] and ran["subtree-1"] == epochs["num_epochs_smalltree"]
+    assert ran["finetune"] == epochs["num_epochs_finetuning"]
+    with pytest.raises(Exception, match="training.budget_minutes"):
+        train_tree(budget_cfg(tmp_path, "run.name=stop", "training.budget_minutes=0.5"), resume=True)
+
+
+def test_the_finetuning_is_refitted_on_a_copy_of_the_grown_tree(tmp_path, one_torch_thread):
+    from structgen.data.loaders import run_loaders
+    from structgen.data.run_data import load_run_data
+    from structgen.runtime.context import Context
+    from structgen.train.budget import finetuning_epochs
+
+    cfg = budget_cfg(tmp_path)
+    data = load_run_data(cfg)
+    model = load_model(train_tree(budget_cfg(tmp_path, "run.name=grown", "training.num_epochs=1",
+                                             "training.num_epochs_smalltree=1", "training.num_epochs_finetuning=0",
+                                             "training.num_epochs_intermediate_fulltrain=0"), evaluate=False)[0])[0]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    args = (cfg, Context(run_dir=tmp_path), model, data.train.images, data.train.labels, run_loaders(cfg))
+    torch.manual_seed(5)
+    nothing_left = finetuning_epochs(*args, seconds_left=0.0)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after)                      # the random state is put back
+    assert nothing_left["epochs"] == 1 and nothing_left["leaves"] == len(model.tree.leaves())
+    hour = finetuning_epochs(*args, seconds_left=3600.0)
+    assert hour["epochs"] == pytest.approx(3600 / hour["epoch_seconds"], rel=0.01)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name

@@ -9,7 +9,9 @@ from structgen.config import load_config
 from structgen.errors import ConfigError
 from structgen.runtime.metrics_log import read_metrics
 from structgen.runtime.tree_checkpoint import load_model
-from structgen.train.budget import EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, predicted_seconds, scale_epochs
+from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, next_growth_seconds,
+                                    predicted_seconds, scale_epochs)
+from structgen.train.growth import TreeTrainer
 
 REFERENCE = dict(zip(EPOCH_KEYS, (150, 150, 80, 200)))
 COSTS = StepCosts(full_first=1e-3, full_last=3e-3, subtree=5e-4, routing=1e-4)
@@ -38,6 +40,20 @@ def test_the_prediction_follows_the_growth_schedule():
     no_growth = GrowthShape(images=60000, first_leaves=2, last_leaves=2, splits=0, intermediates=True)
     assert predicted_seconds(one, COSTS, no_growth)["subtrees"] == 0
     assert predicted_seconds(one, COSTS, no_growth)["intermediate"] == 0
+
+
+def test_the_next_growth_step_is_a_split_or_the_intermediate_full_train_due():
+    epochs = dict(zip(EPOCH_KEYS, (1, 2, 3, 4)))
+    split = next_growth_seconds(epochs, COSTS, SHAPE, leaves=6, intermediate_due=False)
+    assert split == pytest.approx(60000 * 1e-4 + 2 * 60000 * (1.5 / 6) * 5e-4)    # routing, then the sub-tree
+    retrain = next_growth_seconds(epochs, COSTS, SHAPE, leaves=6, intermediate_due=True)
+    assert retrain == pytest.approx(3 * 60000 * (1e-3 + 4 / 8 * 2e-3))
+    # the schedule's own prediction is the sum of such steps
+    parts = predicted_seconds(epochs, COSTS, SHAPE)
+    steps = sum(next_growth_seconds(epochs, COSTS, SHAPE, m, False) for m in range(2, 10))
+    steps += sum(next_growth_seconds(epochs, COSTS, SHAPE, m, True) for m in (5, 8))
+    assert steps == pytest.approx(parts["subtrees"] + parts["intermediate"] + parts["split selection"]
+                                  - 60000 * 1e-4)         # the loop's last routing pass finds nothing to split
 
 
 @pytest.mark.parametrize("minutes", [20, 45, 300])
@@ -76,7 +92,10 @@ def planned(run_dir) -> tuple[dict, dict]:
     return plans[0], {**plans[0]["epochs"], "num_epochs_finetuning": replans[0]["epochs"]}
 
 
-def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, one_torch_thread):
+def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, monkeypatch,
+                                                                              one_torch_thread):
+    # whether growth meets its deadline depends on this machine's clock: tested on its own below
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, intermediate_due: False)
     run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", "training.budget_minutes=0.2"), evaluate=False)
     plan, epochs = planned(run_dir)
     assert set(plan["predicted_minutes"]) == {"initial", "subtrees", "split selection", "intermediate", "finetuning"}
@@ -92,6 +111,28 @@ def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(t
     assert budgeted.tree == manual.tree
     for (name, a), b in zip(budgeted.state_dict().items(), manual.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_growth_ends_when_its_next_step_would_take_the_finetunings_share(tmp_path, monkeypatch, one_torch_thread):
+    real = TreeTrainer._count_time
+
+    def initial_phase_ran_long(self):         # the clock of a machine slower than the plan assumed
+        real(self)
+        if self.state.stage == "grow" and self.state.splits == 0:
+            self.state.seconds_trained = max(self.state.seconds_trained, self.state.growth_deadline - 1e-3)
+
+    monkeypatch.setattr(TreeTrainer, "_count_time", initial_phase_ran_long)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=late", "training.budget_minutes=0.2"), evaluate=False)
+    records = read_metrics(run_dir)
+    plan = next(r for r in records if r["event"] == "budget_plan")
+    stop = [r for r in records if r["event"] == "budget_stop"]
+    assert len(stop) == 1 and stop[0]["next_step"] == "split" and stop[0]["splits"] == 0
+    assert stop[0]["minutes_trained"] + stop[0]["next_step_minutes"] > stop[0]["deadline_minutes"]
+    assert stop[0]["deadline_minutes"] == pytest.approx(
+        plan["budget_minutes"] - plan["predicted_minutes"]["finetuning"], abs=0.01)
+    ran = phase_epochs(run_dir)
+    assert not any(p.startswith(("subtree", "intermediate")) for p in ran) and ran["finetune"] >= 1
+    assert len(load_model(run_dir)[0].tree.leaves()) <= 2
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):

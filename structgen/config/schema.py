@@ -118,7 +118,8 @@ class TrainingConfig:
     num_epochs_finetuning: int = option(200, "final full-tree epochs after pruning", min=0)
     budget_minutes: float = option(0.0, "0 = train the epochs above; > 0 = scale the four epoch counts by one factor "
                                         "(proportions kept, each >= 1) to fit this many minutes of training, "
-                                        "predicted from a few timed steps (evaluation not included)", min=0.0)
+                                        "predicted from a few timed steps (evaluation not included); growth ends early "
+                                        "rather than take the finetuning's share", min=0.0)
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
     grow: bool = option(True, "grow the tree beyond the initial depth")
     prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")

@@ -12,6 +12,11 @@ What it cannot know in advance is how growth goes; it assumes `num_clusters_tree
 reached one split at a time, each sub-tree training on about 1.5/m of the images when the tree
 has m leaves (the largest leaf's members). The plan and its prediction per part go to
 metrics.jsonl (`budget_plan`), so a run's real minutes can be held against them.
+
+Growth can still run longer than planned (Fashion-MNIST: 12 splits where 8 were foreseen, when
+new leaves stay under the effective-leaf threshold). So the plan also sets growth a deadline,
+the budget less the planned finetuning, and the grow loop ends early (`budget_stop`) when what
+it would do next is predicted to end past it: the finetuning keeps its planned share.
 """
 from __future__ import annotations
 
@@ -80,6 +85,17 @@ def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthSha
                             for m in retrain_leaves),
         "finetuning": epochs["num_epochs_finetuning"] * n * costs.full_last,
     }
+
+
+def next_growth_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape, leaves: int,
+                        intermediate_due: bool) -> float:
+    """Seconds of the grow loop's next step at ``leaves`` leaves: the intermediate full-train
+    when one is due, else one split (choosing its leaf, then training its sub-tree)."""
+    n = shape.images
+    if intermediate_due:
+        return epochs["num_epochs_intermediate_fulltrain"] * n * costs.full(leaves, shape.first_leaves,
+                                                                            shape.last_leaves)
+    return n * costs.routing + epochs["num_epochs_smalltree"] * min(1.0, SUBSET_SHARE / leaves) * n * costs.subtree
 
 
 def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
@@ -207,7 +223,10 @@ def plan_schedule(cfg, ctx, spec, train_images, train_labels, loaders) -> dict:
     configured = {k: getattr(t, k) for k in EPOCH_KEYS}
     epochs = fit_schedule(configured, t.budget_minutes * 60 - probe_s, costs, shape)
     predicted = predicted_seconds(epochs, costs, shape)
+    # counted from the trainer's start, probe included, as GrowthState.seconds_trained is
+    growth_deadline_s = t.budget_minutes * 60 - predicted["finetuning"]
     return {"epochs": epochs, "configured": configured, "budget_minutes": t.budget_minutes,
             "probe_minutes": round(probe_s / 60, 3), "seconds_per_image": asdict(costs),
+            "growth_deadline_minutes": round(growth_deadline_s / 60, 3),
             "predicted_minutes": {k: round(v / 60, 2) for k, v in predicted.items()},
             "predicted_total_minutes": round(sum(predicted.values()) / 60 + probe_s / 60, 2)}

@@ -23,7 +23,7 @@ from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
-from structgen.train.budget import finetuning_epochs, plan_schedule
+from structgen.train.budget import GrowthShape, StepCosts, finetuning_epochs, next_growth_seconds, plan_schedule
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
@@ -45,6 +45,8 @@ class GrowthState:
     before_finetuning: dict = field(default_factory=dict)   # leaf -> {"share", "mass"} when finetuning began
     round: list[dict] | None = None    # parallel growth: the sub-tree phases of the round under way
     epochs: dict | None = None         # training.budget_minutes: the planned epoch counts by key
+    growth_deadline: float | None = None   # ... and the seconds_trained at which growth must be over
+    step_costs: dict | None = None         # ... and the measured StepCosts it predicts growth with
     seconds_trained: float = 0.0       # wall seconds of this run so far, counted at every checkpoint
 
 
@@ -70,7 +72,7 @@ class TreeTrainer:
                                   self.loaders, log, progress, self._checkpoint)
         self._clock = time.monotonic()
         if resume is None and cfg.training.budget_minutes > 0:
-            self.state.epochs = self._plan_budget()
+            self._plan_budget()
 
     @property
     def _contrastive(self) -> bool:
@@ -81,8 +83,9 @@ class TreeTrainer:
     def checkpoint_path(self) -> Path:
         return last_checkpoint(self.ctx.run_dir)
 
-    def _plan_budget(self) -> dict[str, int]:
-        """Epoch counts scaled to training.budget_minutes, planned once (a resumed run keeps them)."""
+    def _plan_budget(self) -> None:
+        """Epoch counts scaled to training.budget_minutes and growth's deadline, planned once (a
+        resumed run keeps them)."""
         plan = plan_schedule(self.cfg, self.ctx, self.model.spec, self.data.train.images, self.data.train.labels,
                              self.loaders)
         plan = self.ctx.broadcast_object(plan)          # the ranks timed their own steps: use rank 0's
@@ -93,7 +96,32 @@ class TreeTrainer:
                 f"budget {plan['budget_minutes']:g} min: epochs {e['num_epochs']}/{e['num_epochs_smalltree']}/"
                 f"{e['num_epochs_intermediate_fulltrain']}/{e['num_epochs_finetuning']} (initial/sub-tree/"
                 f"intermediate/finetuning), predicted {plan['predicted_total_minutes']:.1f} min of training")
-        return plan["epochs"]
+        self.state.epochs = plan["epochs"]
+        self.state.growth_deadline = plan["growth_deadline_minutes"] * 60
+        self.state.step_costs = plan["seconds_per_image"]
+
+    def _budget_ends_growth(self, intermediate_due: bool) -> bool:
+        """True when the grow loop's next step is predicted to end past growth's deadline, so
+        that the finetuning would lose its planned share of the budget (rank 0 decides)."""
+        s = self.state
+        if s.growth_deadline is None:
+            return False
+        self._count_time()
+        shape = GrowthShape.of_run(self.cfg.training, len(self.data.train.images), self.ctx.world_size)
+        leaves = len(self.model.tree.leaves())
+        needed = next_growth_seconds(s.epochs, StepCosts(**s.step_costs), shape, leaves, intermediate_due)
+        late = self.ctx.broadcast_object(s.seconds_trained + needed > s.growth_deadline)
+        if late:
+            self.log_event("budget_stop", minutes_trained=round(s.seconds_trained / 60, 2),
+                           next_step_minutes=round(needed / 60, 2), deadline_minutes=round(s.growth_deadline / 60, 2),
+                           next_step="intermediate" if intermediate_due else "split", leaves=leaves, splits=s.splits)
+            if self.ctx.is_main:
+                self.progress.line(f"budget: growth ends at {leaves} leaves after {s.splits} splits, "
+                                   f"{s.seconds_trained / 60:.1f} min in: the next "
+                                   f"{'intermediate full-train' if intermediate_due else 'split'} "
+                                   f"({needed / 60:.1f} min) would end past growth's deadline "
+                                   f"({s.growth_deadline / 60:.1f} min), the rest is the finetuning's")
+        return late
 
     def _replan_finetuning(self) -> None:
         """Fit the finetuning to what growth left of the budget (it fills or gives back the
@@ -194,8 +222,12 @@ class TreeTrainer:
             return
         # Every 3 splits; a parallel round may step over a multiple of 3, so compare thirds.
         last_retrain = s.intermediate_done_at[-1] if s.intermediate_done_at else 0
-        if (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
-                and self.epochs("num_epochs_intermediate_fulltrain") > 0):
+        intermediate_due = (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
+                            and self.epochs("num_epochs_intermediate_fulltrain") > 0)
+        if self._budget_ends_growth(intermediate_due):
+            s.stage = "prune"
+            return
+        if intermediate_due:
             s.intermediate_done_at.append(s.splits)
             self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
                               self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,

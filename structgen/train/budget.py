@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 from structgen.errors import ConfigError
-from structgen.models.elbo import total_loss
 from structgen.models.treevae import SubTree, TreeVAE
 from structgen.runtime.checkpoint_io import rng_state, set_rng_state
 from structgen.runtime.leaf_probabilities import leaf_probabilities
@@ -144,12 +143,7 @@ def _seconds_per_image(runner: PhaseRunner, phase: Phase, subtree: SubTree | Non
     for step, (x, _, _) in enumerate(runner.loader(phase)):
         if step == WARMUP_STEPS:
             images, start = 0, time.perf_counter()
-        with runner.precision.autocast():
-            terms = objective(runner.precision.batch(x))
-            loss = total_loss(terms, 0.5, terms.get("aug"))
-        state.optimizer.zero_grad(set_to_none=True)
-        runner.precision.backward(loss)
-        runner.precision.step(state.optimizer)
+        runner.train_step(phase, state, objective, x, alpha=0.5)
         images += x.shape[0] // (2 if runner.t.augment else 1)     # dataset images: a batch holds two views
     return (time.perf_counter() - start) / images
 

@@ -166,13 +166,7 @@ class PhaseRunner:
             scale = warmup_scale(phase, i, n_batches)
             for group, lr in zip(state.optimizer.param_groups, base_lr):
                 group["lr"] = lr * scale
-            with self.precision.autocast():
-                terms = step_fn(self.precision.batch(x))
-                loss = total_loss(terms, alpha, terms.get("aug"))
-            self._check_finite(phase, loss, terms)
-            state.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss)
-            self.precision.step(state.optimizer)
+            loss, terms = self.train_step(phase, state, step_fn, x, alpha)
             one = sums.new_ones(())
             row = [terms[k].detach().double() if k in terms else one * 0 for k in TERMS] + [loss.detach().double(), one]
             sums += torch.cat([torch.stack(row), terms[LEAF_MASS].detach().double()]) * x.shape[0]
@@ -182,6 +176,19 @@ class PhaseRunner:
             group["lr"] = lr
         self._images_per_s = bar.images_per_s * self.ctx.world_size
         return sums
+
+    def train_step(self, phase: Phase, state: PhaseState, objective, x: torch.Tensor,
+                   alpha: float) -> tuple[torch.Tensor, dict]:
+        """One optimiser step on batch ``x``: the objective's terms, their total at KL weight
+        ``alpha`` in the run's precision, backward, step. Returns the loss and the terms."""
+        with self.precision.autocast():
+            terms = objective(self.precision.batch(x))
+            loss = total_loss(terms, alpha, terms.get("aug"))
+        self._check_finite(phase, loss, terms)
+        state.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        self.precision.step(state.optimizer)
+        return loss, terms
 
     def _check_finite(self, phase: Phase, loss: torch.Tensor, terms: dict) -> None:
         if torch.isfinite(loss):

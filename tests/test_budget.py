@@ -9,8 +9,8 @@ from structgen.config import load_config
 from structgen.errors import ConfigError
 from structgen.runtime.metrics_log import read_metrics
 from structgen.runtime.tree_checkpoint import load_model
-from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, next_growth_seconds,
-                                    predicted_seconds, scale_epochs)
+from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, intermediate_seconds,
+                                    predicted_seconds, scale_epochs, split_seconds)
 from structgen.train.growth import TreeTrainer
 
 REFERENCE = dict(zip(EPOCH_KEYS, (150, 150, 80, 200)))
@@ -42,18 +42,17 @@ def test_the_prediction_follows_the_growth_schedule():
     assert predicted_seconds(one, COSTS, no_growth)["intermediate"] == 0
 
 
-def test_the_next_growth_step_is_a_split_or_the_intermediate_full_train_due():
+def test_a_growth_steps_prediction_is_its_sub_trees_or_its_intermediate_full_train():
     epochs = dict(zip(EPOCH_KEYS, (1, 2, 3, 4)))
-    split = next_growth_seconds(epochs, COSTS, SHAPE, leaves=6, intermediate_due=False)
-    assert split == pytest.approx(60000 * 1e-4 + 2 * 60000 * (1.5 / 6) * 5e-4)    # routing, then the sub-tree
-    retrain = next_growth_seconds(epochs, COSTS, SHAPE, leaves=6, intermediate_due=True)
-    assert retrain == pytest.approx(3 * 60000 * (1e-3 + 4 / 8 * 2e-3))
-    # the schedule's own prediction is the sum of such steps
+    assert split_seconds(epochs, COSTS, [6001], world_size=2) == pytest.approx(2 * 3001 * 5e-4)   # the ranks share it
+    # a round: sub-tree j trained alone by rank j mod 2, so the slower rank holds subsets 0 and 2
+    assert split_seconds(epochs, COSTS, [4000, 3000, 1000], world_size=2) == pytest.approx(2 * 5000 * 5e-4)
+    assert intermediate_seconds(epochs, COSTS, SHAPE, 6) == pytest.approx(3 * 60000 * (1e-3 + 4 / 8 * 2e-3))
+    # the schedule's prediction is the sum of its steps
     parts = predicted_seconds(epochs, COSTS, SHAPE)
-    steps = sum(next_growth_seconds(epochs, COSTS, SHAPE, m, False) for m in range(2, 10))
-    steps += sum(next_growth_seconds(epochs, COSTS, SHAPE, m, True) for m in (5, 8))
-    assert steps == pytest.approx(parts["subtrees"] + parts["intermediate"] + parts["split selection"]
-                                  - 60000 * 1e-4)         # the loop's last routing pass finds nothing to split
+    assert parts["subtrees"] == pytest.approx(
+        sum(split_seconds(epochs, COSTS, [round(min(1, 1.5 / m) * 60000)], 1) for m in range(2, 10)))
+    assert parts["intermediate"] == pytest.approx(sum(intermediate_seconds(epochs, COSTS, SHAPE, m) for m in (5, 8)))
 
 
 @pytest.mark.parametrize("minutes", [20, 45, 300])
@@ -67,9 +66,16 @@ def test_the_fitted_schedule_is_the_largest_of_its_proportions_that_fits(minutes
 
 
 def test_a_budget_below_one_epoch_per_phase_is_refused_before_training():
-    with pytest.raises(ConfigError, match=r"training.budget_minutes = 0.5: one epoch of every phase is predicted "
-                                          r"to take \d+\.\d min"):
+    with pytest.raises(ConfigError, match=r"training.budget_minutes: 0.50 min to train in, and one epoch of every "
+                                          r"phase is predicted to take \d+\.\d min"):
         fit_schedule(REFERENCE, 30, COSTS, SHAPE)
+
+
+def test_a_run_whose_budget_fits_no_schedule_stops_before_training(tmp_path, one_torch_thread):
+    with pytest.raises(ConfigError, match=r"training.budget_minutes = 0.001, less \d+ s of timed steps: -?\d+\.\d\d "
+                                          r"min to train in"):
+        train_tree(budget_cfg(tmp_path, "run.name=tiny", "training.budget_minutes=0.001"), evaluate=False)
+    assert not list(tmp_path.rglob("*.pt"))           # no checkpoint: no phase began
 
 
 def budget_cfg(tmp_path, *extra):
@@ -95,7 +101,7 @@ def planned(run_dir) -> tuple[dict, dict]:
 def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, monkeypatch,
                                                                               one_torch_thread):
     # whether growth meets its deadline depends on this machine's clock: tested on its own below
-    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, intermediate_due: False)
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
     run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", "training.budget_minutes=0.2"), evaluate=False)
     plan, epochs = planned(run_dir)
     assert set(plan["predicted_minutes"]) == {"initial", "subtrees", "split selection", "intermediate", "finetuning"}

@@ -16,7 +16,8 @@ metrics.jsonl (`budget_plan`), so a run's real minutes can be held against them.
 Growth can still run longer than planned (Fashion-MNIST: 12 splits where 8 were foreseen, when
 new leaves stay under the effective-leaf threshold). So the plan also sets growth a deadline,
 the budget less the planned finetuning, and the grow loop ends early (`budget_stop`) when what
-it would do next is predicted to end past it: the finetuning keeps its planned share.
+it would do next (an intermediate full-train, or the sub-trees of the leaves it has chosen, on
+their real subsets) is predicted to end past it: the finetuning keeps its planned share.
 """
 from __future__ import annotations
 
@@ -73,28 +74,36 @@ class GrowthShape:
 def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape) -> dict[str, float]:
     """Seconds per part of the schedule for these epoch counts."""
     n, first, last = shape.images, shape.first_leaves, shape.last_leaves
-    subtree_images = sum(min(1.0, SUBSET_SHARE / m) * n for m in range(first, first + shape.splits))
+    # a split leaf's members, as about SUBSET_SHARE / m of the images when the tree has m leaves
+    subsets = [round(min(1.0, SUBSET_SHARE / m) * n) for m in range(first, first + shape.splits)]
     # the grow loop retrains the full tree after every third split (growth.py _grow_step)
     retrain_leaves = [first + 3 * j for j in range(1, shape.splits // 3 + 1)] if shape.intermediates else []
     return {
         "initial": epochs["num_epochs"] * n * costs.full(first, first, last),
-        "subtrees": epochs["num_epochs_smalltree"] * subtree_images * costs.subtree,
+        "subtrees": sum(split_seconds(epochs, costs, [size], 1) for size in subsets),
         "split selection": (shape.splits + 1) * n * costs.routing if shape.splits else 0.0,
-        "intermediate": sum(epochs["num_epochs_intermediate_fulltrain"] * n * costs.full(m, first, last)
-                            for m in retrain_leaves),
+        "intermediate": sum(intermediate_seconds(epochs, costs, shape, m) for m in retrain_leaves),
         "finetuning": epochs["num_epochs_finetuning"] * n * costs.full_last,
     }
 
 
-def next_growth_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape, leaves: int,
-                        intermediate_due: bool) -> float:
-    """Seconds of the grow loop's next step at ``leaves`` leaves: the intermediate full-train
-    when one is due, else one split (choosing its leaf, then training its sub-tree)."""
-    n = shape.images
-    if intermediate_due:
-        return epochs["num_epochs_intermediate_fulltrain"] * n * costs.full(leaves, shape.first_leaves,
-                                                                            shape.last_leaves)
-    return n * costs.routing + epochs["num_epochs_smalltree"] * min(1.0, SUBSET_SHARE / leaves) * n * costs.subtree
+def intermediate_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape, leaves: int) -> float:
+    """An intermediate full-train of a tree of ``leaves`` leaves."""
+    return (epochs["num_epochs_intermediate_fulltrain"] * shape.images
+            * costs.full(leaves, shape.first_leaves, shape.last_leaves))
+
+
+def split_seconds(epochs: dict[str, int], costs: StepCosts, subsets: list[int], world_size: int) -> float:
+    """Training the sub-trees of one growth step on subsets of these sizes: one sub-tree is
+    trained by every rank on its share; a round's sub-tree j by rank j mod world_size alone."""
+    if len(subsets) == 1:
+        per_rank = -(-subsets[0] // world_size)
+    else:
+        loads = [0] * world_size
+        for j, size in enumerate(subsets):
+            loads[j % world_size] += size
+        per_rank = max(loads)
+    return epochs["num_epochs_smalltree"] * per_rank * costs.subtree
 
 
 def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
@@ -104,14 +113,15 @@ def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
 
 def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
                  where: str = "training.budget_minutes") -> dict[str, int]:
-    """The epochs of the largest scale factor whose predicted time fits ``budget_s``."""
+    """The epochs of the largest scale factor whose predicted time fits ``budget_s``; ``where``
+    names the budget in the error when not even one epoch per phase fits."""
     def seconds(factor: float) -> float:
         return sum(predicted_seconds(scale_epochs(configured, factor), costs, shape).values())
 
     smallest = seconds(0.0)
     if smallest > budget_s:
-        raise ConfigError(f"{where} = {budget_s / 60:g}: one epoch of every phase is predicted to take "
-                          f"{smallest / 60:.1f} min on this machine; raise the budget, or train on fewer images "
+        raise ConfigError(f"{where}: {budget_s / 60:.2f} min to train in, and one epoch of every phase is "
+                          f"predicted to take {smallest / 60:.1f} min on this machine; raise the budget, or train on fewer images "
                           f"(data.train_subset) or a smaller tree (training.num_clusters_tree)")
     low, high = 0.0, 1.0
     while seconds(high) <= budget_s and high < 1e6:
@@ -215,7 +225,8 @@ def plan_schedule(cfg, ctx, spec, train_images, train_labels, loaders) -> dict:
     shape = GrowthShape.of_run(t, len(train_images), ctx.world_size)
     probe_s = time.perf_counter() - start
     configured = {k: getattr(t, k) for k in EPOCH_KEYS}
-    epochs = fit_schedule(configured, t.budget_minutes * 60 - probe_s, costs, shape)
+    epochs = fit_schedule(configured, t.budget_minutes * 60 - probe_s, costs, shape,
+                          where=f"training.budget_minutes = {t.budget_minutes:g}, less {probe_s:.0f} s of timed steps")
     predicted = predicted_seconds(epochs, costs, shape)
     # counted from the trainer's start, probe included, as GrowthState.seconds_trained is
     growth_deadline_s = t.budget_minutes * 60 - predicted["finetuning"]

@@ -23,7 +23,8 @@ from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay
-from structgen.train.budget import GrowthShape, StepCosts, finetuning_epochs, next_growth_seconds, plan_schedule
+from structgen.train.budget import (GrowthShape, StepCosts, finetuning_epochs, intermediate_seconds, plan_schedule,
+                                    split_seconds)
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
@@ -100,27 +101,31 @@ class TreeTrainer:
         self.state.growth_deadline = plan["growth_deadline_minutes"] * 60
         self.state.step_costs = plan["seconds_per_image"]
 
-    def _budget_ends_growth(self, intermediate_due: bool) -> bool:
-        """True when the grow loop's next step is predicted to end past growth's deadline, so
-        that the finetuning would lose its planned share of the budget (rank 0 decides)."""
+    def _budget_ends_growth(self, subsets: list[int] | None = None) -> bool:
+        """True when the grow loop's next step, the intermediate full-train due (``subsets``
+        None) or the sub-trees of the chosen leaves on subsets of these sizes, is predicted to end
+        past growth's deadline, taking from the finetuning its planned share of the budget (rank 0
+        decides)."""
         s = self.state
         if s.growth_deadline is None:
             return False
         self._count_time()
-        shape = GrowthShape.of_run(self.cfg.training, len(self.data.train.images), self.ctx.world_size)
-        leaves = len(self.model.tree.leaves())
-        needed = next_growth_seconds(s.epochs, StepCosts(**s.step_costs), shape, leaves, intermediate_due)
+        costs, leaves = StepCosts(**s.step_costs), len(self.model.tree.leaves())
+        if subsets is None:
+            shape = GrowthShape.of_run(self.cfg.training, len(self.data.train.images), self.ctx.world_size)
+            step, needed = "intermediate full-train", intermediate_seconds(s.epochs, costs, shape, leaves)
+        else:
+            step, needed = "split", split_seconds(s.epochs, costs, subsets, self.ctx.world_size)
         late = self.ctx.broadcast_object(s.seconds_trained + needed > s.growth_deadline)
         if late:
-            self.log_event("budget_stop", minutes_trained=round(s.seconds_trained / 60, 2),
+            self.log_event("budget_stop", minutes_trained=round(s.seconds_trained / 60, 2), next_step=step,
                            next_step_minutes=round(needed / 60, 2), deadline_minutes=round(s.growth_deadline / 60, 2),
-                           next_step="intermediate" if intermediate_due else "split", leaves=leaves, splits=s.splits)
+                           leaves=leaves, splits=s.splits)
             if self.ctx.is_main:
                 self.progress.line(f"budget: growth ends at {leaves} leaves after {s.splits} splits, "
-                                   f"{s.seconds_trained / 60:.1f} min in: the next "
-                                   f"{'intermediate full-train' if intermediate_due else 'split'} "
-                                   f"({needed / 60:.1f} min) would end past growth's deadline "
-                                   f"({s.growth_deadline / 60:.1f} min), the rest is the finetuning's")
+                                   f"{s.seconds_trained / 60:.1f} min in: the next {step} ({needed / 60:.1f} min) "
+                                   f"would end past growth's deadline ({s.growth_deadline / 60:.1f} min), "
+                                   f"the rest is the finetuning's")
         return late
 
     def _replan_finetuning(self) -> None:
@@ -222,19 +227,18 @@ class TreeTrainer:
             return
         # Every 3 splits; a parallel round may step over a multiple of 3, so compare thirds.
         last_retrain = s.intermediate_done_at[-1] if s.intermediate_done_at else 0
-        intermediate_due = (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
-                            and self.epochs("num_epochs_intermediate_fulltrain") > 0)
-        if self._budget_ends_growth(intermediate_due):
-            s.stage = "prune"
-            return
-        if intermediate_due:
+        if (t.intermediate_fulltrain and s.splits // 3 > last_retrain // 3
+                and self.epochs("num_epochs_intermediate_fulltrain") > 0):
+            if self._budget_ends_growth():
+                s.stage = "prune"
+                return
             s.intermediate_done_at.append(s.splits)
             self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
                               self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
                               warmup_epochs=t.retrain_warmup_epochs))
             return
         chosen = self.ctx.broadcast_object(self._choose_leaves())
-        if not chosen:
+        if not chosen or self._budget_ends_growth([len(subset) for _, subset in chosen]):
             s.stage = "prune"
             return
         phases = []

@@ -121,8 +121,8 @@ def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, 
     smallest = seconds(0.0)
     if smallest > budget_s:
         raise ConfigError(f"{where}: {budget_s / 60:.2f} min to train in, and one epoch of every phase is "
-                          f"predicted to take {smallest / 60:.1f} min on this machine; raise the budget, or train on fewer images "
-                          f"(data.train_subset) or a smaller tree (training.num_clusters_tree)")
+                          f"predicted to take {smallest / 60:.1f} min on this machine; raise the budget, or train on "
+                          f"fewer images (data.train_subset) or a smaller tree (training.num_clusters_tree)")
     low, high = 0.0, 1.0
     while seconds(high) <= budget_s and high < 1e6:
         low, high = high, high * 2

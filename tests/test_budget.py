@@ -141,6 +141,23 @@ def test_growth_ends_when_its_next_step_would_take_the_finetunings_share(tmp_pat
     assert len(load_model(run_dir)[0].tree.leaves()) <= 2
 
 
+def test_settling_the_grown_tree_keeps_to_growths_deadline(tmp_path, monkeypatch, one_torch_thread):
+    real = TreeTrainer._count_time
+
+    def first_split_ran_long(self):             # on time until the first split, then late
+        real(self)
+        if self.state.stage == "grow":
+            self.state.seconds_trained = 0.0 if self.state.splits == 0 else self.state.growth_deadline - 1e-3
+
+    monkeypatch.setattr(TreeTrainer, "_count_time", first_split_ran_long)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=settle", "training.budget_minutes=0.2",
+                                       "training.num_clusters_tree=3", "training.settle_rounds=1"), evaluate=False)
+    stop = [r for r in read_metrics(run_dir) if r["event"] == "budget_stop"]
+    assert len(stop) == 1 and stop[0]["next_step"] == "intermediate full-train" and stop[0]["splits"] == 1
+    ran = phase_epochs(run_dir)
+    assert not any(p.startswith("settle") for p in ran) and ran["finetune"] >= 1
+
+
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
     cfg = budget_cfg(tmp_path, "run.name=stop", "training.budget_minutes=0.2")
     real = phase_module.maybe_die

@@ -223,3 +223,43 @@ def test_a_leaf_the_finetuning_empties_is_pruned_and_logged_across_a_restart(tmp
     assert (record["share_before"], record["mass_before"]) == (before["share"], before["mass"])
     assert leaf not in record["tree"]
     assert f"== pruned {leaf}, emptied by the final finetuning" in capsys.readouterr().out
+
+
+def test_settling_grows_again_where_the_full_tree_empties_a_branch(tmp_path, capsys, one_torch_thread):
+    """training.settle_rounds: once growth is over, the full tree is retrained before the
+    finetuning; a branch that retrain empties (here: its parent's q-router forced to send it
+    nothing at the end of it) is replaced by growing again, and growth does not settle past the
+    configured rounds."""
+    from structgen.runtime.context import Context
+
+    cfg = small_cfg(tmp_path, "run.name=settle", "data.train_subset=1000", "training.num_epochs=4",
+                    "training.num_clusters_tree=3", "training.settle_rounds=1", "run.threads=1")
+    starved = {}
+
+    def on_epoch_end(record):
+        if record["phase"] != "settle-1" or record["epoch"] != record["epochs"]:
+            return
+        model = ctx.model
+        parent = next(p for p in model.tree.bfs() if p != "r" and model.tree.kind(p) == "internal")
+        starved["leaf"] = parent + "1"
+        last = model.router_q[parent].mlp[-1]
+        with torch.no_grad():                             # q(left) = 1: the right child gets nothing
+            last.weight.zero_()
+            last.bias.fill_(50.0)
+
+    ctx = Context(run_dir=tmp_path, on_epoch_end=on_epoch_end)
+    train_tree(cfg, ctx=ctx, evaluate=False)
+    run_dir = tmp_path / "synthetic" / "settle"
+    records = [r for r in read_metrics(run_dir) if r["event"] != "epoch"]
+    phases = [r["phase"] for r in records if r["event"] == "phase_end"]
+    assert phases == ["initial", "subtree-1", "settle-1", "subtree-2", "finetune"], phases
+    settled = next(i for i, r in enumerate(records) if r.get("phase") == "settle-1")
+    check = next(r for r in records[settled:] if r["event"] == "grow_check")
+    assert check["n_effective"] == 2                      # the starved leaf no longer counts
+    regrown = next(r for r in records[settled:] if r["event"] == "split")
+    assert regrown["leaf"] != starved["leaf"]
+    model, state = load_model(run_dir)
+    assert starved["leaf"] not in model.tree
+    assert any(r["event"] == "prune" and r["leaf"] == starved["leaf"] for r in records)
+    assert state["growth"]["settles"] == 1
+    assert "settling the full tree before the finetuning (round 1 of 1)" in capsys.readouterr().out

@@ -121,6 +121,10 @@ class TrainingConfig:
                                         "predicted from a few timed steps (evaluation not included); growth ends early "
                                         "rather than take the finetuning's share", min=0.0)
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
+    settle_rounds: int = option(0, "when growth is over with splits made since the last intermediate full-train: "
+                                    "retrain the full tree (num_epochs_intermediate_fulltrain epochs) and grow again "
+                                    "if that emptied leaves, at most this many times; 0 = stop growing at once (the "
+                                    "reference)", min=0)
     grow: bool = option(True, "grow the tree beyond the initial depth")
     prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")
     prune_after_finetuning: bool = option(True, "with prune: prune again after the final finetuning, removing leaves "

@@ -40,6 +40,7 @@ class GrowthState:
     splits: int = 0
     grow_iterations: int = 0
     intermediate_done_at: list[int] = field(default_factory=list)   # split counts already retrained at
+    settles: int = 0                                                 # training.settle_rounds used
     unexpandable: list[str] = field(default_factory=list)
     epochs_done: int = 0                                             # across phases: the TensorBoard step
     phase: dict | None = None
@@ -238,6 +239,12 @@ class TreeTrainer:
                               warmup_epochs=t.retrain_warmup_epochs))
             return
         chosen = self.ctx.broadcast_object(self._choose_leaves())
+        if not chosen and self._settle_due(last_retrain):
+            if self._budget_ends_growth():
+                s.stage = "prune"
+                return
+            self._settle()
+            return
         if not chosen or self._budget_ends_growth([len(subset) for _, subset in chosen]):
             s.stage = "prune"
             return
@@ -251,6 +258,27 @@ class TreeTrainer:
             self._start(phases[0])
         else:
             self._start_round(phases)
+
+    def _settle_due(self, last_retrain: int) -> bool:
+        """Growth is over, but leaves split since the last full-tree retrain have only been
+        trained as sub-trees; training.settle_rounds retrains the full tree first, so that a
+        branch it empties (a class growth had split across two branches) is grown again rather
+        than found dead after the finetuning."""
+        t, s = self.cfg.training, self.state
+        return (s.settles < t.settle_rounds and s.splits > last_retrain
+                and self.epochs("num_epochs_intermediate_fulltrain") > 0)
+
+    def _settle(self) -> None:
+        s = self.state
+        s.settles += 1
+        s.intermediate_done_at.append(s.splits)
+        if self.ctx.is_main:
+            self.progress.line(f"== growth is over after {s.splits} splits; settling the full tree before the "
+                               f"finetuning (round {s.settles} of {self.cfg.training.settle_rounds}), then growing "
+                               f"again if it empties leaves")
+        t = self.cfg.training
+        self._start(Phase(f"settle-{s.settles}", "full", 0, self.epochs("num_epochs_intermediate_fulltrain"),
+                          t.kl_start, t.decay_kl, warmup_epochs=t.retrain_warmup_epochs))
 
     def _choose_leaves(self) -> list[tuple[str, list[int]]]:
         """The expandable leaves with the most assigned training samples, most first, as many

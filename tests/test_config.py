@@ -107,6 +107,7 @@ def test_profiles_carry_reference_values():
             mnist.training.num_epochs_intermediate_fulltrain, mnist.training.num_epochs_finetuning) == (150, 150, 80, 200)
     assert fmnist.training.kl_start == 0.5 and fmnist.model.act_function == "leaky_relu"
     assert fmnist.model.spectral_norm == "reference"        # deliberately not the reference's FMNIST value (off)
+    assert mnist.training.settle_rounds == fmnist.training.settle_rounds == 2       # not the reference's 0 (README)
     assert cifar.model.encoder == "cnn2" and cifar.model.representation_dim == 4
     assert (cifar.model.latent_channels, cifar.model.bottom_up_channels, cifar.model.levels) == (64, 128, 7)
     assert cifar.training.aug_decisions_weight == 100 and cifar.training.num_epochs_finetuning == 0

@@ -148,3 +148,18 @@ def test_loader_shares_the_training_array_it_is_given_instead_of_copying_it():
     images[3] = 255
     x, _, idx = next(iter(TensorLoader(images, np.arange(8), 8, shuffle=False)))
     assert x[3].min() == 1.0
+
+
+def test_batches_are_plain_nchw_whatever_the_stored_strides():
+    """Grey images made with ``[:, None]`` carry a channel stride that also reads as channels-last;
+    a float batch of them must still be plain NCHW, or every convolution would run NHWC."""
+    from structgen.data.memory_loader import to_device_float
+
+    grey = np.arange(6 * 5 * 5, dtype=np.uint8).reshape(6, 5, 5)[:, None]
+    loader = TensorLoader(grey, np.zeros(6, dtype=np.int64), batch_size=4, shuffle=False)
+    x, _, _ = next(iter(loader))
+    plain = (25, 25, 5, 1)
+    assert torch.from_numpy(grey)[:4].float().stride() != plain      # what torch alone would give
+    assert x.stride() == plain
+    assert torch.equal(x, torch.from_numpy(grey[:4]).float() / 255)
+    assert to_device_float(torch.from_numpy(grey)[:4], "cpu").stride() == plain

@@ -35,6 +35,13 @@ def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
     return t
 
 
+def as_float_nchw(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """float32 in [0,1], laid out as plain NCHW whatever the stored strides. A grey image's
+    1-long channel axis can carry strides that also read as channels-last (an array made with
+    ``[:, None]``); torch's convolutions would then run NHWC and hand that on to every layer."""
+    return batch_uint8.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
 def to_device_float(batch_uint8: torch.Tensor, device) -> torch.Tensor:
     """A uint8 CPU batch as float32 in [0,1] on ``device``.
 
@@ -47,7 +54,7 @@ def to_device_float(batch_uint8: torch.Tensor, device) -> torch.Tensor:
         batch_uint8 = batch_uint8.pin_memory().to(device, non_blocking=True)
     else:
         batch_uint8 = batch_uint8.to(device)
-    return batch_uint8.float().div_(255.0)
+    return as_float_nchw(batch_uint8)
 
 
 class ShardedOrder:
@@ -155,6 +162,6 @@ class TensorLoader(ShardedOrder):
         bs = self.batch_size
         for b in range(self._num_batches):
             idx = shard[b * bs : (b + 1) * bs]
-            x = self.images[idx].float().div_(255.0)
+            x = as_float_nchw(self.images[idx])
             yield x, self.labels[idx], idx
         self.epoch += 1  # only reached after a complete pass

@@ -5,6 +5,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dense_conv import Conv2d
+
 ACTIVATIONS = ("swish", "leaky_relu", "relu")
 
 
@@ -20,9 +22,9 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
-def conv3x3(in_ch: int, out_ch: int, bias: bool = False, stride: int = 1) -> nn.Conv2d:
+def conv3x3(in_ch: int, out_ch: int, bias: bool = False, stride: int = 1) -> Conv2d:
     """3x3 convolution that keeps the spatial size at stride 1."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=bias)
+    return Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=bias)
 
 
 class ConvBlock(nn.Module):
@@ -81,7 +83,7 @@ class ResBlock(nn.Module):
         for a, b in ((fin, fin), (fin, hidden), (hidden, fout)):
             units += [nn.BatchNorm2d(a), make_activation(act), conv3x3(a, b, bias=True)]
         self.residual = nn.Sequential(*units)
-        self.skip = nn.Identity() if fin == fout else nn.Conv2d(fin, fout, kernel_size=1, bias=False)
+        self.skip = nn.Identity() if fin == fout else Conv2d(fin, fout, kernel_size=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.skip(x) + 0.1 * self.residual(x)

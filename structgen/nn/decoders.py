@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from .blocks import ResBlock, conv3x3, int_linspace, make_activation
+from .dense_conv import ConvTranspose2d
 from .encoders import log2_steps, small_cnn_schedule
 from .spectral import add_spectral_norm
 
@@ -29,7 +30,7 @@ class SmallCnnDecoder(nn.Sequential):
         for i in range(3):
             # A conv-transpose inverts the forward-conv size relation, so reuse it with sizes swapped.
             stride, kernel = small_cnn_schedule(sizes[i + 1], sizes[i])
-            layers.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel, stride=stride, padding=1, bias=False))
+            layers.append(ConvTranspose2d(chans[i], chans[i + 1], kernel, stride=stride, padding=1, bias=False))
             if i < 2:
                 layers += [nn.BatchNorm2d(chans[i + 1]), make_activation(act)]
         super().__init__(*layers)
@@ -51,7 +52,7 @@ class ResNetDecoder(nn.Sequential):
         layers: list[nn.Module] = []
         for c0, c1 in zip(chans[:-1], chans[1:]):
             up = (
-                nn.ConvTranspose2d(c1, c1, kernel_size=4, stride=2, padding=1, bias=False)
+                ConvTranspose2d(c1, c1, kernel_size=4, stride=2, padding=1, bias=False)
                 if dim_mod_conv
                 else nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
             )

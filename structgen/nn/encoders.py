@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import ConvBlock, ResBlock, conv3x3, int_linspace, make_activation
+from .dense_conv import Conv2d
 
 ENCODERS = ("cnn1", "cnn2")
 
@@ -46,7 +47,7 @@ class SmallCnnEncoder(nn.Sequential):
         for i in range(3):
             stride, kernel = small_cnn_schedule(sizes[i], sizes[i + 1])
             layers += [
-                nn.Conv2d(chans[i], chans[i + 1], kernel, stride=stride, padding=1, bias=False),
+                Conv2d(chans[i], chans[i + 1], kernel, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(chans[i + 1]),
                 make_activation(act),
             ]

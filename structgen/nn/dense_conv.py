@@ -1,0 +1,214 @@
+"""Convolutions run another way on CPU where oneDNN runs them slowly; the same math.
+
+A convolution with one group maps the input's C*H*W numbers to the output's linearly, and every
+entry of that matrix is one weight or zero. On 2 CPU threads (256 images) three of the
+CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolution:
+
+* small maps (the matrix has at most ``SMALL_MATRIX`` entries: every 3x3 conv on the 2x2
+  latents, the 7x7 stride-5 layers), where per-call overhead dominates: the matrix is gathered
+  from the weight through an index cached per geometry, and forward and backward are matrix
+  multiplies (forward + backward 0.35-0.55 -> 0.19-0.35 ms; 2.3 -> 1.2 ms).
+* a stride-1 transposed conv to at most ``FEW_CHANNELS`` channels (the leaf decoders' last
+  layer, 12x12, 6 -> 1), oneDNN's weakest case: its forward is a multiply by the matrix, read
+  as a strided view of the padded kernel (forward 33 -> 7 ms).
+* any other stride-1 transposed conv (the decoders' 12x12, 11 -> 6): its forward is the direct
+  convolution with the flipped kernel, which oneDNN runs well (forward 9.8 -> 6.9 ms).
+
+The two transposed kinds keep oneDNN's backward, which is fast for them. Each path computes the
+same linear map and gradients as torch's, with the sums taken in another order (float rounding;
+tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA, autocast, channels-last or
+non-contiguous input, groups and dilation take the native path, and so does everything inside
+``native_convolutions()``, which benchmarks and tests use for the plain procedure.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SMALL_MATRIX = 1 << 19
+FEW_CHANNELS = 3
+FEW_CHANNELS_MATRIX = 1 << 22
+
+_native_only = False
+
+
+@contextlib.contextmanager
+def native_convolutions() -> Iterator[None]:
+    """Every convolution of this module runs through torch's own kernels inside the block."""
+    global _native_only
+    before, _native_only = _native_only, True
+    try:
+        yield
+    finally:
+        _native_only = before
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix_index(weight_shape: tuple[int, ...], transposed: bool, stride: tuple[int, int],
+                  padding: tuple[int, int], output_padding: tuple[int, int],
+                  in_hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int, int]]:
+    """Positions into the flat weight, (in_features, out_features), with n = its size for a
+    zero; and the output's (C, H, W).
+
+    Found by running the convolution itself, in float64, on one-hot images with the weights
+    numbered 1..n: each output of a one-hot input is exactly one weight's number, or 0.
+    """
+    n = 1
+    for size in weight_shape:
+        n *= size
+    in_channels = weight_shape[0] if transposed else weight_shape[1]
+    in_features = in_channels * in_hw[0] * in_hw[1]
+    one_hot = torch.eye(in_features, dtype=torch.float64).view(in_features, in_channels, *in_hw)
+    numbered = torch.arange(1, n + 1, dtype=torch.float64).view(weight_shape)
+    if transposed:
+        out = F.conv_transpose2d(one_hot, numbered, stride=stride, padding=padding, output_padding=output_padding)
+    else:
+        out = F.conv2d(one_hot, numbered, stride=stride, padding=padding)
+    index = out.round().long().flatten(1) - 1
+    index[index < 0] = n
+    return index, tuple(out.shape[1:])
+
+
+def _gathered_matrix(weight: Tensor, index: Tensor) -> Tensor:
+    return torch.take(torch.cat([weight.reshape(-1), weight.new_zeros(1)]), index)
+
+
+class _SmallConvAsMatmul(torch.autograd.Function):
+    """y = x_flat @ M(weight), M gathered through ``index``; both gradients by multiplies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, index: Tensor, out_shape: tuple[int, int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight, index)
+        return (x.reshape(x.shape[0], index.shape[0]) @ _gathered_matrix(weight, index)).view(x.shape[0], *out_shape)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, index = ctx.saved_tensors
+        flat_grad = grad_out.reshape(grad_out.shape[0], index.shape[1])
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (flat_grad @ _gathered_matrix(weight, index).t()).view_as(x)
+        if ctx.needs_input_grad[1]:
+            grad_matrix = x.reshape(x.shape[0], index.shape[0]).t() @ flat_grad
+            # A weight's gradient is the sum over the matrix entries that hold it.
+            grad_w = torch.bincount(index.flatten(), grad_matrix.flatten(), minlength=weight.numel() + 1)
+            grad_w = grad_w[:-1].view_as(weight).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+def _transposed_matmul(x: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
+    """Stride-1 transposed conv as one multiply: with the input flipped, the matrix's entry for
+    (c_in, i', j') -> (c_out, o, p) is the kernel padded by H-1-pad at (o + i', p + j'), so the
+    matrix is a strided view of that padded kernel, copied once (no index to read)."""
+    batch, c_in, h, w = x.shape
+    c_out, k_h, k_w = weight.shape[1:]
+    pad_h, pad_w = h - 1 - padding[0], w - 1 - padding[1]
+    padded = F.pad(weight, (pad_w, pad_w, pad_h, pad_h)).contiguous()
+    out_h, out_w = padded.shape[2] - h + 1, padded.shape[3] - w + 1
+    s_in, s_out, s_row, s_col = padded.stride()
+    view = padded.as_strided((c_in, h, w, c_out, out_h, out_w), (s_in, s_row, s_col, s_out, s_row, s_col))
+    matrix = view.reshape(c_in * h * w, c_out * out_h * out_w)
+    return (x.flip(2, 3).reshape(batch, -1) @ matrix).view(batch, c_out, out_h, out_w)
+
+
+class _TransposedForwardReplaced(torch.autograd.Function):
+    """A stride-1 transposed conv whose forward runs as a multiply or as the direct conv with
+    the flipped kernel; the backward is oneDNN's own for the transposed conv."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, padding: tuple[int, int], as_matmul: bool) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        if as_matmul:
+            return _transposed_matmul(x, weight, padding)
+        k_h, k_w = weight.shape[2:]
+        return F.conv2d(x, weight.flip(2, 3).transpose(0, 1), padding=(k_h - 1 - padding[0], k_w - 1 - padding[1]))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_out.contiguous(), x, weight, None, [1, 1], list(ctx.padding), [1, 1], True, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return grad_x, grad_w, None, None
+
+
+def _stored_weight(layer: nn.modules.conv._ConvNd) -> Tensor:
+    # A spectral-normalised layer runs a power iteration each time `.weight` is read; choosing
+    # the path must not read it, so that a forward reads it exactly once, as torch's does.
+    if hasattr(layer, "parametrizations") and "weight" in layer.parametrizations:
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
+def _output_hw(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> tuple[int, int]:
+    sizes = []
+    for i in range(2):
+        k, s, p = layer.kernel_size[i], layer.stride[i], layer.padding[i]
+        if transposed:
+            sizes.append((x.shape[2 + i] - 1) * s - 2 * p + k + layer.output_padding[i])
+        else:
+            sizes.append((x.shape[2 + i] + 2 * p - k) // s + 1)
+    return sizes[0], sizes[1]
+
+
+def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
+    """'native', 'small-matmul', 'transposed-matmul' or 'transposed-direct' (module docstring)."""
+    if (_native_only or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] == 0
+            or torch.is_autocast_enabled("cpu") or x.dtype != _stored_weight(layer).dtype
+            or not x.is_contiguous() or layer.groups != 1 or layer.dilation != (1, 1)
+            or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+        return "native"
+    out_h, out_w = _output_hw(x, layer, transposed)
+    entries = x[0].numel() * layer.out_channels * out_h * out_w
+    if entries <= SMALL_MATRIX:
+        return "small-matmul"
+    stride_one = transposed and layer.stride == (1, 1) and all(
+        p < min(k, size) for p, k, size in zip(layer.padding, layer.kernel_size, x.shape[2:]))
+    if stride_one and layer.out_channels <= FEW_CHANNELS and entries <= FEW_CHANNELS_MATRIX:
+        return "transposed-matmul"
+    return "transposed-direct" if stride_one else "native"
+
+
+def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.modules.conv._ConvNd,
+         transposed: bool) -> Tensor:
+    if plan == "small-matmul":
+        output_padding = tuple(layer.output_padding) if transposed else (0, 0)
+        index, out_shape = _matrix_index(tuple(weight.shape), transposed, tuple(layer.stride),
+                                         tuple(layer.padding), output_padding, tuple(x.shape[2:]))
+        y = _SmallConvAsMatmul.apply(x, weight, index, out_shape)
+    else:
+        y = _TransposedForwardReplaced.apply(x, weight, tuple(layer.padding), plan == "transposed-matmul")
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def runs_natively(layer: nn.Module, x: Tensor) -> bool:
+    """Whether ``layer(x)`` would run through torch's own convolution."""
+    if not isinstance(layer, (Conv2d, ConvTranspose2d)):
+        return True
+    return _plan(x, layer, isinstance(layer, ConvTranspose2d)) == "native"
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same state dict) that runs faster where it can."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        plan = _plan(input, self, transposed=False)
+        if plan == "native":
+            return super()._conv_forward(input, weight, bias)
+        return _run(plan, input, weight, bias, self, transposed=False)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters, same state dict) that runs faster where it can."""
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        plan = "native" if output_size is not None else _plan(input, self, transposed=True)
+        if plan == "native":
+            return super().forward(input, output_size)
+        return _run(plan, input, self.weight, self.bias, self, transposed=True)

@@ -1,0 +1,161 @@
+"""The convolutions of structgen.nn.dense_conv compute what torch's do, by other kernels on CPU.
+
+Every path (small matrix, transposed as a multiply, transposed as a direct conv) against the
+same layer run natively: outputs, gradients of input, weight and bias; spectral norm's power
+iteration advances once per forward as in torch; state dicts are torch's; what must stay
+native does; and a short growth gives the same tree either way.
+"""
+import copy
+
+import pytest
+import torch
+from conftest import SHORT_GROWTH, assert_same_growth
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from structgen.nn import dense_conv
+from structgen.nn.dense_conv import Conv2d, ConvTranspose2d, native_convolutions, runs_natively
+
+# (layer, input shape, the path it must take): the CNN-TreeVAE's MNIST geometries and a few others.
+CASES = [
+    (lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2), "small-matmul"),
+    (lambda: Conv2d(21, 32, 7, stride=5, padding=1, bias=False), (7, 21, 10, 10), "small-matmul"),
+    (lambda: ConvTranspose2d(16, 11, 7, stride=5, padding=1, bias=False), (7, 16, 2, 2), "small-matmul"),
+    (lambda: ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1, bias=True), (7, 4, 3, 5), "small-matmul"),
+    (lambda: ConvTranspose2d(6, 1, 12, padding=1, bias=False), (7, 6, 19, 19), "transposed-matmul"),
+    (lambda: ConvTranspose2d(6, 3, 12, padding=1, bias=True), (7, 6, 19, 15), "transposed-matmul"),
+    (lambda: ConvTranspose2d(11, 6, 12, padding=1, bias=False), (7, 11, 10, 10), "transposed-direct"),
+    (lambda: ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=True), (7, 8, 16, 16), "native"),
+    (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), "native"),
+]
+
+
+def close(a, b, rtol=1e-5):
+    return (a - b).abs().max() <= rtol * b.abs().max().clamp_min(1e-12)
+
+
+def forward_backward(layer, x, grad_out=None):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    grad_out = torch.randn_like(y, generator=torch.Generator().manual_seed(1)) if grad_out is None else grad_out
+    y.backward(grad_out)
+    return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()], grad_out
+
+
+@pytest.mark.parametrize("make,shape,path", CASES)
+def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path):
+    torch.manual_seed(0)
+    layer = make()
+    twin = copy.deepcopy(layer)
+    x = torch.randn(shape)
+    assert dense_conv._plan(x, layer, isinstance(layer, ConvTranspose2d)) == path
+    assert runs_natively(layer, x) == (path == "native")
+    y, gx, gparams, g = forward_backward(layer, x)
+    with native_convolutions():
+        assert runs_natively(twin, x)
+        y_ref, gx_ref, gparams_ref, _ = forward_backward(twin, x, g)
+    assert y.shape == y_ref.shape
+    assert close(y, y_ref) and close(gx, gx_ref)
+    for grad, grad_ref in zip(gparams, gparams_ref):
+        assert close(grad, grad_ref)
+
+
+def test_frozen_weights_and_no_grad_take_the_same_paths():
+    torch.manual_seed(0)
+    layer = ConvTranspose2d(6, 1, 12, padding=1, bias=False).requires_grad_(False)
+    x = torch.randn(5, 6, 19, 19, requires_grad=True)
+    layer(x).sum().backward()
+    with native_convolutions():
+        x_ref = x.detach().clone().requires_grad_()
+        layer(x_ref).sum().backward()
+    assert close(x.grad, x_ref.grad) and layer.weight.grad is None
+    small = Conv2d(16, 16, 3, padding=1)
+    with torch.no_grad():
+        out = small(torch.ones(2, 16, 2, 2))
+        with native_convolutions():
+            assert close(out, small(torch.ones(2, 16, 2, 2)))
+
+
+def test_spectral_norm_iterates_once_per_forward_as_in_torch():
+    torch.manual_seed(0)
+    layer = spectral_norm(ConvTranspose2d(6, 1, 12, padding=1, bias=False))
+    twin = copy.deepcopy(layer)
+    x = torch.randn(4, 6, 19, 19)
+    for _ in range(3):
+        y = layer(x)
+        with native_convolutions():
+            y_ref = twin(x)
+        assert close(y, y_ref)
+    u = layer.parametrizations.weight[0]._u
+    assert torch.allclose(u, twin.parametrizations.weight[0]._u, rtol=1e-6, atol=1e-7)
+
+
+def test_what_must_stay_native_does():
+    torch.manual_seed(0)
+    layer = ConvTranspose2d(6, 1, 12, padding=1, bias=False)
+    x = torch.randn(4, 6, 19, 19)
+    assert not runs_natively(layer, x)
+    assert runs_natively(layer, x.to(memory_format=torch.channels_last))
+    assert runs_natively(layer, x.double())                       # dtype differs from the weight
+    assert runs_natively(nn.ConvTranspose2d(6, 1, 12, padding=1), x)   # torch's own class
+    assert runs_natively(ConvTranspose2d(6, 2, 12, padding=1, groups=2), x)
+    assert runs_natively(ConvTranspose2d(6, 1, 12, padding=1, dilation=2), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert runs_natively(layer, x)
+    with native_convolutions():
+        assert runs_natively(layer, x)
+    assert not runs_natively(layer, x)
+
+
+def test_state_dicts_are_torchs_so_checkpoints_load_both_ways():
+    ours = spectral_norm(Conv2d(8, 4, 3, padding=1))
+    theirs = spectral_norm(nn.Conv2d(8, 4, 3, padding=1))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    plain = ConvTranspose2d(6, 1, 12, padding=1)
+    plain.load_state_dict(nn.ConvTranspose2d(6, 1, 12, padding=1).state_dict())
+
+
+def test_growth_gives_the_same_tree_with_and_without_the_faster_convolutions(tmp_path, monkeypatch):
+    from structgen.api import train_tree
+    from structgen.config import load_config
+
+    keys = SHORT_GROWTH + [f"run.runs_dir={tmp_path}"]
+    taken = []
+    run = dense_conv._run
+    monkeypatch.setattr(dense_conv, "_run", lambda plan, *args, **kw: taken.append(plan) or run(plan, *args, **kw))
+    fast_dir, _ = train_tree(load_config(None, keys + ["run.name=fast"]), evaluate=False)
+    assert set(taken) == {"small-matmul", "transposed-matmul", "transposed-direct"}
+    taken.clear()
+    with native_convolutions():
+        plain_dir, _ = train_tree(load_config(None, keys + ["run.name=plain"]), evaluate=False)
+    assert not taken
+    # One step agrees to 1e-6 (below); Adam turns rounding noise in near-zero gradients into
+    # full-size steps, so the first epoch drifts a little more than under grouped decoding.
+    assert_same_growth(fast_dir, plain_dir, first_epoch_rel=1e-3)
+
+
+def test_one_full_tree_step_gives_torchs_loss_and_gradients():
+    from structgen.models.elbo import Clamps, total_loss
+    from structgen.models.objective import FullTreeObjective
+    from structgen.models.treevae import ModelSpec, SubTree, TreeVAE
+
+    torch.manual_seed(0)
+    model = TreeVAE(ModelSpec((1, 28, 28), spectral_norm="reference"))
+    while len(model.tree.leaves()) < 4:
+        leaf = min(model.tree.leaves(), key=len)
+        model.attach(leaf, SubTree(model, leaf))
+    twin = copy.deepcopy(model)
+    x = torch.rand(16, 1, 28, 28)
+
+    def step(m):
+        torch.manual_seed(5)
+        loss = total_loss(FullTreeObjective(m.train(), Clamps())(x), 1.0)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])
+
+    loss, grads = step(model)
+    with native_convolutions():
+        loss_ref, grads_ref = step(twin)
+    assert loss == pytest.approx(loss_ref.item(), rel=1e-6)
+    assert (grads - grads_ref).norm() <= 1e-4 * grads_ref.norm()

@@ -21,6 +21,7 @@ CASES = [
     (lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2), "small-matmul"),
     (lambda: Conv2d(21, 32, 7, stride=5, padding=1, bias=False), (7, 21, 10, 10), "small-matmul"),
     (lambda: ConvTranspose2d(16, 11, 7, stride=5, padding=1, bias=False), (7, 16, 2, 2), "small-matmul"),
+    (lambda: Conv2d(32, 1, 7, stride=5, padding=1, bias=True), (7, 32, 12, 12), "small-matmul"),  # in chunks
     (lambda: ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1, bias=True), (7, 4, 3, 5), "small-matmul"),
     (lambda: ConvTranspose2d(6, 1, 12, padding=1, bias=False), (7, 6, 19, 19), "transposed-matmul"),
     (lambda: ConvTranspose2d(6, 3, 12, padding=1, bias=True), (7, 6, 19, 15), "transposed-matmul"),

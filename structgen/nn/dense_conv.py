@@ -63,13 +63,19 @@ def _matrix_index(weight_shape: tuple[int, ...], transposed: bool, stride: tuple
         n *= size
     in_channels = weight_shape[0] if transposed else weight_shape[1]
     in_features = in_channels * in_hw[0] * in_hw[1]
-    one_hot = torch.eye(in_features, dtype=torch.float64).view(in_features, in_channels, *in_hw)
     numbered = torch.arange(1, n + 1, dtype=torch.float64).view(weight_shape)
-    if transposed:
-        out = F.conv_transpose2d(one_hot, numbered, stride=stride, padding=padding, output_padding=output_padding)
-    else:
-        out = F.conv2d(one_hot, numbered, stride=stride, padding=padding)
-    index = out.round().long().flatten(1) - 1
+    rows = []
+    for start in range(0, in_features, 1024):        # a few one-hot images at a time: bounded memory
+        count = min(1024, in_features - start)
+        one_hot = torch.zeros(count, in_features, dtype=torch.float64)
+        one_hot[torch.arange(count), torch.arange(start, start + count)] = 1.0
+        one_hot = one_hot.view(count, in_channels, *in_hw)
+        if transposed:
+            out = F.conv_transpose2d(one_hot, numbered, stride=stride, padding=padding, output_padding=output_padding)
+        else:
+            out = F.conv2d(one_hot, numbered, stride=stride, padding=padding)
+        rows.append(out.round().long().flatten(1))
+    index = torch.cat(rows) - 1
     index[index < 0] = n
     return index, tuple(out.shape[1:])
 

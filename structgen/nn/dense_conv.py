@@ -89,21 +89,24 @@ class _SmallConvAsMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, index: Tensor, out_shape: tuple[int, int, int]) -> Tensor:
-        ctx.save_for_backward(x, weight, index)
-        return (x.reshape(x.shape[0], index.shape[0]) @ _gathered_matrix(weight, index)).view(x.shape[0], *out_shape)
+        # The matrix is small (SMALL_MATRIX entries at most): kept for the backward, not gathered twice.
+        matrix = _gathered_matrix(weight, index)
+        ctx.save_for_backward(x, matrix, index)
+        ctx.weight_shape = weight.shape
+        return (x.reshape(x.shape[0], index.shape[0]) @ matrix).view(x.shape[0], *out_shape)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, weight, index = ctx.saved_tensors
+        x, matrix, index = ctx.saved_tensors
         flat_grad = grad_out.reshape(grad_out.shape[0], index.shape[1])
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (flat_grad @ _gathered_matrix(weight, index).t()).view_as(x)
+            grad_x = (flat_grad @ matrix.t()).view_as(x)
         if ctx.needs_input_grad[1]:
             grad_matrix = x.reshape(x.shape[0], index.shape[0]).t() @ flat_grad
-            # A weight's gradient is the sum over the matrix entries that hold it.
-            grad_w = torch.bincount(index.flatten(), grad_matrix.flatten(), minlength=weight.numel() + 1)
-            grad_w = grad_w[:-1].view_as(weight).to(weight.dtype)
+            # A weight's gradient is the sum over the matrix entries that hold it (the last bin: zeros).
+            grad_w = torch.bincount(index.flatten(), grad_matrix.flatten(), minlength=ctx.weight_shape.numel() + 1)
+            grad_w = grad_w[:-1].view(ctx.weight_shape).to(matrix.dtype)
         return grad_x, grad_w, None, None
 
 
@@ -171,7 +174,7 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
             or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
         return "native"
     out_h, out_w = _output_hw(x, layer, transposed)
-    entries = x[0].numel() * layer.out_channels * out_h * out_w
+    entries = x.shape[1] * x.shape[2] * x.shape[3] * layer.out_channels * out_h * out_w
     if entries <= SMALL_MATRIX:
         return "small-matmul"
     stride_one = transposed and layer.stride == (1, 1) and all(

@@ -24,12 +24,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import torch
-
 from structgen.errors import ConfigError
 from structgen.models.treevae import SubTree, TreeVAE
 from structgen.runtime.checkpoint_io import rng_state, set_rng_state
 from structgen.runtime.leaf_probabilities import leaf_probabilities
+from structgen.train.optimizer import adam
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
 from structgen.tree.topology import Tree
 
@@ -146,7 +145,7 @@ def _grown_tree(first_depth: int, leaves: int, depth_limit: int) -> Tree:
 def _seconds_per_image(runner: PhaseRunner, phase: Phase, subtree: SubTree | None = None) -> float:
     """Train steps of ``phase`` (warm-up, then timed), in the run's precision, on its batches."""
     trained = subtree if subtree is not None else runner.model
-    state = PhaseState(torch.optim.Adam(trained.parameters(), lr=runner.t.lr), None, None, subtree)
+    state = PhaseState(adam(trained.parameters(), lr=runner.t.lr), None, None, subtree)
     objective = runner.objective(phase, state)
     runner.train_mode(phase, state)
     images, start = 0, time.perf_counter()

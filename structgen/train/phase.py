@@ -22,6 +22,7 @@ from structgen.runtime.fault import maybe_die
 from structgen.runtime.precision import StepPrecision
 from structgen.runtime.resources import memory_fields
 from structgen.train.annealing import KLAnnealer
+from structgen.train.optimizer import adam
 from structgen.train.split_init import init_split
 
 TERMS = ("rec", "kl_root", "kl_nodes", "kl_decisions", "aug")
@@ -90,7 +91,7 @@ class PhaseRunner:
             params = list(subtree.parameters())
         else:
             params = list(self.model.parameters())
-        optimizer = torch.optim.Adam(params, lr=t.lr * phase.lr_factor, weight_decay=t.weight_decay)
+        optimizer = adam(params, lr=t.lr * phase.lr_factor, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.decay_stepsize, gamma=t.decay_lr)
         annealer = KLAnnealer(phase.kl_start, phase.decay_kl, per_step=t.kl_anneal == "step")
         if saved is not None:

@@ -134,8 +134,9 @@ def test_growth_ends_when_its_next_step_would_take_the_finetunings_share(tmp_pat
     stop = [r for r in records if r["event"] == "budget_stop"]
     assert len(stop) == 1 and stop[0]["next_step"] == "split" and stop[0]["splits"] == 0
     assert stop[0]["minutes_trained"] + stop[0]["next_step_minutes"] > stop[0]["deadline_minutes"]
+    # Both logged figures are rounded to 0.01 min, so they may differ by up to 0.01 plus float error.
     assert stop[0]["deadline_minutes"] == pytest.approx(
-        plan["budget_minutes"] - plan["predicted_minutes"]["finetuning"], abs=0.01)
+        plan["budget_minutes"] - plan["predicted_minutes"]["finetuning"], abs=0.011)
     ran = phase_epochs(run_dir)
     assert not any(p.startswith(("subtree", "intermediate")) for p in ran) and ran["finetune"] >= 1
     assert len(load_model(run_dir)[0].tree.leaves()) <= 2

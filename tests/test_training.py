@@ -262,4 +262,49 @@ def test_settling_grows_again_where_the_full_tree_empties_a_branch(tmp_path, cap
     assert starved["leaf"] not in model.tree
     assert any(r["event"] == "prune" and r["leaf"] == starved["leaf"] for r in records)
     assert state["growth"]["settles"] == 1
+    assert not any(r["event"] == "undo_split" for r in records)    # training.young_split_keep is off by default
     assert "settling the full tree before the finetuning (round 1 of 1)" in capsys.readouterr().out
+
+
+def test_a_young_split_the_full_tree_undoes_is_pruned_at_once_and_growth_goes_on(tmp_path, capsys, one_torch_thread):
+    """training.young_split_keep: the child of the split made before the settle loses its mass
+    in it (its parent's q-router forced to send it nothing at the end of it); it is pruned as
+    soon as the settle is over, before growth looks for leaves to split, and growth splits again."""
+    from structgen.runtime.context import Context
+
+    cfg = small_cfg(tmp_path, "run.name=undo", "data.train_subset=1000", "training.num_epochs=4",
+                    "training.num_clusters_tree=3", "training.settle_rounds=1", "training.young_split_keep=0.5",
+                    "run.threads=1")
+    starved = {}
+
+    def on_epoch_end(record):
+        if record["phase"] != "settle-1" or record["epoch"] != record["epochs"]:
+            return
+        model = ctx.model
+        parent = next(p for p in model.tree.bfs() if p != "r" and model.tree.kind(p) == "internal")
+        starved["leaf"] = parent + "1"
+        last = model.router_q[parent].mlp[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(50.0)
+
+    ctx = Context(run_dir=tmp_path, on_epoch_end=on_epoch_end)
+    train_tree(cfg, ctx=ctx, evaluate=False)
+    run_dir = tmp_path / "synthetic" / "undo"
+    records = [r for r in read_metrics(run_dir) if r["event"] != "epoch"]
+    phases = [r["phase"] for r in records if r["event"] == "phase_end"]
+    assert phases == ["initial", "subtree-1", "settle-1", "subtree-2", "finetune"], phases
+    settled = next(i for i, r in enumerate(records) if r.get("phase") == "settle-1")
+    undo = records[settled + 1]
+    assert undo["event"] == "undo_split" and undo["leaf"] == starved["leaf"], undo
+    assert undo["mass_before"] > 0.05 and undo["mass_after"] < 0.5 * undo["mass_before"]
+    assert undo["survivor"] == starved["leaf"][:-1] + "0" and undo["survivor_expandable"]
+    assert starved["leaf"] not in undo["tree"]
+    check = records[settled + 2]
+    assert check["event"] == "grow_check" and len(check["leaves"]) == 2 and check["n_effective"] == 2
+    assert records[settled + 3]["event"] == "split"
+    assert not any(r["event"] == "prune" and r["leaf"] == starved["leaf"] for r in records)
+    model, state = load_model(run_dir)
+    assert starved["leaf"] not in model.tree
+    assert state["growth"]["young_mass"] == {} and state["growth"]["young_splits"] == [records[settled + 3]["leaf"]]
+    assert f"== pruned {starved['leaf']}, a young split the full tree undid" in capsys.readouterr().out

@@ -125,6 +125,12 @@ class TrainingConfig:
                                     "retrain the full tree (num_epochs_intermediate_fulltrain epochs) and grow again "
                                     "if that emptied leaves, at most this many times; 0 = stop growing at once (the "
                                     "reference)", min=0)
+    young_split_keep: float = option(0.0, "at every full-tree retrain while growing (intermediate or settle): a "
+                                          "child of a split made since the last one that keeps under this fraction "
+                                          "of its probability mass through it is pruned at once and growth goes on "
+                                          "(the joint training undid that split); its sibling may be split again, "
+                                          "but not after a second undone split in a row; 0 = off (the reference)",
+                                     min=0.0, max=1.0)
     grow: bool = option(True, "grow the tree beyond the initial depth")
     prune: bool = option(True, "prune leaves with under prune_threshold of the assignments")
     prune_after_finetuning: bool = option(True, "with prune: prune again after the final finetuning, removing leaves "

@@ -28,6 +28,7 @@ from structgen.train.budget import (GrowthShape, StepCosts, finetuning_epochs, i
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
+from structgen.train.undone_splits import may_split_again, sibling, undone_children
 from structgen.tree.topology import Tree
 
 STAGES = ("initial", "grow", "prune", "finetune", "final_prune", "done")
@@ -41,6 +42,8 @@ class GrowthState:
     grow_iterations: int = 0
     intermediate_done_at: list[int] = field(default_factory=list)   # split counts already retrained at
     settles: int = 0                                                 # training.settle_rounds used
+    young_splits: list[str] = field(default_factory=list)   # leaves split since the last full-tree retrain
+    young_mass: dict = field(default_factory=dict)          # their children's mass when that retrain began
     unexpandable: list[str] = field(default_factory=list)
     epochs_done: int = 0                                             # across phases: the TensorBoard step
     phase: dict | None = None
@@ -216,6 +219,7 @@ class TreeTrainer:
         if phase.kind == "subtree":
             self.model.attach(phase.leaf, pstate.subtree)
             self.state.splits += 1
+            self.state.young_splits.append(phase.leaf)
             self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs())
         self.log_event("phase_end", phase=phase.name, epochs=phase.epochs, n_leaves=len(self.model.tree.leaves()))
         self.state.phase = None
@@ -223,6 +227,8 @@ class TreeTrainer:
 
     def _grow_step(self) -> None:
         t, s = self.cfg.training, self.state
+        if s.young_mass:
+            self._undo_young_splits()
         if not t.grow or s.grow_iterations >= t.max_grow_iterations:
             s.stage = "prune"
             return
@@ -234,9 +240,9 @@ class TreeTrainer:
                 s.stage = "prune"
                 return
             s.intermediate_done_at.append(s.splits)
-            self._start(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
-                              self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
-                              warmup_epochs=t.retrain_warmup_epochs))
+            self._start_retrain(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
+                                      self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
+                                      warmup_epochs=t.retrain_warmup_epochs))
             return
         chosen = self.ctx.broadcast_object(self._choose_leaves())
         if not chosen and self._settle_due(last_retrain):
@@ -277,8 +283,46 @@ class TreeTrainer:
                                f"finetuning (round {s.settles} of {self.cfg.training.settle_rounds}), then growing "
                                f"again if it empties leaves")
         t = self.cfg.training
-        self._start(Phase(f"settle-{s.settles}", "full", 0, self.epochs("num_epochs_intermediate_fulltrain"),
-                          t.kl_start, t.decay_kl, warmup_epochs=t.retrain_warmup_epochs))
+        self._start_retrain(Phase(f"settle-{s.settles}", "full", 0,
+                                  self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
+                                  warmup_epochs=t.retrain_warmup_epochs))
+
+    # ---- splits the full tree undoes ---------------------------------------------------------
+    def _start_retrain(self, phase: Phase) -> None:
+        """Start a full-tree retrain while growing (intermediate or settle); with
+        training.young_split_keep, first measure the mass of the children of every split made
+        since the last one, to judge after it whether the joint training kept them."""
+        s = self.state
+        if self.cfg.training.young_split_keep > 0 and s.young_splits:
+            mass = {leaf: shares["mass"] for leaf, shares in self._leaf_shares().items()}
+            s.young_mass = {child: mass[child] for parent in s.young_splits
+                            for child in (parent + "0", parent + "1") if child in mass}
+        s.young_splits = []
+        self._start(phase)
+
+    def _undo_young_splits(self) -> None:
+        """training.young_split_keep, after a retrain: prune the young children it took most of the
+        mass from (``undone_splits``); growth goes on where they counted as effective leaves."""
+        before, self.state.young_mass = self.state.young_mass, {}
+        after = {leaf: shares["mass"] for leaf, shares in self._leaf_shares().items()}
+        undone = undone_children(before, after, self.cfg.training.young_split_keep)
+        for child in self.ctx.broadcast_object(undone):
+            self._undo_split(child, before[child], after[child])
+
+    def _undo_split(self, child: str, mass_before: float, mass_after: float) -> None:
+        survivor = sibling(child)
+        self.model.prune(child)
+        again = may_split_again(self.model.tree, child)
+        if not again and survivor not in self.state.unexpandable:
+            self.state.unexpandable.append(survivor)
+        keep = self.cfg.training.young_split_keep
+        self.log_event("undo_split", leaf=child, mass_before=mass_before, mass_after=mass_after, keep=keep,
+                       survivor=survivor, survivor_expandable=again, tree=self.model.tree.bfs())
+        if self.ctx.is_main:
+            self.progress.line(f"== pruned {child}, a young split the full tree undid: {mass_before:.1%} of the mass "
+                               f"before the retrain, {mass_after:.1%} after it (kept under {keep:.0%}); {survivor} "
+                               + ("may be split again" if again else "is not split again (second undone split in "
+                                                                     "a row)"))
 
     def _choose_leaves(self) -> list[tuple[str, list[int]]]:
         """The expandable leaves with the most assigned training samples, most first, as many
@@ -340,6 +384,7 @@ class TreeTrainer:
             subtree.load_state_dict(result["state"])
             self.model.attach(phase.leaf, subtree)
             self.state.splits += 1
+            self.state.young_splits.append(phase.leaf)
             self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs(),
                            worker=result["worker"], seconds=round(result["seconds"], 2))
             self.log_event("phase_end", phase=phase.name, epochs=phase.epochs,

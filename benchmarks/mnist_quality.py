@@ -95,7 +95,7 @@ def phase_minutes(run_dir: str) -> dict[str, float]:
         if kind == "epoch":
             continue
         name = {"grow_check": "split selection", "split": "subtree", "prune": "pruning",
-                "prune_after_finetuning": "pruning", "evaluation": "evaluation"}.get(kind)
+                "prune_after_finetuning": "pruning", "undo_split": "pruning", "evaluation": "evaluation"}.get(kind)
         if kind == "phase_end":
             name = record["phase"].split("-")[0]          # subtree-3 -> subtree, intermediate-1 -> intermediate
         if name:

@@ -78,6 +78,11 @@ def test_a_run_whose_budget_fits_no_schedule_stops_before_training(tmp_path, one
     assert not list(tmp_path.rglob("*.pt"))           # no checkpoint: no phase began
 
 
+# minutes: the 6-7 s of timed steps leave every phase at least one epoch (at 0.2 on 2026-12-03
+# one epoch per phase was predicted at 0.1 min with 0.08-0.10 min left, and the plan refused to start)
+BUDGET = 0.3
+
+
 def budget_cfg(tmp_path, *extra):
     return load_config(None, SYNTHETIC_FAST + ["data.train_subset=300", "data.test_subset=100",
                                                "evaluation.baselines=false", f"run.runs_dir={tmp_path}", *extra])
@@ -102,10 +107,11 @@ def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(t
                                                                               one_torch_thread):
     # whether growth meets its deadline depends on this machine's clock: tested on its own below
     monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
-    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", "training.budget_minutes=0.2"), evaluate=False)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", f"training.budget_minutes={BUDGET}"),
+                            evaluate=False)
     plan, epochs = planned(run_dir)
     assert set(plan["predicted_minutes"]) == {"initial", "subtrees", "split selection", "intermediate", "finetuning"}
-    assert plan["predicted_total_minutes"] <= 0.2 and plan["configured"]["num_epochs"] == 8
+    assert plan["predicted_total_minutes"] <= BUDGET and plan["configured"]["num_epochs"] == 8
     ran = phase_epochs(run_dir)
     assert ran["initial"] == epochs["num_epochs"] and ran["finetune"] == epochs["num_epochs_finetuning"]
     assert {e for p, e in ran.items() if p.startswith("subtree")} == {epochs["num_epochs_smalltree"]}
@@ -128,7 +134,7 @@ def test_growth_ends_when_its_next_step_would_take_the_finetunings_share(tmp_pat
             self.state.seconds_trained = max(self.state.seconds_trained, self.state.growth_deadline - 1e-3)
 
     monkeypatch.setattr(TreeTrainer, "_count_time", initial_phase_ran_long)
-    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=late", "training.budget_minutes=0.2"), evaluate=False)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=late", f"training.budget_minutes={BUDGET}"), evaluate=False)
     records = read_metrics(run_dir)
     plan = next(r for r in records if r["event"] == "budget_plan")
     stop = [r for r in records if r["event"] == "budget_stop"]
@@ -151,7 +157,7 @@ def test_settling_the_grown_tree_keeps_to_growths_deadline(tmp_path, monkeypatch
             self.state.seconds_trained = 0.0 if self.state.splits == 0 else self.state.growth_deadline - 1e-3
 
     monkeypatch.setattr(TreeTrainer, "_count_time", first_split_ran_long)
-    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=settle", "training.budget_minutes=0.2",
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=settle", f"training.budget_minutes={BUDGET}",
                                        "training.num_clusters_tree=3", "training.settle_rounds=1"), evaluate=False)
     stop = [r for r in read_metrics(run_dir) if r["event"] == "budget_stop"]
     assert len(stop) == 1 and stop[0]["next_step"] == "intermediate full-train" and stop[0]["splits"] == 1
@@ -160,7 +166,7 @@ def test_settling_the_grown_tree_keeps_to_growths_deadline(tmp_path, monkeypatch
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
-    cfg = budget_cfg(tmp_path, "run.name=stop", "training.budget_minutes=0.2")
+    cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
     real = phase_module.maybe_die
 
     def stop_after_first_subtree_epoch(phase, epoch, rank):

@@ -30,7 +30,10 @@ def test_fused_adam_trains_a_tree_as_torchs_default_adam(one_torch_thread):
             optimizer.step()
     for (name, p), q in zip(model.state_dict().items(), twin.state_dict().values()):
         if p.is_floating_point():
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=f"{name} after three steps")
+            # atol 1e-5 (a hundredth of one step's lr): Adam divides by sqrt(v) + eps, so a weight whose
+            # gradients are near zero carries the two kernels' rounding into its update (seen: 1 of 9,216
+            # elements off by 5e-6 with the torch build installed on 2026-12-03)
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{name} after three steps")
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), start.parameters()))
     assert moved > 1e-3                                 # the steps did update the weights
 

@@ -225,15 +225,11 @@ def test_a_leaf_the_finetuning_empties_is_pruned_and_logged_across_a_restart(tmp
     assert f"== pruned {leaf}, emptied by the final finetuning" in capsys.readouterr().out
 
 
-def test_settling_grows_again_where_the_full_tree_empties_a_branch(tmp_path, capsys, one_torch_thread):
-    """training.settle_rounds: once growth is over, the full tree is retrained before the
-    finetuning; a branch that retrain empties (here: its parent's q-router forced to send it
-    nothing at the end of it) is replaced by growing again, and growth does not settle past the
-    configured rounds."""
+def train_starving_the_settles_split(cfg, tmp_path) -> dict:
+    """Train ``cfg``, forcing the q-router of the one split below the root to send every image left
+    at the end of the settle (q(left) = 1: its right child gets nothing); returns {"leaf": that child}."""
     from structgen.runtime.context import Context
 
-    cfg = small_cfg(tmp_path, "run.name=settle", "data.train_subset=1000", "training.num_epochs=4",
-                    "training.num_clusters_tree=3", "training.settle_rounds=1", "run.threads=1")
     starved = {}
 
     def on_epoch_end(record):
@@ -243,12 +239,23 @@ def test_settling_grows_again_where_the_full_tree_empties_a_branch(tmp_path, cap
         parent = next(p for p in model.tree.bfs() if p != "r" and model.tree.kind(p) == "internal")
         starved["leaf"] = parent + "1"
         last = model.router_q[parent].mlp[-1]
-        with torch.no_grad():                             # q(left) = 1: the right child gets nothing
+        with torch.no_grad():
             last.weight.zero_()
             last.bias.fill_(50.0)
 
     ctx = Context(run_dir=tmp_path, on_epoch_end=on_epoch_end)
     train_tree(cfg, ctx=ctx, evaluate=False)
+    return starved
+
+
+def test_settling_grows_again_where_the_full_tree_empties_a_branch(tmp_path, capsys, one_torch_thread):
+    """training.settle_rounds: once growth is over, the full tree is retrained before the
+    finetuning; a branch that retrain empties (here: its parent's q-router forced to send it
+    nothing at the end of it) is replaced by growing again, and growth does not settle past the
+    configured rounds."""
+    cfg = small_cfg(tmp_path, "run.name=settle", "data.train_subset=1000", "training.num_epochs=4",
+                    "training.num_clusters_tree=3", "training.settle_rounds=1", "run.threads=1")
+    starved = train_starving_the_settles_split(cfg, tmp_path)
     run_dir = tmp_path / "synthetic" / "settle"
     records = [r for r in read_metrics(run_dir) if r["event"] != "epoch"]
     phases = [r["phase"] for r in records if r["event"] == "phase_end"]
@@ -270,26 +277,10 @@ def test_a_young_split_the_full_tree_undoes_is_pruned_at_once_and_growth_goes_on
     """training.young_split_keep: the child of the split made before the settle loses its mass
     in it (its parent's q-router forced to send it nothing at the end of it); it is pruned as
     soon as the settle is over, before growth looks for leaves to split, and growth splits again."""
-    from structgen.runtime.context import Context
-
     cfg = small_cfg(tmp_path, "run.name=undo", "data.train_subset=1000", "training.num_epochs=4",
                     "training.num_clusters_tree=3", "training.settle_rounds=1", "training.young_split_keep=0.5",
                     "run.threads=1")
-    starved = {}
-
-    def on_epoch_end(record):
-        if record["phase"] != "settle-1" or record["epoch"] != record["epochs"]:
-            return
-        model = ctx.model
-        parent = next(p for p in model.tree.bfs() if p != "r" and model.tree.kind(p) == "internal")
-        starved["leaf"] = parent + "1"
-        last = model.router_q[parent].mlp[-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.fill_(50.0)
-
-    ctx = Context(run_dir=tmp_path, on_epoch_end=on_epoch_end)
-    train_tree(cfg, ctx=ctx, evaluate=False)
+    starved = train_starving_the_settles_split(cfg, tmp_path)
     run_dir = tmp_path / "synthetic" / "undo"
     records = [r for r in read_metrics(run_dir) if r["event"] != "epoch"]
     phases = [r["phase"] for r in records if r["event"] == "phase_end"]

@@ -217,13 +217,18 @@ class TreeTrainer:
             self._checkpoint(phase, pstate)     # fresh modules and optimiser: resumable from epoch 0
         self.runner.run(phase, pstate, on_epoch=self._count_epoch)
         if phase.kind == "subtree":
-            self.model.attach(phase.leaf, pstate.subtree)
-            self.state.splits += 1
-            self.state.young_splits.append(phase.leaf)
-            self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs())
+            self._attach_split(phase.leaf, pstate.subtree)
         self.log_event("phase_end", phase=phase.name, epochs=phase.epochs, n_leaves=len(self.model.tree.leaves()))
         self.state.phase = None
         self._checkpoint(None, None)
+
+    def _attach_split(self, leaf: str, subtree, **fields) -> None:
+        """Hang a trained sub-tree below `leaf`, count the split and keep it young until the next
+        full-tree retrain judges it (training.young_split_keep)."""
+        self.model.attach(leaf, subtree)
+        self.state.splits += 1
+        self.state.young_splits.append(leaf)
+        self.log_event("split", leaf=leaf, splits=self.state.splits, tree=self.model.tree.bfs(), **fields)
 
     def _grow_step(self) -> None:
         t, s = self.cfg.training, self.state
@@ -382,11 +387,7 @@ class TreeTrainer:
             self._replay(phase, result)
             subtree = SubTree(self.model, phase.leaf).to(self.ctx.device)
             subtree.load_state_dict(result["state"])
-            self.model.attach(phase.leaf, subtree)
-            self.state.splits += 1
-            self.state.young_splits.append(phase.leaf)
-            self.log_event("split", leaf=phase.leaf, splits=self.state.splits, tree=self.model.tree.bfs(),
-                           worker=result["worker"], seconds=round(result["seconds"], 2))
+            self._attach_split(phase.leaf, subtree, worker=result["worker"], seconds=round(result["seconds"], 2))
             self.log_event("phase_end", phase=phase.name, epochs=phase.epochs,
                            n_leaves=len(self.model.tree.leaves()))
         self.state.round = None

@@ -17,6 +17,8 @@ from structgen.nn import dense_conv
 from structgen.nn.dense_conv import Conv2d, ConvTranspose2d, native_convolutions, runs_natively
 
 # (layer, input shape, the path it must take): the CNN-TreeVAE's MNIST geometries and a few others.
+# A pair is (with AVX-512, on an AVX2-only CPU): the direct form of a stride-1 transposed conv is
+# fast only with AVX-512 (dense_conv._direct_conv_is_fast); both kinds are checked on any machine.
 CASES = [
     (lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2), "small-matmul"),
     (lambda: Conv2d(21, 32, 7, stride=5, padding=1, bias=False), (7, 21, 10, 10), "small-matmul"),
@@ -25,7 +27,9 @@ CASES = [
     (lambda: ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1, bias=True), (7, 4, 3, 5), "small-matmul"),
     (lambda: ConvTranspose2d(6, 1, 12, padding=1, bias=False), (7, 6, 19, 19), "transposed-matmul"),
     (lambda: ConvTranspose2d(6, 3, 12, padding=1, bias=True), (7, 6, 19, 15), "transposed-matmul"),
-    (lambda: ConvTranspose2d(11, 6, 12, padding=1, bias=False), (7, 11, 10, 10), "transposed-direct"),
+    (lambda: ConvTranspose2d(11, 6, 12, padding=1, bias=False), (7, 11, 10, 10),
+     ("transposed-direct", "transposed-matmul")),
+    (lambda: ConvTranspose2d(16, 16, 12, padding=1, bias=True), (7, 16, 16, 16), ("transposed-direct", "native")),
     (lambda: ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=True), (7, 8, 16, 16), "native"),
     (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), "native"),
 ]
@@ -43,8 +47,12 @@ def forward_backward(layer, x, grad_out=None):
     return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()], grad_out
 
 
+@pytest.mark.parametrize("direct_is_fast", [True, False], ids=["avx512", "avx2"])
 @pytest.mark.parametrize("make,shape,path", CASES)
-def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path):
+def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path, direct_is_fast, monkeypatch):
+    monkeypatch.setattr(dense_conv, "_direct_conv_is_fast", lambda: direct_is_fast)
+    if isinstance(path, tuple):
+        path = path[0] if direct_is_fast else path[1]
     torch.manual_seed(0)
     layer = make()
     twin = copy.deepcopy(layer)
@@ -126,7 +134,8 @@ def test_growth_gives_the_same_tree_with_and_without_the_faster_convolutions(tmp
     run = dense_conv._run
     monkeypatch.setattr(dense_conv, "_run", lambda plan, *args, **kw: taken.append(plan) or run(plan, *args, **kw))
     fast_dir, _ = train_tree(load_config(None, keys + ["run.name=fast"]), evaluate=False)
-    assert set(taken) == {"small-matmul", "transposed-matmul", "transposed-direct"}
+    on_this_cpu = {"transposed-direct"} if dense_conv._direct_conv_is_fast() else set()
+    assert set(taken) == {"small-matmul", "transposed-matmul"} | on_this_cpu
     taken.clear()
     with native_convolutions():
         plain_dir, _ = train_tree(load_config(None, keys + ["run.name=plain"]), evaluate=False)

@@ -11,8 +11,11 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
 * a stride-1 transposed conv to at most ``FEW_CHANNELS`` channels (the leaf decoders' last
   layer, 12x12, 6 -> 1), oneDNN's weakest case: its forward is a multiply by the matrix, read
   as a strided view of the padded kernel (forward 33 -> 7 ms).
-* any other stride-1 transposed conv (the decoders' 12x12, 11 -> 6): its forward is the direct
-  convolution with the flipped kernel, which oneDNN runs well (forward 9.8 -> 6.9 ms).
+* any other stride-1 transposed conv (the decoders' 12x12, 11 -> 6): with AVX-512 its forward
+  is the direct convolution with the flipped kernel, which oneDNN runs well there (forward 9.8 ->
+  6.9 ms); on an AVX2-only CPU, where that direct form is slow, it takes the multiply above while
+  its matrix has at most ``FEW_CHANNELS_MATRIX`` entries (forward + backward 54 -> 37 ms against
+  oneDNN's transposed conv), else oneDNN's own.
 
 The two transposed kinds keep oneDNN's backward, which is fast for them. Each path computes the
 same linear map and gradients as torch's, with the sums taken in another order (float rounding;
@@ -179,9 +182,21 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
         return "small-matmul"
     stride_one = transposed and layer.stride == (1, 1) and all(
         p < min(k, size) for p, k, size in zip(layer.padding, layer.kernel_size, x.shape[2:]))
-    if stride_one and layer.out_channels <= FEW_CHANNELS and entries <= FEW_CHANNELS_MATRIX:
+    if not stride_one:
+        return "native"
+    direct_is_fast = _direct_conv_is_fast()
+    if entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not direct_is_fast):
         return "transposed-matmul"
-    return "transposed-direct" if stride_one else "native"
+    return "transposed-direct" if direct_is_fast else "native"
+
+
+@functools.lru_cache(maxsize=1)
+def _direct_conv_is_fast() -> bool:
+    """Whether oneDNN runs the direct form of a stride-1 transposed conv faster than the
+    transposed form: with AVX-512 it does (11 -> 6 forward 9.8 -> 6.9 ms); on an AVX2-only CPU
+    (AMD EPYC, 2 threads, 256 images) the direct form is 2.3x slower than oneDNN's transposed
+    conv (forward + backward 123 vs 54 ms), and the multiply is faster than both (37 ms)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.modules.conv._ConvNd,

@@ -18,7 +18,8 @@ from structgen.nn.dense_conv import Conv2d, ConvTranspose2d, native_convolutions
 
 # (layer, input shape, the path it must take): the CNN-TreeVAE's MNIST geometries and a few others.
 # A pair is (with AVX-512, on an AVX2-only CPU): the direct form of a stride-1 transposed conv is
-# fast only with AVX-512 (dense_conv._direct_conv_is_fast); both kinds are checked on any machine.
+# fast only with AVX-512, and without it large kernels take their weight gradient as the swapped
+# conv (dense_conv._cpu_has_avx512); both kinds are checked on any machine.
 CASES = [
     (lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2), "small-matmul"),
     (lambda: Conv2d(21, 32, 7, stride=5, padding=1, bias=False), (7, 21, 10, 10), "small-matmul"),
@@ -29,9 +30,13 @@ CASES = [
     (lambda: ConvTranspose2d(6, 3, 12, padding=1, bias=True), (7, 6, 19, 15), "transposed-matmul"),
     (lambda: ConvTranspose2d(11, 6, 12, padding=1, bias=False), (7, 11, 10, 10),
      ("transposed-direct", "transposed-matmul")),
-    (lambda: ConvTranspose2d(16, 16, 12, padding=1, bias=True), (7, 16, 16, 16), ("transposed-direct", "native")),
+    (lambda: ConvTranspose2d(16, 16, 12, padding=1, bias=True), (7, 16, 16, 16),
+     ("transposed-direct", "swapped-weight-grad")),
     (lambda: ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=True), (7, 8, 16, 16), "native"),
-    (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), "native"),
+    (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), ("native", "swapped-weight-grad")),
+    (lambda: Conv2d(11, 22, 12, padding=1, bias=True), (7, 11, 19, 19), ("native", "swapped-weight-grad")),
+    (lambda: Conv2d(8, 8, 3, padding=1, bias=False), (7, 8, 32, 32), "native"),      # small kernel: oneDNN's
+    (lambda: ConvTranspose2d(6, 6, 9, padding=1, bias=False), (7, 6, 24, 24), ("transposed-direct", "native")),
 ]
 
 
@@ -47,12 +52,12 @@ def forward_backward(layer, x, grad_out=None):
     return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()], grad_out
 
 
-@pytest.mark.parametrize("direct_is_fast", [True, False], ids=["avx512", "avx2"])
+@pytest.mark.parametrize("avx512", [True, False], ids=["avx512", "avx2"])
 @pytest.mark.parametrize("make,shape,path", CASES)
-def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path, direct_is_fast, monkeypatch):
-    monkeypatch.setattr(dense_conv, "_direct_conv_is_fast", lambda: direct_is_fast)
+def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path, avx512, monkeypatch):
+    monkeypatch.setattr(dense_conv, "_cpu_has_avx512", lambda: avx512)
     if isinstance(path, tuple):
-        path = path[0] if direct_is_fast else path[1]
+        path = path[0] if avx512 else path[1]
     torch.manual_seed(0)
     layer = make()
     twin = copy.deepcopy(layer)
@@ -83,6 +88,21 @@ def test_frozen_weights_and_no_grad_take_the_same_paths():
         out = small(torch.ones(2, 16, 2, 2))
         with native_convolutions():
             assert close(out, small(torch.ones(2, 16, 2, 2)))
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: Conv2d(1, 11, 12, padding=1, bias=False), (5, 1, 28, 28)),
+                                        (lambda: ConvTranspose2d(6, 1, 12, padding=1, bias=False), (5, 6, 19, 19))],
+                         ids=["encoder", "decoder"])
+def test_a_layer_on_data_takes_only_its_weight_gradient(make, shape, monkeypatch):
+    # The encoder's first layer reads the images, which need no gradient: the swapped conv alone.
+    monkeypatch.setattr(dense_conv, "_cpu_has_avx512", lambda: False)
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(shape)
+    layer(x).square().sum().backward()
+    grad, layer.weight.grad = layer.weight.grad, None
+    with native_convolutions():
+        layer(x).square().sum().backward()
+    assert close(grad, layer.weight.grad)
 
 
 def test_spectral_norm_iterates_once_per_forward_as_in_torch():
@@ -134,7 +154,7 @@ def test_growth_gives_the_same_tree_with_and_without_the_faster_convolutions(tmp
     run = dense_conv._run
     monkeypatch.setattr(dense_conv, "_run", lambda plan, *args, **kw: taken.append(plan) or run(plan, *args, **kw))
     fast_dir, _ = train_tree(load_config(None, keys + ["run.name=fast"]), evaluate=False)
-    on_this_cpu = {"transposed-direct"} if dense_conv._direct_conv_is_fast() else set()
+    on_this_cpu = {"transposed-direct"} if dense_conv._cpu_has_avx512() else {"swapped-weight-grad"}
     assert set(taken) == {"small-matmul", "transposed-matmul"} | on_this_cpu
     taken.clear()
     with native_convolutions():

@@ -17,7 +17,11 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
   its matrix has at most ``FEW_CHANNELS_MATRIX`` entries (forward + backward 54 -> 37 ms against
   oneDNN's transposed conv), else oneDNN's own.
 
-The two transposed kinds keep oneDNN's backward, which is fast for them. Each path computes the
+The two transposed kinds keep oneDNN's backward for the input gradient. On an AVX2-only CPU the
+weight gradient of every stride-1 layer with a large kernel (the encoder's and decoders' 12x12
+layers) is a convolution of the input with the output gradient, batch and channels swapped:
+oneDNN's own is 1.6-5x slower there (``_swaps_weight_grad``); such a layer that would otherwise
+run natively takes the plan 'swapped-weight-grad' (torch's forward, that backward). Each path computes the
 same linear map and gradients as torch's, with the sums taken in another order (float rounding;
 tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA, autocast, channels-last or
 non-contiguous input, groups and dilation take the native path, and so does everything inside
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 SMALL_MATRIX = 1 << 19
 FEW_CHANNELS = 3
 FEW_CHANNELS_MATRIX = 1 << 22
+SWAP_MIN_KERNEL = 10
 
 _native_only = False
 
@@ -128,26 +133,47 @@ def _transposed_matmul(x: Tensor, weight: Tensor, padding: tuple[int, int]) -> T
     return (x.flip(2, 3).reshape(batch, -1) @ matrix).view(batch, c_out, out_h, out_w)
 
 
-class _TransposedForwardReplaced(torch.autograd.Function):
-    """A stride-1 transposed conv whose forward runs as a multiply or as the direct conv with
-    the flipped kernel; the backward is oneDNN's own for the transposed conv."""
+class _StrideOneConv(torch.autograd.Function):
+    """A stride-1 conv or transposed conv whose forward runs as torch's, as a multiply or as the
+    direct conv with the flipped kernel, and whose backward is oneDNN's, except that the weight
+    gradient can be taken as a convolution with batch and channels swapped (``swap_weight_grad``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, padding: tuple[int, int], as_matmul: bool) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, padding: tuple[int, int], transposed: bool, plan: str,
+                swap_weight_grad: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        if as_matmul:
+        ctx.padding, ctx.transposed, ctx.swap_weight_grad = padding, transposed, swap_weight_grad
+        if plan == "transposed-matmul":
             return _transposed_matmul(x, weight, padding)
-        k_h, k_w = weight.shape[2:]
-        return F.conv2d(x, weight.flip(2, 3).transpose(0, 1), padding=(k_h - 1 - padding[0], k_w - 1 - padding[1]))
+        if plan == "transposed-direct":
+            k_h, k_w = weight.shape[2:]
+            return F.conv2d(x, weight.flip(2, 3).transpose(0, 1), padding=(k_h - 1 - padding[0], k_w - 1 - padding[1]))
+        return (F.conv_transpose2d if transposed else F.conv2d)(x, weight, padding=padding)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out.contiguous(), x, weight, None, [1, 1], list(ctx.padding), [1, 1], True, [0, 0], 1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return grad_x, grad_w, None, None
+        grad_out = grad_out.contiguous()
+        want_x, want_w = ctx.needs_input_grad[:2]
+        swap = want_w and ctx.swap_weight_grad
+        grad_x = grad_w = None
+        if want_x or (want_w and not swap):
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], ctx.transposed, [0, 0], 1,
+                [want_x, want_w and not swap, False])
+        if swap:
+            grad_w = _weight_grad_by_swapped_conv(x, grad_out, ctx.padding, ctx.transposed)
+        return grad_x, grad_w, None, None, None, None
+
+
+def _weight_grad_by_swapped_conv(x: Tensor, grad_out: Tensor, padding: tuple[int, int], transposed: bool) -> Tensor:
+    """A stride-1 conv's weight gradient, sum over images and positions of the output gradient
+    times the shifted input, is itself a stride-1 conv with the same padding once the batch axis
+    plays the channels': the input correlated with the output gradient (for a transposed conv,
+    the other way round), whose (in, out) axes are the kernel's, transposed."""
+    image, kernel = (grad_out, x) if transposed else (x, grad_out)
+    swapped = F.conv2d(image.transpose(0, 1).contiguous(), kernel.transpose(0, 1).contiguous(), padding=padding)
+    return swapped.transpose(0, 1).contiguous()
 
 
 def _stored_weight(layer: nn.modules.conv._ConvNd) -> Tensor:
@@ -170,7 +196,8 @@ def _output_hw(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> t
 
 
 def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
-    """'native', 'small-matmul', 'transposed-matmul' or 'transposed-direct' (module docstring)."""
+    """'native', 'small-matmul', 'transposed-matmul', 'transposed-direct' or 'swapped-weight-grad'
+    (module docstring)."""
     if (_native_only or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] == 0
             or torch.is_autocast_enabled("cpu") or x.dtype != _stored_weight(layer).dtype
             or not x.is_contiguous() or layer.groups != 1 or layer.dilation != (1, 1)
@@ -180,22 +207,34 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
     entries = x.shape[1] * x.shape[2] * x.shape[3] * layer.out_channels * out_h * out_w
     if entries <= SMALL_MATRIX:
         return "small-matmul"
-    stride_one = transposed and layer.stride == (1, 1) and all(
+    stride_one = layer.stride == (1, 1) and all(
         p < min(k, size) for p, k, size in zip(layer.padding, layer.kernel_size, x.shape[2:]))
     if not stride_one:
         return "native"
-    direct_is_fast = _direct_conv_is_fast()
-    if entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not direct_is_fast):
+    if transposed and entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not _cpu_has_avx512()):
         return "transposed-matmul"
-    return "transposed-direct" if direct_is_fast else "native"
+    if transposed and _cpu_has_avx512():
+        return "transposed-direct"
+    return "swapped-weight-grad" if _swaps_weight_grad(layer) else "native"
+
+
+def _swaps_weight_grad(layer: nn.modules.conv._ConvNd) -> bool:
+    """Whether a stride-1 layer's weight gradient runs as the swapped conv
+    (``_weight_grad_by_swapped_conv``): on an AVX2-only CPU for kernels of at least
+    ``SWAP_MIN_KERNEL`` (2 threads, 256 images, against oneDNN's weight gradient: 12x12 1 -> 11 on
+    28x28 32-34 -> 7 ms, 11 -> 22 on 19x19 24-36 -> 16-20 ms, transposed 6 -> 1 18 -> 4.4 ms and
+    11 -> 6 11 -> 7 ms; at 7x7 and 9x9 between 0.8x and 3.3x, at 3x3 and 5x5 slower). With AVX-512
+    it was slower (11 -> 6: 8.6 -> 43 ms, README "Benchmarks")."""
+    return min(layer.kernel_size) >= SWAP_MIN_KERNEL and not _cpu_has_avx512()
 
 
 @functools.lru_cache(maxsize=1)
-def _direct_conv_is_fast() -> bool:
-    """Whether oneDNN runs the direct form of a stride-1 transposed conv faster than the
-    transposed form: with AVX-512 it does (11 -> 6 forward 9.8 -> 6.9 ms); on an AVX2-only CPU
-    (AMD EPYC, 2 threads, 256 images) the direct form is 2.3x slower than oneDNN's transposed
-    conv (forward + backward 123 vs 54 ms), and the multiply is faster than both (37 ms)."""
+def _cpu_has_avx512() -> bool:
+    """oneDNN's strengths differ with the vector width. With AVX-512 the direct form of a stride-1
+    transposed conv beats the transposed form (11 -> 6 forward 9.8 -> 6.9 ms); on an AVX2-only CPU
+    (AMD EPYC, 2 threads, 256 images) it is 2.3x slower than oneDNN's transposed conv (forward +
+    backward 123 vs 54 ms), the multiply is faster than both (37 ms), and the swapped weight
+    gradient is faster than oneDNN's (``_swaps_weight_grad``)."""
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
@@ -207,7 +246,7 @@ def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.mo
                                          tuple(layer.padding), output_padding, tuple(x.shape[2:]))
         y = _SmallConvAsMatmul.apply(x, weight, index, out_shape)
     else:
-        y = _TransposedForwardReplaced.apply(x, weight, tuple(layer.padding), plan == "transposed-matmul")
+        y = _StrideOneConv.apply(x, weight, tuple(layer.padding), transposed, plan, _swaps_weight_grad(layer))
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 

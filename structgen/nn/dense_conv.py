@@ -20,12 +20,14 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
 The two transposed kinds keep oneDNN's backward for the input gradient. On an AVX2-only CPU the
 weight gradient of every stride-1 layer with a large kernel (the encoder's and decoders' 12x12
 layers) is a convolution of the input with the output gradient, batch and channels swapped:
-oneDNN's own is 1.6-5x slower there (``_swaps_weight_grad``); such a layer that would otherwise
-run natively takes the plan 'swapped-weight-grad' (torch's forward, that backward). Each path computes the
-same linear map and gradients as torch's, with the sums taken in another order (float rounding;
-tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA, autocast, channels-last or
-non-contiguous input, groups and dilation take the native path, and so does everything inside
-``native_convolutions()``, which benchmarks and tests use for the plain procedure.
+oneDNN's own is 1.5-5x slower there (``_swaps_weight_grad``); such a layer that would otherwise
+run natively takes the plan 'swapped-weight-grad' (torch's forward, that backward).
+
+Each path computes the same linear map and gradients as torch's, with the sums taken in another
+order (float rounding; tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA,
+autocast, channels-last or non-contiguous input, groups and dilation take the native path, and
+so does everything inside ``native_convolutions()``, which benchmarks and tests use for the
+plain procedure.
 """
 from __future__ import annotations
 

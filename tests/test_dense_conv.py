@@ -92,9 +92,10 @@ def test_frozen_weights_and_no_grad_take_the_same_paths():
 
 @pytest.mark.parametrize("make,shape", [(lambda: Conv2d(1, 11, 12, padding=1, bias=False), (5, 1, 28, 28)),
                                         (lambda: ConvTranspose2d(6, 1, 12, padding=1, bias=False), (5, 6, 19, 19))],
-                         ids=["encoder", "decoder"])
+                         ids=["conv", "transposed"])
 def test_a_layer_on_data_takes_only_its_weight_gradient(make, shape, monkeypatch):
-    # The encoder's first layer reads the images, which need no gradient: the swapped conv alone.
+    # The encoder's first layer reads the images, which need no gradient: the swapped conv alone
+    # (checked for both kinds of layer).
     monkeypatch.setattr(dense_conv, "_cpu_has_avx512", lambda: False)
     torch.manual_seed(0)
     layer, x = make(), torch.randn(shape)

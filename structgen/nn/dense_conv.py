@@ -213,9 +213,10 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
         p < min(k, size) for p, k, size in zip(layer.padding, layer.kernel_size, x.shape[2:]))
     if not stride_one:
         return "native"
-    if transposed and entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not _cpu_has_avx512()):
+    avx512 = _cpu_has_avx512()
+    if transposed and entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512):
         return "transposed-matmul"
-    if transposed and _cpu_has_avx512():
+    if transposed and avx512:
         return "transposed-direct"
     return "swapped-weight-grad" if _swaps_weight_grad(layer) else "native"
 

@@ -31,10 +31,16 @@ CASES = [
     (lambda: ConvTranspose2d(11, 6, 12, padding=1, bias=False), (7, 11, 10, 10),
      ("transposed-direct", "transposed-matmul")),
     (lambda: ConvTranspose2d(16, 16, 12, padding=1, bias=True), (7, 16, 16, 16),
-     ("transposed-direct", "swapped-weight-grad")),
+     ("transposed-direct", "transposed-matmul")),                                 # a large matrix, a narrow band
+    (lambda: ConvTranspose2d(8, 8, 12, padding=1, bias=False), (7, 8, 40, 40),
+     ("transposed-direct", "own-backward")),                                      # a wide band
     (lambda: ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=True), (7, 8, 16, 16), "native"),
-    (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), ("native", "swapped-weight-grad")),
-    (lambda: Conv2d(11, 22, 12, padding=1, bias=True), (7, 11, 19, 19), ("native", "swapped-weight-grad")),
+    (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), ("native", "own-backward")),
+    (lambda: Conv2d(11, 22, 12, padding=1, bias=True), (7, 11, 19, 19), ("native", "own-backward")),
+    (lambda: Conv2d(6, 5, 11, padding=3, bias=False), (7, 6, 36, 30), ("native", "own-backward")),  # a wide band
+    (lambda: ConvTranspose2d(5, 4, (12, 11), padding=(2, 1), bias=False), (7, 5, 9, 13),
+     ("transposed-direct", "transposed-matmul")),                                 # rectangular, two paddings
+    (lambda: Conv2d(4, 5, (11, 12), padding=(1, 2), bias=False), (7, 4, 20, 18), ("native", "own-backward")),
     (lambda: Conv2d(8, 8, 3, padding=1, bias=False), (7, 8, 32, 32), "native"),      # small kernel: oneDNN's
     (lambda: ConvTranspose2d(6, 6, 9, padding=1, bias=False), (7, 6, 24, 24), ("transposed-direct", "native")),
 ]
@@ -155,7 +161,7 @@ def test_growth_gives_the_same_tree_with_and_without_the_faster_convolutions(tmp
     run = dense_conv._run
     monkeypatch.setattr(dense_conv, "_run", lambda plan, *args, **kw: taken.append(plan) or run(plan, *args, **kw))
     fast_dir, _ = train_tree(load_config(None, keys + ["run.name=fast"]), evaluate=False)
-    on_this_cpu = {"transposed-direct"} if dense_conv._cpu_has_avx512() else {"swapped-weight-grad"}
+    on_this_cpu = {"transposed-direct"} if dense_conv._cpu_has_avx512() else {"own-backward"}
     assert set(taken) == {"small-matmul", "transposed-matmul"} | on_this_cpu
     taken.clear()
     with native_convolutions():

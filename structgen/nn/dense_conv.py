@@ -9,19 +9,23 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
   from the weight through an index cached per geometry, and forward and backward are matrix
   multiplies (forward + backward 0.35-0.55 -> 0.19-0.35 ms; 2.3 -> 1.2 ms).
 * a stride-1 transposed conv to at most ``FEW_CHANNELS`` channels (the leaf decoders' last
-  layer, 12x12, 6 -> 1), oneDNN's weakest case: its forward is a multiply by the matrix, read
-  as a strided view of the padded kernel (forward 33 -> 7 ms).
+  layer, 12x12, 6 -> 1), oneDNN's weakest case: its forward is a multiply of each input row by a
+  row-banded matrix, a strided view of the padded kernel, and a sum over kernel rows
+  (``_transposed_matmul``; forward 33 -> 7 ms as the full matrix, 7.7 -> 4.7 ms as the band on
+  an AVX2-only CPU).
 * any other stride-1 transposed conv (the decoders' 12x12, 11 -> 6): with AVX-512 its forward
   is the direct convolution with the flipped kernel, which oneDNN runs well there (forward 9.8 ->
-  6.9 ms); on an AVX2-only CPU, where that direct form is slow, it takes the multiply above while
-  its matrix has at most ``FEW_CHANNELS_MATRIX`` entries (forward + backward 54 -> 37 ms against
-  oneDNN's transposed conv), else oneDNN's own.
+  6.9 ms); on an AVX2-only CPU, where that direct form is slow, it takes the banded multiply
+  while its matrix has at most ``FEW_CHANNELS_MATRIX`` entries or its kernel is large and the
+  band narrow (``_band_is_narrow``), else oneDNN's own.
 
-The two transposed kinds keep oneDNN's backward for the input gradient. On an AVX2-only CPU the
-weight gradient of every stride-1 layer with a large kernel (the encoder's and decoders' 12x12
-layers) is a convolution of the input with the output gradient, batch and channels swapped:
-oneDNN's own is 1.5-5x slower there (``_swaps_weight_grad``); such a layer that would otherwise
-run natively takes the plan 'swapped-weight-grad' (torch's forward, that backward).
+The two transposed kinds keep oneDNN's backward for the input gradient. On an AVX2-only CPU every
+stride-1 layer with a large kernel (the encoder's and decoders' 12x12 layers) takes its weight
+gradient as a convolution of the input with the output gradient, batch and channels swapped:
+oneDNN's own is 1.5-5x slower there (``_swaps_weight_grad``). Such a conv that would otherwise
+run natively takes the plan 'own-backward': torch's forward; that weight gradient; and its input
+gradient, a transposed conv, as the banded multiply where the band is narrow (the encoder's
+11 -> 21 layer: 62 -> 36 ms).
 
 Each path computes the same linear map and gradients as torch's, with the sums taken in another
 order (float rounding; tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA,
@@ -43,6 +47,7 @@ SMALL_MATRIX = 1 << 19
 FEW_CHANNELS = 3
 FEW_CHANNELS_MATRIX = 1 << 22
 SWAP_MIN_KERNEL = 10
+BAND_MAX_WIDTH_PER_KERNEL = 2.5
 
 _native_only = False
 
@@ -121,30 +126,44 @@ class _SmallConvAsMatmul(torch.autograd.Function):
 
 
 def _transposed_matmul(x: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
-    """Stride-1 transposed conv as one multiply: with the input flipped, the matrix's entry for
-    (c_in, i', j') -> (c_out, o, p) is the kernel padded by H-1-pad at (o + i', p + j'), so the
-    matrix is a strided view of that padded kernel, copied once (no index to read)."""
+    """Stride-1 transposed conv as one multiply by a row-banded matrix, then a sum over kernel rows.
+
+    Input row i and kernel row r feed output row i + r - pad; within a row, input column j feeds
+    output column q through kernel column q + pad - j. So each input row (all its channels) times
+    one (c_in, w) x (k_h, c_out, out_w) matrix gives every kernel row's contribution at once, and
+    the output is the sum of those contributions shifted by their kernel row. With the input
+    flipped along its width, that matrix is a strided view of the kernel padded by w - 1 on both
+    sides. Against the full input-to-output matrix this does out_w / (w + k_w - 1) of the work
+    with no zero rows (12x12, 11 -> 6 on 10x10: 0.77 against 1.22 GFLOP for 256 images)."""
     batch, c_in, h, w = x.shape
     c_out, k_h, k_w = weight.shape[1:]
-    pad_h, pad_w = h - 1 - padding[0], w - 1 - padding[1]
-    padded = F.pad(weight, (pad_w, pad_w, pad_h, pad_h)).contiguous()
-    out_h, out_w = padded.shape[2] - h + 1, padded.shape[3] - w + 1
+    pad_h, pad_w = padding
+    out_w = w + k_w - 1 - 2 * pad_w
+    padded = F.pad(weight, (w - 1, w - 1)).contiguous()
     s_in, s_out, s_row, s_col = padded.stride()
-    view = padded.as_strided((c_in, h, w, c_out, out_h, out_w), (s_in, s_row, s_col, s_out, s_row, s_col))
-    matrix = view.reshape(c_in * h * w, c_out * out_h * out_w)
-    return (x.flip(2, 3).reshape(batch, -1) @ matrix).view(batch, c_out, out_h, out_w)
+    band = padded.as_strided((c_in, w, k_h, c_out, out_w), (s_in, s_col, s_row, s_out, s_col),
+                             padded.storage_offset() + pad_w * s_col)
+    rows = x.flip(3).transpose(1, 2).reshape(batch * h, c_in * w)
+    by_kernel_row = (rows @ band.reshape(c_in * w, k_h * c_out * out_w)).view(batch, h, k_h, c_out, out_w)
+    full = x.new_zeros(batch, h + k_h - 1, c_out, out_w)
+    for r in range(k_h):
+        full[:, r:r + h] += by_kernel_row[:, :, r]
+    return full[:, pad_h:full.shape[1] - pad_h].permute(0, 2, 1, 3).contiguous()
 
 
 class _StrideOneConv(torch.autograd.Function):
     """A stride-1 conv or transposed conv whose forward runs as torch's, as a multiply or as the
     direct conv with the flipped kernel, and whose backward is oneDNN's, except that the weight
-    gradient can be taken as a convolution with batch and channels swapped (``swap_weight_grad``)."""
+    gradient can be taken as a convolution with batch and channels swapped (``swap_weight_grad``)
+    and a conv's input gradient, itself a transposed conv, as the banded multiply
+    (``input_grad_by_rows``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, padding: tuple[int, int], transposed: bool, plan: str,
-                swap_weight_grad: bool) -> Tensor:
+                swap_weight_grad: bool, input_grad_by_rows: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.transposed, ctx.swap_weight_grad = padding, transposed, swap_weight_grad
+        ctx.padding, ctx.transposed = padding, transposed
+        ctx.swap_weight_grad, ctx.input_grad_by_rows = swap_weight_grad, input_grad_by_rows
         if plan == "transposed-matmul":
             return _transposed_matmul(x, weight, padding)
         if plan == "transposed-direct":
@@ -157,15 +176,19 @@ class _StrideOneConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         want_x, want_w = ctx.needs_input_grad[:2]
+        rows = want_x and ctx.input_grad_by_rows
         swap = want_w and ctx.swap_weight_grad
         grad_x = grad_w = None
-        if want_x or (want_w and not swap):
+        if (want_x and not rows) or (want_w and not swap):
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, [1, 1], list(ctx.padding), [1, 1], ctx.transposed, [0, 0], 1,
-                [want_x, want_w and not swap, False])
+                [want_x and not rows, want_w and not swap, False])
+        if rows:
+            # A conv's (c_out, c_in, k, k) weight read as a transposed conv's (c_in', c_out') one.
+            grad_x = _transposed_matmul(grad_out, weight, ctx.padding)
         if swap:
             grad_w = _weight_grad_by_swapped_conv(x, grad_out, ctx.padding, ctx.transposed)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None
 
 
 def _weight_grad_by_swapped_conv(x: Tensor, grad_out: Tensor, padding: tuple[int, int], transposed: bool) -> Tensor:
@@ -198,7 +221,7 @@ def _output_hw(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> t
 
 
 def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
-    """'native', 'small-matmul', 'transposed-matmul', 'transposed-direct' or 'swapped-weight-grad'
+    """'native', 'small-matmul', 'transposed-matmul', 'transposed-direct' or 'own-backward'
     (module docstring)."""
     if (_native_only or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] == 0
             or torch.is_autocast_enabled("cpu") or x.dtype != _stored_weight(layer).dtype
@@ -214,11 +237,21 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
     if not stride_one:
         return "native"
     avx512 = _cpu_has_avx512()
-    if transposed and entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512):
+    if transposed and (entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512)
+                       or _swaps_weight_grad(layer) and _band_is_narrow(out_w, layer)):
         return "transposed-matmul"
     if transposed and avx512:
         return "transposed-direct"
-    return "swapped-weight-grad" if _swaps_weight_grad(layer) else "native"
+    return "own-backward" if _swaps_weight_grad(layer) else "native"
+
+
+def _band_is_narrow(wide: int, layer: nn.modules.conv._ConvNd) -> bool:
+    """Whether the banded multiply (``_transposed_matmul``) onto ``wide`` columns pays on an
+    AVX2-only CPU, where oneDNN's transposed conv is slow: its work over the conv's is wide / k_w.
+    2 threads, 256 images, 12x12 kernels, against oneDNN's transposed conv: 11 -> 6 onto 19
+    columns 25 -> 7.4 ms, 21 -> 11 onto 19 44 -> 32 ms, 16 -> 16 onto 25 149 -> 103 ms, 6 -> 1
+    onto 28 12.5 -> 3.2 ms; a 9x9 onto 30 (3.3x the kernel) is 3x slower (16 -> 50 ms)."""
+    return wide <= BAND_MAX_WIDTH_PER_KERNEL * layer.kernel_size[1]
 
 
 def _swaps_weight_grad(layer: nn.modules.conv._ConvNd) -> bool:
@@ -249,7 +282,9 @@ def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.mo
                                          tuple(layer.padding), output_padding, tuple(x.shape[2:]))
         y = _SmallConvAsMatmul.apply(x, weight, index, out_shape)
     else:
-        y = _StrideOneConv.apply(x, weight, tuple(layer.padding), transposed, plan, _swaps_weight_grad(layer))
+        swap = _swaps_weight_grad(layer)
+        rows = swap and not transposed and _band_is_narrow(x.shape[3], layer)
+        y = _StrideOneConv.apply(x, weight, tuple(layer.padding), transposed, plan, swap, rows)
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 

@@ -11,8 +11,8 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
 * a stride-1 transposed conv to at most ``FEW_CHANNELS`` channels (the leaf decoders' last
   layer, 12x12, 6 -> 1), oneDNN's weakest case: its forward is a multiply of each input row by a
   row-banded matrix, a strided view of the padded kernel, and a sum over kernel rows
-  (``_transposed_matmul``; forward 33 -> 7 ms as the full matrix, 7.7 -> 4.7 ms as the band on
-  an AVX2-only CPU).
+  (``_transposed_matmul``; forward 33 -> 7 ms as the full matrix with AVX-512, where the band
+  is not measured yet; 7.7 -> 4.7 ms from the full matrix to the band on an AVX2-only CPU).
 * any other stride-1 transposed conv (the decoders' 12x12, 11 -> 6): with AVX-512 its forward
   is the direct convolution with the flipped kernel, which oneDNN runs well there (forward 9.8 ->
   6.9 ms); on an AVX2-only CPU, where that direct form is slow, it takes the banded multiply

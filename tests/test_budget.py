@@ -105,8 +105,9 @@ def planned(run_dir) -> tuple[dict, dict]:
 
 def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, monkeypatch,
                                                                               one_torch_thread):
-    # whether growth meets its deadline depends on this machine's clock: tested on its own below
+    # whether growth and the finetuning meet the budget depends on this machine's clock: tested on their own below
     monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_finetuning", lambda self, phase: False)
     run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", f"training.budget_minutes={BUDGET}"),
                             evaluate=False)
     plan, epochs = planned(run_dir)
@@ -165,7 +166,40 @@ def test_settling_the_grown_tree_keeps_to_growths_deadline(tmp_path, monkeypatch
     assert not any(p.startswith("settle") for p in ran) and ran["finetune"] >= 1
 
 
+@pytest.mark.parametrize("late_after", [1, 2])
+def test_the_finetuning_ends_when_its_next_epoch_would_end_past_the_budget(tmp_path, monkeypatch, one_torch_thread,
+                                                                           late_after):
+    finetuning_epochs = []
+    real_count_epoch, real_count_time = TreeTrainer._count_epoch, TreeTrainer._count_time
+
+    def count_epoch(self):
+        if self.state.stage == "final_prune":      # set when the finetuning starts
+            finetuning_epochs.append(self.state.epochs_done)
+        return real_count_epoch(self)
+
+    def clock(self):        # on time (the whole budget left) until the finetuning's late_after-th epoch
+        real_count_time(self)
+        budget_s = self.cfg.training.budget_minutes * 60
+        late = len(finetuning_epochs) >= late_after
+        self.state.seconds_trained = max(self.state.seconds_trained, budget_s - 1e-3) if late else 0.0
+
+    monkeypatch.setattr(TreeTrainer, "_count_epoch", count_epoch)
+    monkeypatch.setattr(TreeTrainer, "_count_time", clock)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=cut", f"training.budget_minutes={BUDGET}"), evaluate=False)
+    records = read_metrics(run_dir)
+    refitted = next(r["epochs"] for r in records if r["event"] == "budget_replan")
+    ends = [r for r in records if r["event"] == "budget_end_finetuning"]
+    assert refitted > late_after and len(ends) == 1
+    assert ends[0]["epochs_done"] == late_after and ends[0]["epochs_planned"] == refitted
+    trained = [r for r in records if r["event"] == "epoch" and r["phase"] == "finetune"]
+    assert [r["epoch"] for r in trained] == list(range(1, late_after + 1)) and trained[-1]["epochs"] == late_after
+    assert next(r for r in records if r["event"] == "phase_end" and r["phase"] == "finetune")["epochs"] == late_after
+    # the run ends as every run does: checkpointed, finished, loadable
+    assert load_model(run_dir)[0].tree.leaves()
+
+
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_finetuning", lambda self, phase: False)   # clock: tested above
     cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
     real = phase_module.maybe_die
 

@@ -127,8 +127,11 @@ class PhaseRunner:
                             drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment)
 
     # ---- training ------------------------------------------------------------------------
-    def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int]) -> None:
-        """Train the remaining epochs of ``phase``; checkpoints through ``self.checkpoint``."""
+    def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int],
+            ends_early: Callable[[Phase], bool] | None = None) -> None:
+        """Train the remaining epochs of ``phase``; checkpoints through ``self.checkpoint``.
+        ``ends_early``, asked after every epoch but the last, may end the phase there: its epoch
+        count becomes the epochs done, so the logs and the checkpoint say what was trained."""
         loader = self.loader(phase)
         objective = self.objective(phase, state)
         step_fn = self.ctx.wrap(objective)
@@ -141,7 +144,10 @@ class PhaseRunner:
             state.scheduler.step()
             state.annealer.step()
             phase.epoch += 1
-            self._log_epoch(phase, sums, on_epoch(), alpha=alpha, lr=lr)
+            step = on_epoch()
+            if ends_early is not None and phase.epoch < phase.epochs and ends_early(phase):
+                phase.epochs = phase.epoch
+            self._log_epoch(phase, sums, step, alpha=alpha, lr=lr)
             if phase.epoch % self.t.checkpoint_every == 0 or phase.epoch == phase.epochs:
                 self.checkpoint(phase, state)
             maybe_die(phase.name, phase.epoch, self.ctx.rank)

@@ -237,8 +237,9 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
     if not stride_one:
         return "native"
     avx512 = _cpu_has_avx512()
-    if transposed and (entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512)
-                       or _swaps_weight_grad(layer) and _band_is_narrow(out_w, layer)):
+    few_channels = entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512)
+    narrow_band = _swaps_weight_grad(layer) and _band_is_narrow(out_w, layer)
+    if transposed and (few_channels or narrow_band):
         return "transposed-matmul"
     if transposed and avx512:
         return "transposed-direct"

@@ -6,7 +6,7 @@ from conftest import TINY_DATA
 from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.runtime.tree_checkpoint import load_checkpoint
-from structgen.train.annealing import KLAnnealer, finetune_decay
+from structgen.train.annealing import KLAnnealer, finetune_decay, refit_finetune_ramp
 from structgen.train.phase import Phase, warmup_scale
 
 
@@ -28,6 +28,33 @@ def test_annealer_state_round_trips_and_an_older_state_keeps_annealing_per_epoch
     assert KLAnnealer.from_state(annealer.state_dict()) == annealer
     old = KLAnnealer.from_state({"kl_start": 0.1, "decay": 0.2, "epochs_done": 1})   # written before per_step
     assert old.alpha_at(0.9) == old.alpha == pytest.approx(0.3)
+
+
+def finetune_alphas(planned: int, refit_after: int, epochs: int, kl_start: float = 0.0) -> list[float]:
+    """α per epoch of a finetune planned with ``planned`` epochs whose length became ``epochs``
+    after ``refit_after`` of them (training.budget_minutes' refit)."""
+    annealer, seen = KLAnnealer(kl_start, finetune_decay(planned)), []
+    for epoch in range(epochs):
+        if epoch == refit_after:
+            refit_finetune_ramp(annealer, epochs)
+        seen.append(annealer.alpha)
+        annealer.step()
+    return seen
+
+
+@pytest.mark.parametrize("planned", [2, 6, 30])
+@pytest.mark.parametrize("kl_start", [0.0, 0.5])
+def test_a_finetune_refitted_after_its_first_epoch_ramps_as_one_planned_with_its_new_length(planned, kl_start):
+    assert finetune_alphas(planned, 1, 5, kl_start) == pytest.approx(finetune_alphas(5, 5, 5, kl_start))
+
+
+def test_a_finetune_refitted_later_ramps_on_from_its_last_alpha_and_ends_at_one():
+    shortened = finetune_alphas(planned=7, refit_after=4, epochs=5)      # 0, 1/6, 2/6, 3/6: then straight to 1
+    assert shortened[:4] == pytest.approx([0, 1 / 6, 2 / 6, 3 / 6]) and shortened[4] == 1.0
+    lengthened = finetune_alphas(planned=3, refit_after=2, epochs=10)    # 0, 0.5: then at a 10-epoch finetune's rate
+    assert lengthened == pytest.approx([0, 0.5, 0.5 + 1 / 9, 0.5 + 2 / 9, 0.5 + 3 / 9, 0.5 + 4 / 9, 1, 1, 1, 1])
+    assert all(b >= a for a, b in zip(lengthened, lengthened[1:]))
+    assert finetune_alphas(planned=2, refit_after=2, epochs=6)[2:] == [1.0] * 4     # at 1 already: stays there
 
 
 def test_warmup_rises_linearly_over_fractional_epochs_then_stays_at_one():

@@ -1,14 +1,18 @@
 """`training.budget_minutes`: the configured schedule scaled to a wall-clock budget."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import SYNTHETIC_FAST
 
+import structgen.train.growth as growth_module
 import structgen.train.phase as phase_module
 from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.errors import ConfigError
 from structgen.runtime.metrics_log import read_metrics
 from structgen.runtime.tree_checkpoint import load_model
+from structgen.train.annealing import finetune_decay
 from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, intermediate_seconds,
                                     predicted_seconds, scale_epochs, split_seconds)
 from structgen.train.growth import TreeTrainer
@@ -107,7 +111,7 @@ def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(t
                                                                               one_torch_thread):
     # whether growth and the finetuning meet the budget depends on this machine's clock: tested on their own below
     monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
-    monkeypatch.setattr(TreeTrainer, "_budget_ends_finetuning", lambda self, phase: False)
+    monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)
     run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", f"training.budget_minutes={BUDGET}"),
                             evaluate=False)
     plan, epochs = planned(run_dir)
@@ -166,40 +170,101 @@ def test_settling_the_grown_tree_keeps_to_growths_deadline(tmp_path, monkeypatch
     assert not any(p.startswith("settle") for p in ran) and ran["finetune"] >= 1
 
 
-@pytest.mark.parametrize("late_after", [1, 2])
-def test_the_finetuning_ends_when_its_next_epoch_would_end_past_the_budget(tmp_path, monkeypatch, one_torch_thread,
-                                                                           late_after):
-    finetuning_epochs = []
-    real_count_epoch, real_count_time = TreeTrainer._count_epoch, TreeTrainer._count_time
+class FinetuningClock:
+    """growth.py's clock: stopped while the tree grows (growth takes none of the budget), then
+    ``epoch_s`` per finetuning epoch; and the finetuning's first fit, ``guess`` epochs, in place
+    of the few timed steps whose error the refit after every epoch corrects."""
 
-    def count_epoch(self):
-        if self.state.stage == "final_prune":      # set when the finetuning starts
-            finetuning_epochs.append(self.state.epochs_done)
-        return real_count_epoch(self)
+    def __init__(self, monkeypatch, epoch_s: float, guess: int):
+        self.now = 1000.0
+        monkeypatch.setattr(growth_module, "time", SimpleNamespace(monotonic=lambda: self.now))
+        monkeypatch.setattr(growth_module, "finetuning_epochs",
+                            lambda *args, **kwargs: {"epochs": guess, "minutes_left": 0.0, "epoch_seconds": epoch_s,
+                                                     "leaves": 0})
+        real_count_epoch = TreeTrainer._count_epoch
 
-    def clock(self):        # on time (the whole budget left) until the finetuning's late_after-th epoch
-        real_count_time(self)
-        budget_s = self.cfg.training.budget_minutes * 60
-        late = len(finetuning_epochs) >= late_after
-        self.state.seconds_trained = max(self.state.seconds_trained, budget_s - 1e-3) if late else 0.0
+        def count_epoch(trainer):
+            if trainer.state.stage == "final_prune":      # set when the finetuning starts
+                self.now += epoch_s
+            return real_count_epoch(trainer)
 
-    monkeypatch.setattr(TreeTrainer, "_count_epoch", count_epoch)
-    monkeypatch.setattr(TreeTrainer, "_count_time", clock)
-    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=cut", f"training.budget_minutes={BUDGET}"), evaluate=False)
+        monkeypatch.setattr(TreeTrainer, "_count_epoch", count_epoch)
+
+
+def finetuning_records(run_dir) -> tuple[list[tuple], list[dict], int]:
+    """The finetuning's refits as (epochs done, before, after), its epoch records, its length."""
     records = read_metrics(run_dir)
-    refitted = next(r["epochs"] for r in records if r["event"] == "budget_replan")
-    ends = [r for r in records if r["event"] == "budget_end_finetuning"]
-    assert refitted > late_after and len(ends) == 1
-    assert ends[0]["epochs_done"] == late_after and ends[0]["epochs_planned"] == refitted
+    refits = [(r["epochs_done"], r["epochs_before"], r["epochs"]) for r in records
+              if r["event"] == "budget_refit_finetuning"]
     trained = [r for r in records if r["event"] == "epoch" and r["phase"] == "finetune"]
-    assert [r["epoch"] for r in trained] == list(range(1, late_after + 1)) and trained[-1]["epochs"] == late_after
-    assert next(r for r in records if r["event"] == "phase_end" and r["phase"] == "finetune")["epochs"] == late_after
+    length = next(r["epochs"] for r in records if r["event"] == "phase_end" and r["phase"] == "finetune")
+    return refits, trained, length
+
+
+def planned_ramp(cfg, epochs: int) -> list[float]:
+    """α per epoch of a finetuning planned with ``epochs`` epochs from the start."""
+    return [min(1.0, cfg.training.kl_start + e * finetune_decay(epochs)) for e in range(epochs)]
+
+
+# 4.5 epochs' time in the budget: 4 fit, from every epoch's end (the half keeps the division off an integer)
+@pytest.mark.parametrize("guess", [2, 4, 6])
+def test_the_finetuning_is_refitted_to_the_budget_at_its_own_pace(tmp_path, monkeypatch, one_torch_thread, guess):
+    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 4.5, guess=guess)
+    cfg = budget_cfg(tmp_path, "run.name=refit", f"training.budget_minutes={BUDGET}")
+    run_dir, _ = train_tree(cfg, evaluate=False)
+    refits, trained, length = finetuning_records(run_dir)
+    assert refits == ([] if guess == 4 else [(1, guess, 4)]) and length == 4
+    assert [r["epoch"] for r in trained] == [1, 2, 3, 4] and trained[-1]["epochs"] == 4
+    # the KL ramp of a finetuning planned with 4 epochs: it ends at alpha = 1 whether lengthened or shortened
+    assert [r["alpha"] for r in trained] == pytest.approx(planned_ramp(cfg, 4))
+    if guess == 4:
+        return
+    # ... and trains exactly as that finetuning would: same weights as the same epochs set by hand
+    _, epochs = planned(run_dir)
+    by_hand = [f"training.{k}={v}" for k, v in {**epochs, "num_epochs_finetuning": 4}.items()]
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
+    hand_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=hand", *by_hand), evaluate=False)
+    refitted, manual = load_model(run_dir)[0], load_model(hand_dir)[0]
+    assert refitted.tree == manual.tree
+    for (name, a), b in zip(refitted.state_dict().items(), manual.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_finetuning_ends_when_its_next_epoch_would_end_past_the_budget(tmp_path, monkeypatch, one_torch_thread):
+    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 1.5, guess=3)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=cut", f"training.budget_minutes={BUDGET}"), evaluate=False)
+    refits, trained, length = finetuning_records(run_dir)
+    assert refits == [(1, 3, 1)] and length == 1
+    assert [r["epoch"] for r in trained] == [1] and trained[-1]["epochs"] == 1
+    refit = next(r for r in read_metrics(run_dir) if r["event"] == "budget_refit_finetuning")
+    assert refit["minutes_trained"] + refit["epoch_minutes"] > refit["budget_minutes"]
     # the run ends as every run does: checkpointed, finished, loadable
     assert load_model(run_dir)[0].tree.leaves()
 
 
+def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, monkeypatch, one_torch_thread):
+    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 4.5, guess=2)
+    cfg = budget_cfg(tmp_path, "run.name=again", f"training.budget_minutes={BUDGET}")
+    real = phase_module.maybe_die
+
+    def stop_after_second_finetuning_epoch(phase, epoch, rank):
+        if phase == "finetune" and epoch == 2:
+            raise KeyboardInterrupt
+        real(phase, epoch, rank)
+
+    monkeypatch.setattr(phase_module, "maybe_die", stop_after_second_finetuning_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_tree(cfg, evaluate=False)
+    monkeypatch.setattr(phase_module, "maybe_die", real)
+    run_dir, _ = train_tree(cfg, resume=True, evaluate=False)
+    refits, trained, length = finetuning_records(run_dir)
+    assert refits == [(1, 2, 4)] and length == 4
+    assert [r["epoch"] for r in trained] == [1, 2, 3, 4]
+    assert [r["alpha"] for r in trained] == pytest.approx(planned_ramp(cfg, 4))
+
+
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
-    monkeypatch.setattr(TreeTrainer, "_budget_ends_finetuning", lambda self, phase: False)   # clock: tested above
+    monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)   # clock: above
     cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
     real = phase_module.maybe_die
 

@@ -119,8 +119,8 @@ class TrainingConfig:
     budget_minutes: float = option(0.0, "0 = train the epochs above; > 0 = scale the four epoch counts by one factor "
                                         "(proportions kept, each >= 1) to fit this many minutes of training, "
                                         "predicted from a few timed steps (evaluation not included); growth ends early "
-                                        "rather than take the finetuning's share, the finetuning rather than run "
-                                        "past the budget", min=0.0)
+                                        "rather than take the finetuning's share; the finetuning's length follows its "
+                                        "measured pace to fill the budget without running past it", min=0.0)
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
     settle_rounds: int = option(0, "when growth is over with splits made since the last intermediate full-train: "
                                     "retrain the full tree (num_epochs_intermediate_fulltrain epochs) and grow again "

@@ -32,6 +32,17 @@ class KLAnnealer:
     def step(self) -> None:
         self.epochs_done += 1
 
+    def reach_one_at(self, last_epoch: int, min_decay: float = 0.0) -> None:
+        """Re-aim the ramp, straight on from the α of the last epoch run (of the first, before
+        any ran), rising ``min_decay`` per epoch, or faster where that would not reach α = 1 by
+        epoch ``last_epoch`` (0-based). A ramp at 1 stays there."""
+        anchor_epoch = max(self.epochs_done - 1, 0)
+        anchor = min(1.0, self.kl_start + anchor_epoch * self.decay)
+        if anchor >= 1.0:
+            return
+        self.decay = max(min_decay, (1.0 - anchor) / max(1, last_epoch - anchor_epoch))
+        self.kl_start = anchor - anchor_epoch * self.decay
+
     def state_dict(self) -> dict:
         return asdict(self)
 
@@ -43,3 +54,11 @@ class KLAnnealer:
 def finetune_decay(epochs: int) -> float:
     """The final finetune's decay: max(0.01, 1/max(1, E-1)) (§2)."""
     return max(0.01, 1.0 / max(1, epochs - 1))
+
+
+def refit_finetune_ramp(annealer: KLAnnealer, epochs: int) -> None:
+    """The finetune's ramp when its length becomes ``epochs`` while it runs: on from where α
+    is, at the rate ``finetune_decay`` gives a finetune of that length, or faster where α would
+    not reach 1 by its last epoch (when it was shortened). Refitted after its first epoch, it
+    is the ramp of a finetune planned with ``epochs`` from the start."""
+    annealer.reach_one_at(epochs - 1, min_decay=finetune_decay(epochs))

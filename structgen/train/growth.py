@@ -22,7 +22,7 @@ from structgen.runs import last_checkpoint
 from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_state
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
-from structgen.train.annealing import finetune_decay
+from structgen.train.annealing import finetune_decay, refit_finetune_ramp
 from structgen.train.budget import (GrowthShape, StepCosts, finetuning_epochs, intermediate_seconds, plan_schedule,
                                     split_seconds)
 from structgen.runtime.leaf_probabilities import leaf_probabilities
@@ -133,28 +133,36 @@ class TreeTrainer:
                                    f"the rest is the finetuning's")
         return late
 
-    def _budget_ends_finetuning(self, phase: Phase) -> bool:
-        """The budget is a ceiling: the finetuning ends after this epoch when one more, as long as
-        its epochs so far took on average, would end past it. Its refit is timed on a few steps
-        and this machine's speed drifts (FMNIST: 144 s per epoch refitted, 175 s trained, 3 min
-        over a 43-minute budget). Rank 0 decides."""
+    def _budget_refits_finetuning(self, phase: Phase, pstate: PhaseState) -> None:
+        """The finetuning's length, refitted after each of its epochs to as many as fit the
+        budget at the pace of its epochs so far, and its KL ramp re-aimed to reach 1 at the new
+        last epoch. Its first fit is timed on a few steps of a copy, and this machine's speed
+        drifts both ways: FMNIST trained 175 s per epoch where the steps said 144 (3 min over a
+        43-minute budget), MNIST about 180 s where they said 260 (6 min left unused). So the
+        budget is both a ceiling and a target. Rank 0 decides."""
         s = self.state
         if phase.name != "finetune" or s.growth_deadline is None:
-            return False
+            return
         self._count_time()
         started, epochs_then = self._phase_clock
         epoch_s = (time.monotonic() - started) / (phase.epoch - epochs_then)
         budget_s = self.cfg.training.budget_minutes * 60
-        late = self.ctx.broadcast_object(s.seconds_trained + epoch_s > budget_s)
-        if late:
-            self.log_event("budget_end_finetuning", epochs_done=phase.epoch, epochs_planned=phase.epochs,
-                           minutes_trained=round(s.seconds_trained / 60, 2), epoch_minutes=round(epoch_s / 60, 2),
-                           budget_minutes=self.cfg.training.budget_minutes)
-            if self.ctx.is_main:
-                self.progress.line(f"budget: the finetuning ends after {phase.epoch} of {phase.epochs} epochs, "
-                                   f"{s.seconds_trained / 60:.1f} min in: one more ({epoch_s / 60:.1f} min) would "
-                                   f"end past the budget ({self.cfg.training.budget_minutes:g} min)")
-        return late
+        fits = phase.epoch + int(max(0.0, budget_s - s.seconds_trained) // epoch_s)
+        epochs = self.ctx.broadcast_object(max(phase.epoch, fits))
+        if epochs == phase.epochs:
+            return
+        self.log_event("budget_refit_finetuning", epochs_done=phase.epoch, epochs_before=phase.epochs, epochs=epochs,
+                       minutes_trained=round(s.seconds_trained / 60, 2), epoch_minutes=round(epoch_s / 60, 3),
+                       budget_minutes=self.cfg.training.budget_minutes)
+        if self.ctx.is_main:
+            now = (f"ends after {phase.epoch} of {phase.epochs} epochs" if epochs == phase.epoch
+                   else f"takes {epochs} epochs, not {phase.epochs}")
+            self.progress.line(f"budget: {s.seconds_trained / 60:.1f} min in, at {epoch_s / 60:.2f} min per epoch the "
+                               f"finetuning {now}, to end within the budget "
+                               f"({self.cfg.training.budget_minutes:g} min)")
+        phase.epochs = epochs
+        if epochs > phase.epoch:
+            refit_finetune_ramp(pstate.annealer, epochs)
 
     def _replan_finetuning(self) -> None:
         """Fit the finetuning to what growth left of the budget (it fills or gives back the
@@ -240,7 +248,7 @@ class TreeTrainer:
             pstate = self.runner.new_state(phase)
             self._checkpoint(phase, pstate)     # fresh modules and optimiser: resumable from epoch 0
         self._phase_clock = (time.monotonic(), phase.epoch)
-        self.runner.run(phase, pstate, on_epoch=self._count_epoch, ends_early=self._budget_ends_finetuning)
+        self.runner.run(phase, pstate, on_epoch=self._count_epoch, refit=self._budget_refits_finetuning)
         if phase.kind == "subtree":
             self._attach_split(phase.leaf, pstate.subtree)
         self.log_event("phase_end", phase=phase.name, epochs=phase.epochs, n_leaves=len(self.model.tree.leaves()))

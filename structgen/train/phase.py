@@ -128,10 +128,11 @@ class PhaseRunner:
 
     # ---- training ------------------------------------------------------------------------
     def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int],
-            ends_early: Callable[[Phase], bool] | None = None) -> None:
+            refit: Callable[[Phase, PhaseState], None] | None = None) -> None:
         """Train the remaining epochs of ``phase``; checkpoints through ``self.checkpoint``.
-        ``ends_early``, asked after every epoch but the last, may end the phase there: its epoch
-        count becomes the epochs done, so the logs and the checkpoint say what was trained."""
+        ``refit``, called after every epoch, may change the phase's length (``phase.epochs``, not
+        below the epochs done) and its KL ramp before the epoch is logged and checkpointed, so the
+        logs and the checkpoint say what was trained and what is still to come."""
         loader = self.loader(phase)
         objective = self.objective(phase, state)
         step_fn = self.ctx.wrap(objective)
@@ -145,8 +146,8 @@ class PhaseRunner:
             state.annealer.step()
             phase.epoch += 1
             step = on_epoch()
-            if ends_early is not None and phase.epoch < phase.epochs and ends_early(phase):
-                phase.epochs = phase.epoch
+            if refit is not None:
+                refit(phase, state)
             self._log_epoch(phase, sums, step, alpha=alpha, lr=lr)
             if phase.epoch % self.t.checkpoint_every == 0 or phase.epoch == phase.epochs:
                 self.checkpoint(phase, state)

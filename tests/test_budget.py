@@ -206,7 +206,7 @@ def planned_ramp(cfg, epochs: int) -> list[float]:
     return [min(1.0, cfg.training.kl_start + e * finetune_decay(epochs)) for e in range(epochs)]
 
 
-# 4.5 epochs' time in the budget: 4 fit, from every epoch's end (the half keeps the division off an integer)
+# With 4.5 epochs' time in the budget (the half keeps the divisions off integers) 4 fit, from every epoch's end.
 @pytest.mark.parametrize("guess", [2, 4, 6])
 def test_the_finetuning_is_refitted_to_the_budget_at_its_own_pace(tmp_path, monkeypatch, one_torch_thread, guess):
     FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 4.5, guess=guess)
@@ -228,6 +228,17 @@ def test_the_finetuning_is_refitted_to_the_budget_at_its_own_pace(tmp_path, monk
     assert refitted.tree == manual.tree
     for (name, a), b in zip(refitted.state_dict().items(), manual.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_finetuning_is_lengthened_with_half_an_epoch_to_spare_or_at_its_end(tmp_path, monkeypatch,
+                                                                               one_torch_thread):
+    # 5.3 epochs' time: after epoch 1 a fifth would fit with 0.3 to spare (too little, while epochs are to
+    # come); at the end of the fourth it fits, and nothing is left to flip back
+    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 5.3, guess=4)
+    cfg = budget_cfg(tmp_path, "run.name=spare", f"training.budget_minutes={BUDGET}")
+    refits, trained, length = finetuning_records(train_tree(cfg, evaluate=False)[0])
+    assert refits == [(4, 4, 5)] and length == 5
+    assert [r["alpha"] for r in trained] == pytest.approx(planned_ramp(cfg, 4) + [1.0])
 
 
 def test_the_finetuning_ends_when_its_next_epoch_would_end_past_the_budget(tmp_path, monkeypatch, one_torch_thread):

@@ -146,9 +146,14 @@ class TreeTrainer:
         self._count_time()
         started, epochs_then = self._phase_clock
         epoch_s = (time.monotonic() - started) / (phase.epoch - epochs_then)
-        budget_s = self.cfg.training.budget_minutes * 60
-        fits = phase.epoch + int(max(0.0, budget_s - s.seconds_trained) // epoch_s)
-        epochs = self.ctx.broadcast_object(max(phase.epoch, fits))
+        left = self.cfg.training.budget_minutes * 60 - s.seconds_trained
+        if (phase.epochs - phase.epoch) * epoch_s > left:         # would end past the budget: as many as fit
+            epochs = phase.epoch + int(max(0.0, left) // epoch_s)
+        else:       # longer; with epochs still to come, only with half an epoch to spare (the pace is noisy:
+            # without it the count flipped 21 -> 22 -> 21 on the demo)
+            spare = epoch_s / 2 if phase.epoch < phase.epochs else 0.0
+            epochs = max(phase.epochs, phase.epoch + int(max(0.0, left - spare) // epoch_s))
+        epochs = self.ctx.broadcast_object(epochs)
         if epochs == phase.epochs:
             return
         self.log_event("budget_refit_finetuning", epochs_done=phase.epoch, epochs_before=phase.epochs, epochs=epochs,

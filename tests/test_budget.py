@@ -253,21 +253,26 @@ def test_the_finetuning_ends_when_its_next_epoch_would_end_past_the_budget(tmp_p
     assert load_model(run_dir)[0].tree.leaves()
 
 
-def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, monkeypatch, one_torch_thread):
-    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 4.5, guess=2)
-    cfg = budget_cfg(tmp_path, "run.name=again", f"training.budget_minutes={BUDGET}")
+def stopped_and_resumed(cfg, monkeypatch, stop_phase: str, stop_epoch: int):
+    """The run stopped (as by Ctrl-C) after that epoch of that phase, then resumed; its folder."""
     real = phase_module.maybe_die
 
-    def stop_after_second_finetuning_epoch(phase, epoch, rank):
-        if phase == "finetune" and epoch == 2:
+    def stop_there(phase, epoch, rank):
+        if phase == stop_phase and epoch == stop_epoch:
             raise KeyboardInterrupt
         real(phase, epoch, rank)
 
-    monkeypatch.setattr(phase_module, "maybe_die", stop_after_second_finetuning_epoch)
+    monkeypatch.setattr(phase_module, "maybe_die", stop_there)
     with pytest.raises(KeyboardInterrupt):
         train_tree(cfg, evaluate=False)
     monkeypatch.setattr(phase_module, "maybe_die", real)
-    run_dir, _ = train_tree(cfg, resume=True, evaluate=False)
+    return train_tree(cfg, resume=True, evaluate=False)[0]
+
+
+def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, monkeypatch, one_torch_thread):
+    FinetuningClock(monkeypatch, epoch_s=BUDGET * 60 / 4.5, guess=2)
+    cfg = budget_cfg(tmp_path, "run.name=again", f"training.budget_minutes={BUDGET}")
+    run_dir = stopped_and_resumed(cfg, monkeypatch, "finetune", 2)
     refits, trained, length = finetuning_records(run_dir)
     assert refits == [(1, 2, 4)] and length == 4
     assert [r["epoch"] for r in trained] == [1, 2, 3, 4]
@@ -277,18 +282,7 @@ def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, m
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)   # clock: above
     cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
-    real = phase_module.maybe_die
-
-    def stop_after_first_subtree_epoch(phase, epoch, rank):
-        if phase == "subtree-1" and epoch == 1:
-            raise KeyboardInterrupt
-        real(phase, epoch, rank)
-
-    monkeypatch.setattr(phase_module, "maybe_die", stop_after_first_subtree_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_tree(cfg, evaluate=False)
-    monkeypatch.setattr(phase_module, "maybe_die", real)
-    run_dir, _ = train_tree(cfg, resume=True, evaluate=False)
+    run_dir = stopped_and_resumed(cfg, monkeypatch, "subtree-1", 1)
     _, epochs = planned(run_dir)
     ran = phase_epochs(run_dir)
     assert ran["initial"] == epochs["num_epochs"] and ran["subtree-1"] == epochs["num_epochs_smalltree"]

@@ -135,7 +135,7 @@ class TreeTrainer:
 
     def _budget_refits_finetuning(self, phase: Phase, pstate: PhaseState) -> None:
         """The finetuning's length, refitted after each of its epochs to as many as fit the
-        budget at the pace of its epochs so far, and its KL ramp re-aimed to reach 1 at the new
+        budget at the pace of its epochs so far, and its KL ramp re-aimed to reach 1 by the new
         last epoch. Its first fit is timed on a few steps of a copy, and this machine's speed
         drifts both ways: FMNIST trained 175 s per epoch where the steps said 144 (3 min over a
         43-minute budget), MNIST about 180 s where they said 260 (6 min left unused). So the

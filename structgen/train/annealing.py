@@ -21,13 +21,16 @@ class KLAnnealer:
     @property
     def alpha(self) -> float:
         """α of the epoch about to run (its first batch)."""
-        return min(1.0, self.kl_start + self.epochs_done * self.decay)
+        return self._alpha(self.epochs_done)
 
     def alpha_at(self, fraction: float) -> float:
         """α for the batch ``fraction`` (0 <= f < 1) of the way through the current epoch."""
         if not self.per_step:
             return self.alpha
-        return min(1.0, self.kl_start + (self.epochs_done + fraction) * self.decay)
+        return self._alpha(self.epochs_done + fraction)
+
+    def _alpha(self, epochs: float) -> float:
+        return min(1.0, self.kl_start + epochs * self.decay)
 
     def step(self) -> None:
         self.epochs_done += 1
@@ -37,7 +40,7 @@ class KLAnnealer:
         any ran), rising ``min_decay`` per epoch, or faster where that would not reach α = 1 by
         epoch ``last_epoch`` (0-based). A ramp at 1 stays there."""
         anchor_epoch = max(self.epochs_done - 1, 0)
-        anchor = min(1.0, self.kl_start + anchor_epoch * self.decay)
+        anchor = self._alpha(anchor_epoch)
         if anchor >= 1.0:
             return
         self.decay = max(min_decay, (1.0 - anchor) / max(1, last_epoch - anchor_epoch))

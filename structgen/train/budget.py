@@ -216,6 +216,17 @@ def finetuning_epochs(cfg, ctx, model: TreeVAE, train_images, train_labels, load
             "epoch_seconds": round(epoch_s, 3), "leaves": len(model.tree.leaves())}
 
 
+def finetuning_length(done: int, planned: int, epoch_s: float, left_s: float) -> int:
+    """The finetuning's epochs, refitted after ``done`` of ``planned`` at ``epoch_s`` per epoch
+    with ``left_s`` of the budget left: cut to as many as fit when the planned ones would end
+    past it; longer when time is left, while epochs remain only with half an epoch to spare (the
+    pace is noisy: without the margin the demo's count flipped 21 -> 22 -> 21)."""
+    if (planned - done) * epoch_s > left_s:
+        return done + int(max(0.0, left_s) // epoch_s)
+    spare = epoch_s / 2 if done < planned else 0.0
+    return max(planned, done + int(max(0.0, left_s - spare) // epoch_s))
+
+
 def plan_schedule(cfg, ctx, spec, train_images, train_labels, loaders) -> dict:
     """The budgeted epochs (by key), the measured costs and the predicted minutes per part."""
     t = cfg.training

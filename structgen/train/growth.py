@@ -23,8 +23,8 @@ from structgen.runtime.checkpoint_io import rng_state, save_checkpoint, set_rng_
 from structgen.runtime.context import Context
 from structgen.runtime.tree_checkpoint import FORMAT as TREE_FORMAT
 from structgen.train.annealing import finetune_decay, refit_finetune_ramp
-from structgen.train.budget import (GrowthShape, StepCosts, finetuning_epochs, intermediate_seconds, plan_schedule,
-                                    split_seconds)
+from structgen.train.budget import (GrowthShape, StepCosts, finetuning_epochs, finetuning_length,
+                                    intermediate_seconds, plan_schedule, split_seconds)
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.parallel_round import train_round
 from structgen.train.phase import Phase, PhaseRunner, PhaseState
@@ -147,13 +147,7 @@ class TreeTrainer:
         started, epochs_then = self._phase_clock
         epoch_s = (time.monotonic() - started) / (phase.epoch - epochs_then)
         left = self.cfg.training.budget_minutes * 60 - s.seconds_trained
-        if (phase.epochs - phase.epoch) * epoch_s > left:         # would end past the budget: as many as fit
-            epochs = phase.epoch + int(max(0.0, left) // epoch_s)
-        else:       # longer; with epochs still to come, only with half an epoch to spare (the pace is noisy:
-            # without it the count flipped 21 -> 22 -> 21 on the demo)
-            spare = epoch_s / 2 if phase.epoch < phase.epochs else 0.0
-            epochs = max(phase.epochs, phase.epoch + int(max(0.0, left - spare) // epoch_s))
-        epochs = self.ctx.broadcast_object(epochs)
+        epochs = self.ctx.broadcast_object(finetuning_length(phase.epoch, phase.epochs, epoch_s, left))
         if epochs == phase.epochs:
             return
         self.log_event("budget_refit_finetuning", epochs_done=phase.epoch, epochs_before=phase.epochs, epochs=epochs,

@@ -102,7 +102,7 @@ def two_nodes(args) -> None:
     head = f"127.0.0.1:{free_loopback_port()}"
     temp_dir = cluster_temp_dir()            # not the /tmp/ray that other clusters here may share
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
-            "--temp-dir", temp_dir]
+            "--temp-dir", temp_dir, "--dashboard-agent-listen-port", "0"]   # not 52365, which others may need
     nodes = []
     try:
         nodes.append(start_node([ray_cli, "start", "--head", "--port", head.split(":")[1], "--include-dashboard=false",

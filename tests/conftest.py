@@ -84,7 +84,7 @@ TINY_VAE = TINY_DATA + ["training.batch_size=64", "training.num_epochs=1", "trai
 # - every module that starts a Ray cluster outside SLURM is in the unit "ray", the longest: they
 #   must not overlap (the two-node module takes fixed ports and kills a node's raylet, the Tune
 #   CLI test starts its own local cluster). test_slurm's Ray sweep may run beside them: its
-#   cluster has its job's own port and is stopped by process group;
+#   cluster has its job's own port, lets its agents choose theirs, and is stopped by process group;
 # - the modules that read the session's `trained_run` share a group, so it is trained once;
 # - every other module is a group of its own, so its module fixtures are built once.
 # xdist's own loadgroup reads `xdist_group` marks by rewriting node ids, which pytest 9 no longer

@@ -280,7 +280,9 @@ def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, m
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
-    monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)   # clock: above
+    # the clock's hooks, tested above: on a loaded machine growth's ended before the first split (CI)
+    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
+    monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)
     cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
     run_dir = stopped_and_resumed(cfg, monkeypatch, "subtree-1", 1)
     _, epochs = planned(run_dir)

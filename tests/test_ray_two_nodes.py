@@ -9,6 +9,7 @@ Its cluster takes fixed ports and loses a node on purpose, so no other test's lo
 be up meanwhile: conftest keeps every such test on one pytest-xdist worker, one after another."""
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
 ROOT = Path(__file__).resolve().parents[1]
 HEAD, DASHBOARD = "127.0.0.1:6392", 8279
+DEFAULT_AGENT_PORT = 52365      # Ray's, for every node's dashboard agent
 
 
 def _env() -> dict:
@@ -40,6 +42,18 @@ def _env() -> dict:
 
 def _ray(*args, timeout=120):
     return subprocess.run([RAY, *args], env=_env(), check=True, capture_output=True, text=True, timeout=timeout)
+
+
+def _held(port: int) -> socket.socket:
+    """That port bound on all addresses by this process until closed (left as it is when another
+    process here holds it already)."""
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+    except OSError:
+        pass
+    return holder
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +68,14 @@ def two_nodes():
 
     assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
     temp_dir = cluster_temp_dir()        # test_slurm's Ray, started beside it, shares /tmp/ray
+    # Every node's dashboard agent on a port of its own choosing: by default each agent here asks for
+    # 52365, and a head whose agent found it taken (by another cluster on this machine: test_slurm's
+    # may run beside this module) answers every `ray job submit` with "No available agent" for as
+    # long as it runs (CI met it once). Held while this module runs, so that the job tests below
+    # show the head never needs it.
+    agents_default_port = _held(DEFAULT_AGENT_PORT)
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--temp-dir", temp_dir,
-            "--object-store-memory", str(300 * 2**20)]
+            "--object-store-memory", str(300 * 2**20), "--dashboard-agent-listen-port", "0"]
     nodes = []
     try:
         nodes.append(start_node(
@@ -82,6 +102,7 @@ def two_nodes():
         for started in reversed(nodes):
             stop_node(started, grace_s=2)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        agents_default_port.close()
 
 
 GROWTH = TINY + ["data.train_subset=256", "training.num_epochs=1"]   # 1 epoch for 2 leaves, 2 per sub-tree

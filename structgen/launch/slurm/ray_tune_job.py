@@ -59,8 +59,10 @@ class RayTuneJob:
         address = f"{head_ip}:{ray_port_for_job(jid)}"
         ray = str(Path(sys.executable).with_name("ray"))
         temp_dir = cluster_temp_dir(f"structgen-{jid}")       # not /tmp/ray, which other jobs' Ray share
+        # the agent's port is the node's choice: the default 52365, taken here, would leave another
+        # cluster sharing this node (a user's `ray start --head`) without a job API
         node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--disable-usage-stats",
-                f"--temp-dir={temp_dir}", "--block"]
+                f"--temp-dir={temp_dir}", "--dashboard-agent-listen-port=0", "--block"]
         srun = ["srun", "--overlap", "--ntasks-per-node=1", f"--cpus-per-task={self.cpus_per_node}",
                 *([f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else [])]
         head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",

@@ -97,7 +97,7 @@ def unet_step(model, schedule, memory_format, x01, make_condition):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vae", help="a TreeVAE run to condition on (default: an untrained 10-leaf tree)")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--rounds", type=int, default=3)

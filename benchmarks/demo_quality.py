@@ -18,7 +18,7 @@ from mnist_quality import seeded_runs, spread
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/digits.yml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
     parser.add_argument("--validation", action="store_true", help="score a validation part of the training split")

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/digits.yml")
     parser.add_argument("--sweep", default="configs/sweeps/demo_schedule.yml")
     parser.add_argument("--seed", type=int, default=42)

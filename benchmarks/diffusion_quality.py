@@ -34,7 +34,7 @@ CPU_DDPM = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vae", help="trained MNIST TreeVAE run folder (to train a DDPM on)")
     parser.add_argument("--ddpm", help="score this trained DDPM run instead of training one")
     parser.add_argument("--set", dest="overrides", action="append", default=[])

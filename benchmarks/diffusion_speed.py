@@ -77,7 +77,7 @@ def reference_size_step(conditioner, batch: int, repeats: int) -> tuple[float, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", help="an existing DDPM run (default: train a small one on synthetic)")
     parser.add_argument("--epochs", type=int, default=6, help="DDPM epochs of the small run (16 steps each)")
     parser.add_argument("--n", type=int, default=8, help="test images per sampler")

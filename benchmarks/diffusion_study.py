@@ -229,7 +229,7 @@ def measure_figure(table: list[dict], x: str, path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ddpm", nargs="+", default=[], help="trained DDPM runs to score")
     parser.add_argument("--ablation", action="store_true", help="train none / leaf / path on --vae first")
     parser.add_argument("--vae", help="the TreeVAE run the ablation trains on")

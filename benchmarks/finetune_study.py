@@ -74,7 +74,7 @@ def finetune(cfg, checkpoint: Path, run_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--config", default="configs/mnist.yml")
     parser.add_argument("--checkpoint", help="a checkpoint where the finetuning begins (skips growing)")

@@ -458,7 +458,7 @@ def end_to_end_child(device: torch.device, out: Path, data_dir: str | None, quic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where gpu_check.json and the logs go")
     parser.add_argument("--work", type=Path, default=None, help="run folders and scratch files (default: --out)")
     parser.add_argument("--device", default="cuda")

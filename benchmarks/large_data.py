@@ -159,7 +159,7 @@ def run_child(prefix: Path, loader: str, args, limit_gb: float = 0.0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[60000, 600000, 2000000])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/structgen-large"))
     parser.add_argument("--steps", type=int, default=150)

@@ -115,7 +115,7 @@ def bench(name, ds, betons, tv_kwargs, args, rows):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=3.0, help="measurement time per loader")
     parser.add_argument("--threads", type=int, default=1, help="torch threads = FFCV threads = DataLoader workers")

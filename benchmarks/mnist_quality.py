@@ -110,7 +110,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/mnist.yml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--reference-schedule", action="store_true", help="the reference's 5/3/1/3 schedule")

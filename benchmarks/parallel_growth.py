@@ -59,7 +59,7 @@ def summarise(run_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -231,7 +231,7 @@ def cpu_check() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", type=Path, default=ROOT / "benchmarks/measured/h200_gpu_check.json")
     parser.add_argument("--log", type=Path, default=ROOT / "benchmarks/measured/h200_mnist_reference_schedule.log")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/scaling.png")

@@ -95,14 +95,14 @@ def main() -> None:
 def two_nodes(args) -> None:
     from structgen.launch.hosts import free_loopback_port
     from structgen.launch.ray_cluster import init_ray
-    from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node
+    from structgen.launch.ray_nodes import AGENT_PORT_OF_ITS_OWN, cluster_temp_dir, start_node, stop_node
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")      # the second node and this driver show the head's token
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = f"127.0.0.1:{free_loopback_port()}"
     temp_dir = cluster_temp_dir()            # not the /tmp/ray that other clusters here may share
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
-            "--temp-dir", temp_dir, "--dashboard-agent-listen-port", "0"]   # not 52365, which others may need
+            "--temp-dir", temp_dir, AGENT_PORT_OF_ITS_OWN]
     nodes = []
     try:
         nodes.append(start_node([ray_cli, "start", "--head", "--port", head.split(":")[1], "--include-dashboard=false",

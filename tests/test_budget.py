@@ -107,11 +107,17 @@ def planned(run_dir) -> tuple[dict, dict]:
     return plans[0], {**plans[0]["epochs"], "num_epochs_finetuning": replans[0]["epochs"]}
 
 
-def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, monkeypatch,
-                                                                              one_torch_thread):
-    # whether growth and the finetuning meet the budget depends on this machine's clock: tested on their own below
+def clock_hooks_off(monkeypatch) -> None:
+    """Growth and the finetuning keep to their plan whatever this machine's clock says: whether they
+    meet the budget is tested on its own below (on a loaded machine growth has ended before its
+    first split: CI)."""
     monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
     monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)
+
+
+def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(tmp_path, monkeypatch,
+                                                                              one_torch_thread):
+    clock_hooks_off(monkeypatch)
     run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=budget", f"training.budget_minutes={BUDGET}"),
                             evaluate=False)
     plan, epochs = planned(run_dir)
@@ -280,9 +286,7 @@ def test_a_finetuning_refitted_and_resumed_keeps_its_length_and_ramp(tmp_path, m
 
 
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path, monkeypatch, one_torch_thread):
-    # the clock's hooks, tested above: on a loaded machine growth's ended before the first split (CI)
-    monkeypatch.setattr(TreeTrainer, "_budget_ends_growth", lambda self, subsets=None: False)
-    monkeypatch.setattr(TreeTrainer, "_budget_refits_finetuning", lambda self, phase, pstate: None)
+    clock_hooks_off(monkeypatch)
     cfg = budget_cfg(tmp_path, "run.name=stop", f"training.budget_minutes={BUDGET}")
     run_dir = stopped_and_resumed(cfg, monkeypatch, "subtree-1", 1)
     _, epochs = planned(run_dir)

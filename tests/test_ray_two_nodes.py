@@ -64,18 +64,15 @@ def two_nodes():
     would also end the clusters of tests running beside this module (test_slurm's Ray sweep)."""
     import ray
 
-    from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node
+    from structgen.launch.ray_nodes import AGENT_PORT_OF_ITS_OWN, cluster_temp_dir, start_node, stop_node
 
     assert os.environ.get("RAY_AUTH_MODE") == "token", "conftest sets it before Ray is imported"
     temp_dir = cluster_temp_dir()        # test_slurm's Ray, started beside it, shares /tmp/ray
-    # Every node's dashboard agent on a port of its own choosing: by default each agent here asks for
-    # 52365, and a head whose agent found it taken (by another cluster on this machine: test_slurm's
-    # may run beside this module) answers every `ray job submit` with "No available agent" for as
-    # long as it runs (CI met it once). Held while this module runs, so that the job tests below
-    # show the head never needs it.
+    # Held while this module runs (test_slurm's cluster may run beside it), so that the job tests
+    # below show the head's agent never needs it (ray_nodes.AGENT_PORT_OF_ITS_OWN).
     agents_default_port = _held(DEFAULT_AGENT_PORT)
     node = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--temp-dir", temp_dir,
-            "--object-store-memory", str(300 * 2**20), "--dashboard-agent-listen-port", "0"]
+            "--object-store-memory", str(300 * 2**20), AGENT_PORT_OF_ITS_OWN]
     nodes = []
     try:
         nodes.append(start_node(

@@ -12,6 +12,10 @@ import time
 
 
 READY_LINE = "Ray runtime started"      # what `ray start` prints once its node is up, before --block blocks
+# For every `ray start` of ours: the node's dashboard agent takes a free port. By default every
+# agent on a machine asks for 52365, and a head whose agent found it taken answers every `ray job
+# submit` with "No available agent" for as long as it runs (CI met it with two clusters up).
+AGENT_PORT_OF_ITS_OWN = "--dashboard-agent-listen-port=0"
 
 
 def cluster_temp_dir(name: str | None = None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structgen.config import load_config
 from structgen.launch.hosts import job_port, slurm_hosts
-from structgen.launch.ray_nodes import cluster_temp_dir, start_node, stop_node, wait_for_nodes
+from structgen.launch.ray_nodes import AGENT_PORT_OF_ITS_OWN, cluster_temp_dir, start_node, stop_node, wait_for_nodes
 from structgen.launch.slurm.stage_job import job_id
 
 TUNE_DRIVER = "structgen.launch.tune_main"        # run with python -m: works installed, not only from a checkout
@@ -59,10 +59,8 @@ class RayTuneJob:
         address = f"{head_ip}:{ray_port_for_job(jid)}"
         ray = str(Path(sys.executable).with_name("ray"))
         temp_dir = cluster_temp_dir(f"structgen-{jid}")       # not /tmp/ray, which other jobs' Ray share
-        # the agent's port is the node's choice: the default 52365, taken here, would leave another
-        # cluster sharing this node (a user's `ray start --head`) without a job API
         node = [f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}", "--disable-usage-stats",
-                f"--temp-dir={temp_dir}", "--dashboard-agent-listen-port=0", "--block"]
+                f"--temp-dir={temp_dir}", AGENT_PORT_OF_ITS_OWN, "--block"]
         srun = ["srun", "--overlap", "--ntasks-per-node=1", f"--cpus-per-task={self.cpus_per_node}",
                 *([f"--gres=gpu:{self.gpus_per_node}"] if self.gpus_per_node else [])]
         head_cmd = [ray, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--node-ip-address={head_ip}",

@@ -83,25 +83,42 @@ def seeded_runs(config: str, overrides: list[str], seeds: list[int], runs_dir: s
                                              if validation else []), seed, runs_dir) for seed in seeds]
 
 
+# The part of the schedule whose interval each event closes (the interval since the event before
+# it); an event not named here closes one under its own name, so no time goes uncounted.
+PART_OF_EVENT = {"grow_check": "split selection", "budget_stop": "split selection", "split_init": "subtree",
+                 "split": "subtree", "prune": "pruning", "prune_after_finetuning": "pruning",
+                 "undo_split": "pruning", "budget_plan": "budget timing", "budget_replan": "budget timing",
+                 "evaluation": "evaluation"}
+# Events logged while a phase runs: they close no interval (the finetuning's refit after an
+# epoch would otherwise cut its epochs so far out of every part).
+INSIDE_A_PHASE = {"epoch", "budget_refit_finetuning"}
+
+
 def phase_minutes(run_dir: str) -> dict[str, float]:
-    """Wall minutes per part of the schedule, from metrics.jsonl: each event closes the interval
-    since the previous non-epoch event (the run starts when config.yml is written)."""
+    """Wall minutes per part of the schedule, from metrics.jsonl: each event outside a phase
+    closes the interval since the previous one (the run starts when config.yml is written)."""
     from structgen.runtime.metrics_log import read_metrics
 
     parts: dict[str, float] = {}
     last = (Path(run_dir) / "config.yml").stat().st_mtime
     for record in read_metrics(run_dir):
         kind = record["event"]
-        if kind == "epoch":
+        if kind in INSIDE_A_PHASE:
             continue
-        name = {"grow_check": "split selection", "split": "subtree", "prune": "pruning",
-                "prune_after_finetuning": "pruning", "undo_split": "pruning", "evaluation": "evaluation"}.get(kind)
         if kind == "phase_end":
             name = record["phase"].split("-")[0]          # subtree-3 -> subtree, intermediate-1 -> intermediate
-        if name:
-            parts[name] = parts.get(name, 0.0) + (record["time"] - last) / 60
+        else:
+            name = PART_OF_EVENT.get(kind, kind)
+        parts[name] = parts.get(name, 0.0) + (record["time"] - last) / 60
         last = record["time"]
     return parts
+
+
+def mean_part_minutes(runs: list[dict]) -> dict[str, float]:
+    """Each part's minutes averaged over the runs, a run without it counting 0 (seed 0 settles,
+    seed 42 may not): every part any run has, in the order they first appear."""
+    parts = dict.fromkeys(part for r in runs for part in r["phase_minutes"])
+    return {part: statistics.fmean(r["phase_minutes"].get(part, 0.0) for r in runs) for part in parts}
 
 
 def spread(values: list[float]) -> str:
@@ -132,14 +149,15 @@ def main() -> None:
     print(f"{'':22}{'ACC':>16}{'NMI':>16}{'DP':>16}{'smallest leaf':>16}{'minutes':>10}")
     print(f"{'CNN-TreeVAE':22}{spread([r['acc'] for r in runs]):>16}{spread([r['nmi'] for r in runs]):>16}"
           f"{spread([r['dendrogram_purity'] for r in runs]):>16}"
-          f"{min(r['smallest_leaf_share'] for r in runs):>16.3f}{statistics.fmean(r['wall_minutes'] for r in runs):>10.1f}")
+          f"{min(r['smallest_leaf_share'] for r in runs):>16.3f}"
+          f"{statistics.fmean(r['wall_minutes'] for r in runs):>10.1f}")
     for method in ("kmeans", "ward"):
         accs = [r[method]["acc"] for r in runs]
         nmis = [r[method]["nmi"] for r in runs]
         print(f"{method + ' (pixels)':22}{spread(accs):>16}{spread(nmis):>16}")
     print("\nwall minutes per part of the schedule (mean over seeds):")
-    for part in runs[0]["phase_minutes"]:
-        print(f"  {part:<24}{statistics.fmean(r['phase_minutes'].get(part, 0.0) for r in runs):>8.2f}")
+    for part, minutes in mean_part_minutes(runs).items():
+        print(f"  {part:<24}{minutes:>8.2f}")
     print(f"peak resident memory: {max(r['peak_rss_mb'] for r in runs)} MB")
     if args.reference_schedule and not args.validation and "mnist" in args.config and "fmnist" not in args.config:
         ref = REFERENCE_FIGURE

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from structgen.runtime.metrics_log import read_metrics
 
@@ -47,3 +48,12 @@ def test_gpu_check_reports_equivalence_and_transfers_on_cpu(tmp_path):
     assert rows["fp32"]["loss_rel_gap"] == 0.0 and rows["fp32+channels_last"]["grad_cosine"] > 0.9999
     assert all(rows[k]["grad_cosine"] > 0.95 for k in ("bf16", "bf16+channels_last", "fp16"))   # fp16 finite too
     assert report["transfers"]["pinned_non_blocking_equal"] and report["transfers"]["loader_batch_equal"]
+
+
+def test_the_mean_minutes_per_part_name_every_part_of_any_run():
+    """A part one seed's run lacks (seed 42 did not settle, seed 0 did) is still printed, its
+    mean counting the run without it as 0: it was left out of the table when the first run lacked it."""
+    mnist_quality = load_script(ROOT / "benchmarks" / "mnist_quality.py", "mnist_quality")
+    runs = [{"phase_minutes": {"initial": 3.0, "finetune": 6.0}},
+            {"phase_minutes": {"initial": 2.0, "settle": 2.0, "finetune": 5.0}}]
+    assert mnist_quality.mean_part_minutes(runs) == {"initial": 2.5, "finetune": 5.5, "settle": 1.0}

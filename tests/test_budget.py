@@ -1,9 +1,10 @@
 """`training.budget_minutes`: the configured schedule scaled to a wall-clock budget."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import SYNTHETIC_FAST
+from conftest import SYNTHETIC_FAST, load_script
 
 import structgen.train.growth as growth_module
 import structgen.train.phase as phase_module
@@ -16,6 +17,8 @@ from structgen.train.annealing import finetune_decay
 from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, intermediate_seconds,
                                     predicted_seconds, scale_epochs, split_seconds)
 from structgen.train.growth import TreeTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = dict(zip(EPOCH_KEYS, (150, 150, 80, 200)))
 COSTS = StepCosts(full_first=1e-3, full_last=3e-3, subtree=5e-4, routing=1e-4)
@@ -207,6 +210,21 @@ def finetuning_records(run_dir) -> tuple[list[tuple], list[dict], int]:
     return refits, trained, length
 
 
+def assert_parts_count_the_whole_run(run_dir) -> None:
+    """benchmarks/mnist_quality.py's minutes per part of a budgeted run add up to the run (the
+    budget's timing probes included), and its finetuning's part holds the epochs trained before
+    a refit as well as after (the refit's record once cut them out: 1.8 of 20 minutes shown)."""
+    mnist_quality = load_script(ROOT / "benchmarks" / "mnist_quality.py", "mnist_quality")
+    parts, records = mnist_quality.phase_minutes(str(run_dir)), read_metrics(run_dir)
+    assert {"budget timing", "finetune"} <= parts.keys()
+    start = (Path(run_dir) / "config.yml").stat().st_mtime
+    assert sum(parts.values()) * 60 == pytest.approx(records[-1]["time"] - start)
+    end = next(r["time"] for r in records if r["event"] == "phase_end" and r["phase"] == "finetune")
+    first_epoch = next(i for i, r in enumerate(records) if r["event"] == "epoch" and r["phase"] == "finetune")
+    began = [r["time"] for r in records[:first_epoch] if r["event"] not in mnist_quality.INSIDE_A_PHASE][-1]
+    assert parts["finetune"] * 60 == pytest.approx(end - began)
+
+
 def planned_ramp(cfg, epochs: int) -> list[float]:
     """α per epoch of a finetuning planned with ``epochs`` epochs from the start."""
     return [min(1.0, cfg.training.kl_start + e * finetune_decay(epochs)) for e in range(epochs)]
@@ -225,6 +243,7 @@ def test_the_finetuning_is_refitted_to_the_budget_at_its_own_pace(tmp_path, monk
     assert [r["alpha"] for r in trained] == pytest.approx(planned_ramp(cfg, 4))
     if guess == 4:
         return
+    assert_parts_count_the_whole_run(run_dir)
     # ... and trains exactly as that finetuning would: same weights as the same epochs set by hand
     _, epochs = planned(run_dir)
     by_hand = [f"training.{k}={v}" for k, v in {**epochs, "num_epochs_finetuning": 4}.items()]

@@ -156,8 +156,9 @@ class TreeTrainer:
         if self.ctx.is_main:
             now = (f"ends after {phase.epoch} of {phase.epochs} epochs" if epochs == phase.epoch
                    else f"takes {epochs} epochs, not {phase.epochs}")
-            self.progress.line(f"budget: {s.seconds_trained / 60:.1f} min in, at {epoch_s / 60:.2f} min per epoch the "
-                               f"finetuning {now}, to end within the budget "
+            # printed before the epoch's own line, which already shows the new length: say which epoch
+            self.progress.line(f"budget: after finetuning epoch {phase.epoch}, {s.seconds_trained / 60:.1f} min in, at "
+                               f"{epoch_s / 60:.2f} min per epoch the finetuning {now}, to end within the budget "
                                f"({self.cfg.training.budget_minutes:g} min)")
         phase.epochs = epochs
         if epochs > phase.epoch:

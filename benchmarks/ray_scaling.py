@@ -89,7 +89,8 @@ def main() -> None:
     init_ray(num_cpus=3)
     # the machine's 2 cores, shared out
     results = fit_each(args, {"1 worker": (1, 2, "PACK"), "2 workers": (2, 1, "PACK")})
-    print(f"  2 workers / 1 worker throughput ratio: {results['1 worker']['t_ddp'] / results['2 workers']['t_ddp']:.2f}")
+    ratio = results["1 worker"]["t_ddp"] / results["2 workers"]["t_ddp"]
+    print(f"  2 workers / 1 worker throughput ratio: {ratio:.2f}")
 
 
 def two_nodes(args) -> None:

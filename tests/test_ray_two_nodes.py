@@ -1,12 +1,13 @@
 """Two Ray nodes on this machine: a head and a second node, each its own `ray start` (its own
-raylet), on loopback with token authentication, as the README's "Several nodes" shows. A spread 2-worker growth job, submitted with
-`ray job submit`, puts one rank on each node and trains the tree that the same job trains with
-both ranks on one node; a 2-worker DDPM job likewise; a sweep's two trials run one on each node;
-losing the second node mid-growth (its raylet killed) restarts the worker group on the head from
-the last checkpoint with no epoch lost or repeated. (The one-node module test_ray_train.py keeps
-what needs no second node: one DDP step equals one process's, a stopped job resumes when re-run.)
-Its cluster takes fixed ports and loses a node on purpose, so no other test's local cluster may
-be up meanwhile: conftest keeps every such test on one pytest-xdist worker, one after another."""
+raylet), on loopback with token authentication, as the README's "Several nodes" shows. A spread
+2-worker growth job, submitted with `ray job submit`, puts one rank on each node and trains the
+tree that the same job trains with both ranks on one node; a 2-worker DDPM job likewise; a sweep's
+two trials run one on each node; losing the second node mid-growth (its raylet killed) restarts
+the worker group on the head from the last checkpoint with no epoch lost or repeated. (The
+one-node module test_ray_train.py keeps what needs no second node: one DDP step equals one
+process's, a stopped job resumes when re-run.) Its cluster takes fixed ports and loses a node on
+purpose, so no other test's local cluster may be up meanwhile: conftest keeps every such test on
+one pytest-xdist worker, one after another."""
 import os
 import shutil
 import socket

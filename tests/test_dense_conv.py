@@ -14,12 +14,14 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from structgen.nn import dense_conv
-from structgen.nn.dense_conv import Conv2d, ConvTranspose2d, native_convolutions, runs_natively
+from structgen.nn.dense_conv import (Conv2d, ConvTranspose2d, _weight_grad_by_swapped_conv, native_convolutions,
+                                     runs_natively)
 
 # (layer, input shape, the path it must take): the CNN-TreeVAE's MNIST geometries and a few others.
 # A pair is (with AVX-512, on an AVX2-only CPU): the direct form of a stride-1 transposed conv is
-# fast only with AVX-512, and without it large kernels take their weight gradient as the swapped
-# conv (dense_conv._cpu_has_avx512); both kinds are checked on any machine.
+# fast only with AVX-512, and without it every large kernel takes its weight gradient as the
+# swapped conv, with it only those on small maps (dense_conv._cpu_has_avx512); both kinds are
+# checked on any machine.
 CASES = [
     (lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2), "small-matmul"),
     (lambda: Conv2d(21, 32, 7, stride=5, padding=1, bias=False), (7, 21, 10, 10), "small-matmul"),
@@ -36,11 +38,11 @@ CASES = [
      ("transposed-direct", "own-backward")),                                      # a wide band
     (lambda: ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=True), (7, 8, 16, 16), "native"),
     (lambda: Conv2d(1, 11, 12, padding=1, bias=False), (7, 1, 28, 28), ("native", "own-backward")),
-    (lambda: Conv2d(11, 22, 12, padding=1, bias=True), (7, 11, 19, 19), ("native", "own-backward")),
+    (lambda: Conv2d(11, 22, 12, padding=1, bias=True), (7, 11, 19, 19), "own-backward"),
     (lambda: Conv2d(6, 5, 11, padding=3, bias=False), (7, 6, 36, 30), ("native", "own-backward")),  # a wide band
     (lambda: ConvTranspose2d(5, 4, (12, 11), padding=(2, 1), bias=False), (7, 5, 9, 13),
      ("transposed-direct", "transposed-matmul")),                                 # rectangular, two paddings
-    (lambda: Conv2d(4, 5, (11, 12), padding=(1, 2), bias=False), (7, 4, 20, 18), ("native", "own-backward")),
+    (lambda: Conv2d(4, 5, (11, 12), padding=(1, 2), bias=False), (7, 4, 20, 18), "own-backward"),  # 12x11 out
     (lambda: Conv2d(8, 8, 3, padding=1, bias=False), (7, 8, 32, 32), "native"),      # small kernel: oneDNN's
     (lambda: ConvTranspose2d(6, 6, 9, padding=1, bias=False), (7, 6, 24, 24), ("transposed-direct", "native")),
 ]
@@ -78,6 +80,30 @@ def test_each_path_computes_torchs_convolution_and_gradients(make, shape, path, 
     assert close(y, y_ref) and close(gx, gx_ref)
     for grad, grad_ref in zip(gparams, gparams_ref):
         assert close(grad, grad_ref)
+
+
+# The CNN-TreeVAE's 12x12 layers (MNIST, FMNIST, digits) and whether each takes its weight
+# gradient as the swapped conv: (with AVX-512, on an AVX2-only CPU).
+SWAPS = [
+    (lambda: Conv2d(1, 11, 12, padding=1), (7, 1, 28, 28), (False, True)),                 # encoder, on the images
+    (lambda: Conv2d(11, 21, 12, padding=1), (7, 11, 19, 19), (True, True)),                # encoder, onto 10x10
+    (lambda: ConvTranspose2d(11, 6, 12, padding=1), (7, 11, 10, 10), (True, True)),       # decoder, from 10x10
+    (lambda: ConvTranspose2d(6, 1, 12, padding=1), (7, 6, 19, 19), (False, True)),        # decoder, onto the image
+    (lambda: ConvTranspose2d(16, 16, 12, padding=1), (7, 16, 16, 16), (False, True)),     # both maps larger than 12
+    (lambda: Conv2d(8, 8, 3, padding=1), (7, 8, 32, 32), (False, False)),                 # a small kernel: never
+]
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["avx512", "avx2"])
+@pytest.mark.parametrize("make,shape,swaps", SWAPS)
+def test_which_layers_take_the_swapped_weight_gradient(make, shape, swaps, avx512, monkeypatch):
+    monkeypatch.setattr(dense_conv, "_cpu_has_avx512", lambda: avx512)
+    layer = make()
+    swapped = []
+    monkeypatch.setattr(dense_conv, "_weight_grad_by_swapped_conv",
+                        lambda *args: swapped.append(1) or _weight_grad_by_swapped_conv(*args))
+    layer(torch.randn(shape)).sum().backward()
+    assert bool(swapped) == swaps[0 if avx512 else 1]
 
 
 def test_frozen_weights_and_no_grad_take_the_same_paths():
@@ -161,7 +187,7 @@ def test_growth_gives_the_same_tree_with_and_without_the_faster_convolutions(tmp
     run = dense_conv._run
     monkeypatch.setattr(dense_conv, "_run", lambda plan, *args, **kw: taken.append(plan) or run(plan, *args, **kw))
     fast_dir, _ = train_tree(load_config(None, keys + ["run.name=fast"]), evaluate=False)
-    on_this_cpu = {"transposed-direct"} if dense_conv._cpu_has_avx512() else {"own-backward"}
+    on_this_cpu = {"transposed-direct", "own-backward"} if dense_conv._cpu_has_avx512() else {"own-backward"}
     assert set(taken) == {"small-matmul", "transposed-matmul"} | on_this_cpu
     taken.clear()
     with native_convolutions():

@@ -19,13 +19,15 @@ CNN-TreeVAE's layer kinds run faster as something other than oneDNN's convolutio
   while its matrix has at most ``FEW_CHANNELS_MATRIX`` entries or its kernel is large and the
   band narrow (``_band_is_narrow``), else oneDNN's own.
 
-The two transposed kinds keep oneDNN's backward for the input gradient. On an AVX2-only CPU every
-stride-1 layer with a large kernel (the encoder's and decoders' 12x12 layers) takes its weight
-gradient as a convolution of the input with the output gradient, batch and channels swapped:
-oneDNN's own is 1.5-5x slower there (``_swaps_weight_grad``). Such a conv that would otherwise
-run natively takes the plan 'own-backward': torch's forward; that weight gradient; and its input
-gradient, a transposed conv, as the banded multiply where the band is narrow (the encoder's
-11 -> 21 layer: 62 -> 36 ms).
+The two transposed kinds keep oneDNN's backward for the input gradient. A stride-1 layer with a
+large kernel can take its weight gradient as a convolution of the input with the output gradient,
+batch and channels swapped (``_swaps_weight_grad``): on an AVX2-only CPU every such layer (the
+encoder's and decoders' 12x12 layers; oneDNN's own is 1.5-5x slower there), with AVX-512 those
+whose smaller map is no larger than the kernel (the encoder's 11 -> 21 and the decoders' 11 -> 6
+layers, whose gradient oneDNN takes 1.4-1.9x slower). Such a conv that would otherwise run
+natively takes the plan 'own-backward': torch's forward; that weight gradient; and on an AVX2-only
+CPU its input gradient, a transposed conv, as the banded multiply where the band is narrow (the
+encoder's 11 -> 21 layer: 62 -> 36 ms; with AVX-512 oneDNN's is faster, 16.6 against 18.5 ms).
 
 Each path computes the same linear map and gradients as torch's, with the sums taken in another
 order (float rounding; tests/test_dense_conv.py). Whole step, README "Benchmarks". CUDA,
@@ -238,12 +240,12 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
         return "native"
     avx512 = _cpu_has_avx512()
     few_channels = entries <= FEW_CHANNELS_MATRIX and (layer.out_channels <= FEW_CHANNELS or not avx512)
-    narrow_band = _swaps_weight_grad(layer) and _band_is_narrow(out_w, layer)
+    narrow_band = not avx512 and _large_kernel(layer) and _band_is_narrow(out_w, layer)
     if transposed and (few_channels or narrow_band):
         return "transposed-matmul"
     if transposed and avx512:
         return "transposed-direct"
-    return "own-backward" if _swaps_weight_grad(layer) else "native"
+    return "own-backward" if _swaps_weight_grad(x, layer, transposed) else "native"
 
 
 def _band_is_narrow(wide: int, layer: nn.modules.conv._ConvNd) -> bool:
@@ -255,14 +257,27 @@ def _band_is_narrow(wide: int, layer: nn.modules.conv._ConvNd) -> bool:
     return wide <= BAND_MAX_WIDTH_PER_KERNEL * layer.kernel_size[1]
 
 
-def _swaps_weight_grad(layer: nn.modules.conv._ConvNd) -> bool:
+def _large_kernel(layer: nn.modules.conv._ConvNd) -> bool:
+    return min(layer.kernel_size) >= SWAP_MIN_KERNEL
+
+
+def _swaps_weight_grad(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> bool:
     """Whether a stride-1 layer's weight gradient runs as the swapped conv
-    (``_weight_grad_by_swapped_conv``): on an AVX2-only CPU for kernels of at least
-    ``SWAP_MIN_KERNEL`` (2 threads, 256 images, against oneDNN's weight gradient: 12x12 1 -> 11 on
-    28x28 32-34 -> 7 ms, 11 -> 22 on 19x19 24-36 -> 16-20 ms, transposed 6 -> 1 18 -> 4.4 ms and
-    11 -> 6 11 -> 7 ms; at 7x7 and 9x9 between 0.8x and 3.3x, at 3x3 and 5x5 slower). With AVX-512
-    it was slower (11 -> 6: 8.6 -> 43 ms, README "Benchmarks")."""
-    return min(layer.kernel_size) >= SWAP_MIN_KERNEL and not _cpu_has_avx512()
+    (``_weight_grad_by_swapped_conv``), a correlation whose kernel is the smaller of the layer's
+    two maps. On an AVX2-only CPU for kernels of at least ``SWAP_MIN_KERNEL`` (2 threads, 256
+    images, against oneDNN's weight gradient: 12x12 1 -> 11 on 28x28 32-34 -> 7 ms, 11 -> 22 on
+    19x19 24-36 -> 16-20 ms, transposed 6 -> 1 18 -> 4.4 ms and 11 -> 6 11 -> 7 ms; at 7x7 and 9x9
+    between 0.8x and 3.3x, at 3x3 and 5x5 slower). With AVX-512 only where that smaller map is no
+    larger than the kernel (2 / 1 threads: 11 -> 21 on 19x19 17.7 -> 12.6 / 32.0 -> 23.1 ms,
+    transposed 11 -> 6 on 10x10 7.2 -> 3.9 / 10.6 -> 6.3 ms); on larger maps oneDNN's is faster
+    there (1 -> 11 on 28x28 2.1 against 4.3 ms, transposed 6 -> 1 on 19x19 2.1 / 3.9, transposed
+    16 -> 16 on 16x16 24 / 33, a 11x11 6 -> 5 on 36x36 19 / 25)."""
+    if not _large_kernel(layer):
+        return False
+    if not _cpu_has_avx512():
+        return True
+    smaller_map = min(*x.shape[2:], *_output_hw(x, layer, transposed))
+    return smaller_map <= min(layer.kernel_size)
 
 
 @functools.lru_cache(maxsize=1)
@@ -283,8 +298,8 @@ def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.mo
                                          tuple(layer.padding), output_padding, tuple(x.shape[2:]))
         y = _SmallConvAsMatmul.apply(x, weight, index, out_shape)
     else:
-        swap = _swaps_weight_grad(layer)
-        rows = swap and not transposed and _band_is_narrow(x.shape[3], layer)
+        swap = _swaps_weight_grad(x, layer, transposed)
+        rows = swap and not transposed and not _cpu_has_avx512() and _band_is_narrow(x.shape[3], layer)
         y = _StrideOneConv.apply(x, weight, tuple(layer.padding), transposed, plan, swap, rows)
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 

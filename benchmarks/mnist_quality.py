@@ -29,6 +29,7 @@ import numpy as np
 from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.data.run_data import load_run_data
+from structgen.runtime.part_minutes import part_minutes
 from structgen.runtime.resources import peak_rss_mb
 
 CPU_SCHEDULE = [
@@ -55,10 +56,7 @@ def one_run(config: str, overrides: list[str], seed: int, runs_dir: str) -> dict
                    wall_minutes=round(wall / 60, 1), run_dir=str(run_dir),
                    leaf_share=[round(x, 4) for x in report["leaf_share"]],
                    kmeans=report["baselines"]["kmeans"], ward=report["baselines"]["ward"])
-    minutes = phase_minutes(str(run_dir))
-    for method in ("kmeans", "ward"):         # the baselines' own time, out of the evaluation's
-        minutes[method] = report["baselines"][method]["seconds"] / 60
-        minutes["evaluation"] -= minutes[method]
+    minutes = part_minutes(run_dir)             # the baselines' own time apart from the evaluation's
     summary["phase_minutes"] = {k: round(v, 2) for k, v in minutes.items()}
     summary["peak_rss_mb"] = round(peak_rss_mb())     # this process so far: the largest run's peak
     print("RESULT " + json.dumps(summary), flush=True)
@@ -81,37 +79,6 @@ def seeded_runs(config: str, overrides: list[str], seeds: list[int], runs_dir: s
     with tempfile.TemporaryDirectory() as scratch:
         return [one_run(config, overrides + (validation_overrides(config, overrides, seed, Path(scratch))
                                              if validation else []), seed, runs_dir) for seed in seeds]
-
-
-# The part of the schedule whose interval each event closes (the interval since the event before
-# it); an event not named here closes one under its own name, so no time goes uncounted.
-PART_OF_EVENT = {"grow_check": "split selection", "budget_stop": "split selection", "split_init": "subtree",
-                 "split": "subtree", "prune": "pruning", "prune_after_finetuning": "pruning",
-                 "undo_split": "pruning", "budget_plan": "budget timing", "budget_replan": "budget timing",
-                 "evaluation": "evaluation"}
-# Events logged while a phase runs: they close no interval (the finetuning's refit after an
-# epoch would otherwise cut its epochs so far out of every part).
-INSIDE_A_PHASE = {"epoch", "budget_refit_finetuning"}
-
-
-def phase_minutes(run_dir: str) -> dict[str, float]:
-    """Wall minutes per part of the schedule, from metrics.jsonl: each event outside a phase
-    closes the interval since the previous one (the run starts when config.yml is written)."""
-    from structgen.runtime.metrics_log import read_metrics
-
-    parts: dict[str, float] = {}
-    last = (Path(run_dir) / "config.yml").stat().st_mtime
-    for record in read_metrics(run_dir):
-        kind = record["event"]
-        if kind in INSIDE_A_PHASE:
-            continue
-        if kind == "phase_end":
-            name = record["phase"].split("-")[0]          # subtree-3 -> subtree, intermediate-1 -> intermediate
-        else:
-            name = PART_OF_EVENT.get(kind, kind)
-        parts[name] = parts.get(name, 0.0) + (record["time"] - last) / 60
-        last = record["time"]
-    return parts
 
 
 def mean_part_minutes(runs: list[dict]) -> dict[str, float]:

@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from gpu_check import free_port
-from mnist_quality import REFERENCE_SCHEDULE, phase_minutes, spread
+from mnist_quality import REFERENCE_SCHEDULE, spread
 
 from structgen.api import evaluate_run
 from structgen.runtime.metrics_log import read_metrics
+from structgen.runtime.part_minutes import part_minutes
 
 MODES = {"sequential": 1, "parallel": 2}
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -47,7 +48,7 @@ def grow(mode: str, seed: int, overrides: list[str], runs_dir: Path) -> Path:
 
 def summarise(run_dir: Path) -> dict:
     records = read_metrics(run_dir)
-    minutes = phase_minutes(str(run_dir))         # before evaluation: training parts only
+    minutes = part_minutes(run_dir)               # before evaluation: training parts only
     evaluate_run(run_dir, overrides=["run.threads=2"])
     report = [r for r in read_metrics(run_dir) if r["event"] == "evaluation"][-1]
     splits = [r for r in records if r["event"] == "split"]

@@ -32,6 +32,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     """
     from structgen.runtime.context import Context, resolve_device
     from structgen.runtime.metrics_log import MetricsLog
+    from structgen.runtime.part_minutes import part_minutes, part_table
     from structgen.runtime.progress import Progress
     from structgen.data.run_data import check_batch_fits, load_run_data
     from structgen.train.growth import TreeTrainer
@@ -53,6 +54,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
             MetricsLog(run_dir, enabled=is_main) as log:
         if saved is not None:
             log.truncate(saved["metrics_lines"])
+            log.write("resume")                     # the time since the last record was lost to the stop
             growth = saved["growth"]
             progress.line(f"resuming {run_dir} at stage {growth['stage']}" + (
                 f", phase {growth['phase']['name']} epoch {growth['phase']['epoch']}" if growth["phase"] else "") + (
@@ -68,6 +70,8 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
         report = None
         if evaluate:
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
+        if is_main:
+            progress.line("wall time per part of the schedule:\n" + part_table(part_minutes(run_dir)))
     return run_dir, report
 
 
@@ -263,7 +267,8 @@ def assign_to_csv(run_dir, out, images=None, *, dataset: str | None = None, spli
             writer.write(batch_names, probs)
             if z is not None:
                 if z_file is None:              # a memory-mapped .npy: latents never pile up in RAM
-                    z_file = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(len(stream), z.shape[1]))
+                    z_file = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32,
+                                                       shape=(len(stream), z.shape[1]))
                 z_file[rows:rows + len(z)] = z
             rows += len(batch_names)
             bar.update(len(batch_names), {})

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import SYNTHETIC_FAST, load_script
+from conftest import SYNTHETIC_FAST
 
 import structgen.train.growth as growth_module
 import structgen.train.phase as phase_module
@@ -12,13 +12,13 @@ from structgen.api import train_tree
 from structgen.config import load_config
 from structgen.errors import ConfigError
 from structgen.runtime.metrics_log import read_metrics
+from structgen.runtime.part_minutes import INSIDE_A_PHASE, part_minutes
 from structgen.runtime.tree_checkpoint import load_model
 from structgen.train.annealing import finetune_decay
 from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, intermediate_seconds,
                                     predicted_seconds, scale_epochs, split_seconds)
 from structgen.train.growth import TreeTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = dict(zip(EPOCH_KEYS, (150, 150, 80, 200)))
 COSTS = StepCosts(full_first=1e-3, full_last=3e-3, subtree=5e-4, routing=1e-4)
@@ -211,17 +211,17 @@ def finetuning_records(run_dir) -> tuple[list[tuple], list[dict], int]:
 
 
 def assert_parts_count_the_whole_run(run_dir) -> None:
-    """benchmarks/mnist_quality.py's minutes per part of a budgeted run add up to the run (the
-    budget's timing probes included), and its finetuning's part holds the epochs trained before
-    a refit as well as after (the refit's record once cut them out: 1.8 of 20 minutes shown)."""
-    mnist_quality = load_script(ROOT / "benchmarks" / "mnist_quality.py", "mnist_quality")
-    parts, records = mnist_quality.phase_minutes(str(run_dir)), read_metrics(run_dir)
+    """The minutes per part of a budgeted run (structgen.runtime.part_minutes, which the train
+    command and benchmarks/mnist_quality.py print) add up to the run (the budget's timing probes
+    included), and its finetuning's part holds the epochs trained before a refit as well as after
+    (the refit's record once cut them out: 1.8 of 20 minutes shown)."""
+    parts, records = part_minutes(run_dir), read_metrics(run_dir)
     assert {"budget timing", "finetune"} <= parts.keys()
     start = (Path(run_dir) / "config.yml").stat().st_mtime
     assert sum(parts.values()) * 60 == pytest.approx(records[-1]["time"] - start)
     end = next(r["time"] for r in records if r["event"] == "phase_end" and r["phase"] == "finetune")
     first_epoch = next(i for i, r in enumerate(records) if r["event"] == "epoch" and r["phase"] == "finetune")
-    began = [r["time"] for r in records[:first_epoch] if r["event"] not in mnist_quality.INSIDE_A_PHASE][-1]
+    began = [r["time"] for r in records[:first_epoch] if r["event"] not in INSIDE_A_PHASE][-1]
     assert parts["finetune"] * 60 == pytest.approx(end - began)
 
 

@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import SYNTHETIC_FAST
 
 from structgen.api import load_model
 from structgen.runtime.metrics_log import read_metrics
+from structgen.runtime.part_minutes import part_minutes
 
 STRUCTGEN = [sys.executable, "-m", "structgen.cli"]
 
@@ -57,14 +59,19 @@ def test_kill_and_resume_gives_the_same_tree(tmp_path):
         assert torch.allclose(ref_state[key].float(), got_state[key].float(), atol=1e-5), key
     # metrics.jsonl: no duplicate and no missing epochs
     assert epochs(victim) == epochs(reference)
+    # the time per part the run prints: the stop is a part of its own, and the parts are the run
+    assert "wall time per part of the schedule" in resumed.stdout
+    parts, records = part_minutes(victim), read_metrics(victim)
+    assert parts["stopped (until the resume)"] > 0 and min(parts.values()) >= 0
+    assert parts.keys() - {"stopped (until the resume)"} == part_minutes(reference).keys()
+    started = (victim / "config.yml").stat().st_mtime
+    assert sum(parts.values()) * 60 == pytest.approx(records[-1]["time"] - started)
 
 
 def test_resume_without_a_name_picks_the_newest_run_of_its_own_kind(tmp_path):
     """TreeVAE and DDPM runs share runs/<dataset>/: `train-tree --resume` must not pick a newer
     DDPM run, nor `train-ddpm --resume` a TreeVAE run. (Folders with a checkpoint file stand in
     for runs: this checks the lookup only; the real resume is the test above.)"""
-    import pytest
-
     from structgen.config import load_config
     from structgen.runs import DDPM_PREFIX, RunError, latest_run_dir
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from structgen.runtime.part_minutes import OUTSIDE, part_minutes, part_table
+from structgen.runtime.part_minutes import BEFORE_EVALUATION, part_minutes, part_table
 
 START = 1_000_000.0
 RECORDS = [                                        # (minutes after config.yml, record)
@@ -40,8 +40,8 @@ def run_dir(tmp_path):
 def test_each_interval_goes_to_the_part_its_record_names(run_dir):
     parts = part_minutes(run_dir)
     expected = {"initial": 2.0, "split selection": 0.5, "subtree": 1.6, "stopped (until the resume)": 0.9,
-                "finetune": 2.5, "something_new": 0.1, OUTSIDE: 0.1 + 59.5, "kmeans": 0.1, "ward": 0.2,
-                "evaluation": 0.6 + 0.5}
+                "finetune": 2.5, "something_new": 0.1, BEFORE_EVALUATION: 0.1 + 59.5, "evaluation": 0.6 + 0.5,
+                "kmeans": 0.1, "ward": 0.2}
     assert list(parts) == list(expected)             # in the order the parts first ran
     assert parts == pytest.approx(expected)
     assert sum(parts.values()) == pytest.approx(RECORDS[-1][0])

@@ -5,8 +5,9 @@ belongs to the part the record names (a phase's end names its phase; a split its
 first record's interval starts when config.yml was written). Nothing goes uncounted: a record
 not named below closes an interval under its own name. An evaluation record carries its own
 seconds: they are the evaluation's part, less the pixel baselines' seconds (parts of their own),
-and the rest of its interval (a later `structgen evaluate` of a finished run waits days) goes
-to ``OUTSIDE``.
+and the rest of its interval goes to ``BEFORE_EVALUATION`` (in a run that evaluates itself, the
+seconds after its last phase: the check for leaves the finetuning emptied, the final checkpoint;
+before a later `structgen evaluate` of a finished run, maybe days of waiting).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ PART_OF_EVENT = {"grow_check": "split selection", "budget_stop": "split selectio
 # Events logged while a phase runs: they close no interval (the finetuning's refit after an
 # epoch would otherwise cut its epochs so far out of every part).
 INSIDE_A_PHASE = {"epoch", "budget_refit_finetuning"}
-OUTSIDE = "outside the schedule"
+BEFORE_EVALUATION = "before the evaluation"
 
 
 def part_minutes(run_dir: str | Path) -> dict[str, float]:
@@ -42,12 +43,12 @@ def part_minutes(run_dir: str | Path) -> dict[str, float]:
         last = record["time"]
         if kind == "evaluation" and "seconds" in record:
             own = min(minutes, record["seconds"] / 60)
-            add(OUTSIDE, minutes - own)
-            for method, result in (record.get("baselines") or {}).items():
-                baseline = min(own, result.get("seconds", 0.0) / 60)
+            add(BEFORE_EVALUATION, minutes - own)
+            baselines = {method: min(own, result.get("seconds", 0.0) / 60)
+                         for method, result in (record.get("baselines") or {}).items()}
+            add("evaluation", own - sum(baselines.values()))
+            for method, baseline in baselines.items():
                 add(method, baseline)
-                own -= baseline
-            add("evaluation", own)
         elif kind == "phase_end":
             add(record["phase"].split("-")[0], minutes)   # subtree-3 -> subtree, intermediate-1 -> intermediate
         else:

@@ -23,7 +23,8 @@ RECORDS = [                                        # (minutes after config.yml, 
     (7.6, {"event": "something_new"}),
     (8.6, {"event": "evaluation", "seconds": 54.0, "baselines": {"kmeans": {"seconds": 6.0},
                                                                  "ward": {"seconds": 12.0}}}),
-    (68.6, {"event": "evaluation", "seconds": 30.0, "baselines": {}}),     # `structgen evaluate` an hour later
+    (68.6, {"event": "evaluation", "seconds": 30.0,                         # `structgen evaluate` an hour later,
+            "baselines": {"kmeans": {"seconds": 3.0}, "ward_subset": 10000}}),  # Ward on a subset: a count
 ]
 
 
@@ -40,8 +41,8 @@ def run_dir(tmp_path):
 def test_each_interval_goes_to_the_part_its_record_names(run_dir):
     parts = part_minutes(run_dir)
     expected = {"initial": 2.0, "split selection": 0.5, "subtree": 1.6, "stopped (until the resume)": 0.9,
-                "finetune": 2.5, "something_new": 0.1, BEFORE_EVALUATION: 0.1 + 59.5, "evaluation": 0.6 + 0.5,
-                "kmeans": 0.1, "ward": 0.2}
+                "finetune": 2.5, "something_new": 0.1, BEFORE_EVALUATION: 0.1 + 59.5, "evaluation": 0.6 + 0.45,
+                "kmeans": 0.1 + 0.05, "ward": 0.2}
     assert list(parts) == list(expected)             # in the order the parts first ran
     assert parts == pytest.approx(expected)
     assert sum(parts.values()) == pytest.approx(RECORDS[-1][0])

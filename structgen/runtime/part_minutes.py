@@ -44,9 +44,12 @@ def part_minutes(run_dir: str | Path) -> dict[str, float]:
         if kind == "evaluation" and "seconds" in record:
             own = min(minutes, record["seconds"] / 60)
             add(BEFORE_EVALUATION, minutes - own)
-            baselines = {method: min(own, result.get("seconds", 0.0) / 60)
-                         for method, result in (record.get("baselines") or {}).items()}
-            add("evaluation", own - sum(baselines.values()))
+            baselines = {}
+            for method, result in (record.get("baselines") or {}).items():
+                if isinstance(result, dict):                 # not "ward_subset", a count beside them
+                    baselines[method] = min(own, result.get("seconds", 0.0) / 60)
+                    own -= baselines[method]
+            add("evaluation", own)
             for method, baseline in baselines.items():
                 add(method, baseline)
         elif kind == "phase_end":

@@ -71,7 +71,10 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
         if evaluate:
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
         if is_main:
-            progress.line("wall time per part of the schedule:\n" + part_table(part_minutes(run_dir)))
+            try:
+                progress.line("wall time per part of the schedule:\n" + part_table(part_minutes(run_dir)))
+            except (OSError, ValueError, KeyError) as err:  # a summary must not fail a finished run
+                progress.line(f"wall time per part of the schedule: not available ({err!r})")
     return run_dir, report
 
 

@@ -48,6 +48,13 @@ def test_each_interval_goes_to_the_part_its_record_names(run_dir):
     assert sum(parts.values()) == pytest.approx(RECORDS[-1][0])
 
 
+def test_without_config_yml_the_run_starts_at_its_first_record(run_dir):
+    (run_dir / "config.yml").unlink()
+    parts = part_minutes(run_dir)
+    assert parts["initial"] == pytest.approx(1.0)
+    assert sum(parts.values()) == pytest.approx(RECORDS[-1][0] - RECORDS[0][0])
+
+
 def test_the_table_shows_shares_and_the_total(run_dir):
     table = part_table(part_minutes(run_dir))
     assert "finetune" in table and "2.50 min" in table

@@ -26,7 +26,7 @@ BEFORE_EVALUATION = "before the evaluation"
 
 def part_minutes(run_dir: str | Path) -> dict[str, float]:
     """Wall minutes per part, in the order the parts first ran; they add up to the time from
-    config.yml's writing to the last record."""
+    config.yml's writing (without it, the first record) to the last record."""
     from structgen.runtime.metrics_log import read_metrics
 
     parts: dict[str, float] = {}
@@ -34,8 +34,10 @@ def part_minutes(run_dir: str | Path) -> dict[str, float]:
     def add(name: str, minutes: float) -> None:
         parts[name] = parts.get(name, 0.0) + minutes
 
-    last = (Path(run_dir) / "config.yml").stat().st_mtime
-    for record in read_metrics(run_dir):
+    records = read_metrics(run_dir)
+    config = Path(run_dir) / "config.yml"
+    last = config.stat().st_mtime if config.exists() else (records[0]["time"] if records else 0.0)
+    for record in records:
         kind = record["event"]
         if kind in INSIDE_A_PHASE:
             continue

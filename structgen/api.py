@@ -32,7 +32,7 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
     """
     from structgen.runtime.context import Context, resolve_device
     from structgen.runtime.metrics_log import MetricsLog
-    from structgen.runtime.part_minutes import part_minutes, part_table
+    from structgen.runtime.part_minutes import TITLE, part_minutes, part_table
     from structgen.runtime.progress import Progress
     from structgen.data.run_data import check_batch_fits, load_run_data
     from structgen.train.growth import TreeTrainer
@@ -72,9 +72,9 @@ def train_tree(cfg: Config, *, resume: bool | str | Path = False, ctx=None, eval
             report = evaluate_run(run_dir, cfg=cfg, model=model, data=data, ctx=ctx, log=log)
         if is_main:
             try:
-                progress.line("wall time per part of the schedule:\n" + part_table(part_minutes(run_dir)))
+                progress.line(f"{TITLE}:\n" + part_table(part_minutes(run_dir)))
             except (OSError, ValueError, KeyError) as err:  # a summary must not fail a finished run
-                progress.line(f"wall time per part of the schedule: not available ({err!r})")
+                progress.line(f"{TITLE}: not available ({err!r})")
     return run_dir, report
 
 

@@ -38,11 +38,11 @@ def print_run_parts(run_dir: str) -> None:
 
     from structgen.errors import RunError
     from structgen.runtime.metrics_log import read_metrics
-    from structgen.runtime.part_minutes import part_minutes, part_table
+    from structgen.runtime.part_minutes import TITLE, part_minutes, part_table
 
     run = Path(run_dir)
     if not (run / "config.yml").is_file() or not (run / "metrics.jsonl").is_file():
         raise RunError(f"--run {run_dir}: not a tree run's folder (it needs config.yml and metrics.jsonl)")
     records = read_metrics(run)
     print(f"run: {run}  (last record: {records[-1]['event']})" if records else f"run: {run}  (no records yet)")
-    print("wall time per part of the schedule:\n" + part_table(part_minutes(run)))
+    print(f"{TITLE}:\n" + part_table(part_minutes(run)))

@@ -22,6 +22,7 @@ PART_OF_EVENT = {"grow_check": "split selection", "budget_stop": "split selectio
 # epoch would otherwise cut its epochs so far out of every part).
 INSIDE_A_PHASE = {"epoch", "budget_refit_finetuning"}
 BEFORE_EVALUATION = "before the evaluation"
+TITLE = "wall time per part of the schedule"     # the heading over part_table, wherever it prints
 
 
 def part_minutes(run_dir: str | Path) -> dict[str, float]:

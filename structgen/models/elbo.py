@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from structgen.models.likelihood import nll
+from structgen.models.likelihood import leaf_nll
 from structgen.models.treevae import SubTree, TreeOutput, TreeVAE
 from structgen.tree.topology import ROOT
 
@@ -42,12 +42,8 @@ def tree_terms(model: TreeVAE, out: TreeOutput, x: torch.Tensor, clamps: Clamps)
 
 def subtree_terms(subtree: SubTree, out: dict, x: torch.Tensor, likelihood: str, clamps: Clamps) -> dict:
     """The sub-tree's rec, kl_nodes, kl_decisions; kl_root is 0 by definition (§2)."""
-    b = x.shape[0]
-    flat = out["decoder_out"].flatten(0, 1)
-    target = x.unsqueeze(1).expand(-1, 2, *x.shape[1:]).flatten(0, 1)
-    leaf_nll = nll(flat, target, likelihood).view(b, 2)
     probs = out["leaf_probs"]
-    rec = (probs * leaf_nll).sum(1).mean()
+    rec = (probs * leaf_nll(out["decoder_out"], x, likelihood)).sum(1).mean()
     # The reference applies no per-sample clamp here (§8.9); we apply the same clamps as the
     # full tree so one setting governs both phases.
     kl_nodes = (probs * out["node_kl"]).clamp(*clamps.sample).sum(1).mean().clamp(*clamps.batch)

@@ -14,7 +14,7 @@ from torch import nn
 
 from structgen.config.schema import spectral_norm_placement
 from structgen.models import gaussian as G
-from structgen.models.likelihood import nll, to_image
+from structgen.models.likelihood import leaf_nll, to_image
 from structgen.nn.contrastive import Projection
 from structgen.nn.decoders import build_decoder
 from structgen.nn.encoders import BottomUp
@@ -333,10 +333,7 @@ class TreeVAE(nn.Module):
 
     def leaf_nll(self, out: TreeOutput, x: torch.Tensor) -> torch.Tensor:
         """(B, n_leaves) per-leaf negative log-likelihood of x."""
-        b, n = out.decoder_out.shape[:2]
-        flat = out.decoder_out.flatten(0, 1)
-        target = x.unsqueeze(1).expand(-1, n, *x.shape[1:]).flatten(0, 1)
-        return nll(flat, target, self.spec.likelihood).view(b, n)
+        return leaf_nll(out.decoder_out, x, self.spec.likelihood)
 
 
 class SubTree(nn.Module):

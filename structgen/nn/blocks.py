@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dense_conv import Conv2d
+from .vector_math import softplus
 
 ACTIVATIONS = ("swish", "leaky_relu", "relu")
 
@@ -65,7 +65,7 @@ class ConvBlock(nn.Module):
         if not self.with_heads:
             return h, None, None
         # softplus output is a variance (not a std), as in the reference.
-        return h, self.mu(h), F.softplus(self.var(h))
+        return h, self.mu(h), softplus(self.var(h))
 
 
 class ResBlock(nn.Module):

@@ -1,10 +1,10 @@
 """Per-node heads of the top-down tree (algorithm.md §1.4): dense, transformation, router."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import ConvBlock, conv3x3, make_activation
+from .vector_math import softplus
 
 
 class Dense(nn.Module):
@@ -19,7 +19,7 @@ class Dense(nn.Module):
         self.var = conv3x3(in_ch, latent_ch)
 
     def forward(self, d: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mu(d), F.softplus(self.var(d))
+        return self.mu(d), softplus(self.var(d))
 
 
 class Transformation(nn.Module):

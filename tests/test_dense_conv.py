@@ -94,6 +94,54 @@ SWAPS = [
 ]
 
 
+@pytest.mark.parametrize("in_channels_last", [False, True], ids=["nchw-in", "channels-last-in"])
+@pytest.mark.parametrize("out_channels_last", [False, True], ids=["nchw-out", "channels-last-out"])
+@pytest.mark.parametrize("make,shape", [(lambda: Conv2d(32, 16, 3, padding=1, bias=True), (7, 32, 2, 2)),
+                                        (lambda: ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1),
+                                         (7, 4, 3, 5))])
+def test_the_small_multiply_takes_and_gives_channels_last_tensors(make, shape, in_channels_last, out_channels_last):
+    torch.manual_seed(0)
+    layer = make()
+    layer.channels_last_output = out_channels_last
+    twin = copy.deepcopy(layer)
+    x = torch.randn(*shape)
+    if in_channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert dense_conv._plan(x, layer, isinstance(layer, ConvTranspose2d)) == "small-matmul"
+    y, gx, gw, grad_out = forward_backward(layer, x)
+    assert y.is_contiguous(memory_format=torch.channels_last if out_channels_last else torch.contiguous_format)
+    assert gx.is_contiguous(memory_format=torch.channels_last if in_channels_last else torch.contiguous_format)
+    with native_convolutions():
+        y_ref, gx_ref, gw_ref, _ = forward_backward(twin, x.contiguous(), grad_out.contiguous())
+    assert close(y, y_ref) and close(gx, gx_ref)
+    assert all(close(a, b) for a, b in zip(gw, gw_ref))
+
+
+def test_conv_blocks_run_channels_last_inside_and_hand_on_nchw():
+    from structgen.nn import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(16, 32, 16, "swish", residual=False, with_heads=True)
+    twin = copy.deepcopy(block)
+    seen = []
+    for module in block.body:
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(lambda m, inp, out: seen.append(inp[0].is_contiguous(
+                memory_format=torch.channels_last)))
+    x = torch.randn(64, 16, 2, 2, requires_grad=True)
+    outs = block(x)
+    assert seen == [True, True, True]                    # every BatchNorm saw a channels-last map
+    assert all(t.is_contiguous() for t in outs)
+    sum(t.square().sum() for t in outs).backward()
+    x_ref = x.detach().clone().requires_grad_()
+    with native_convolutions():
+        outs_ref = twin(x_ref)
+        sum(t.square().sum() for t in outs_ref).backward()
+    assert all(close(a.detach(), b.detach()) for a, b in zip(outs, outs_ref))
+    assert close(x.grad, x_ref.grad)
+    assert all(close(p.grad, q.grad, rtol=1e-4) for p, q in zip(block.parameters(), twin.parameters()))
+
+
 @pytest.mark.parametrize("avx512", [True, False], ids=["avx512", "avx2"])
 @pytest.mark.parametrize("make,shape,swaps", SWAPS)
 def test_which_layers_take_the_swapped_weight_gradient(make, shape, swaps, avx512, monkeypatch):

@@ -52,6 +52,9 @@ class ConvBlock(nn.Module):
         for a, b in ((in_ch, in_ch), (in_ch, in_ch), (in_ch, out_ch)):
             stages += [conv3x3(a, b), nn.BatchNorm2d(b), make_activation(act)]
         self.body = nn.Sequential(*stages)
+        for layer in self.body:
+            if isinstance(layer, Conv2d):
+                layer.channels_last_output = True   # each feeds a BatchNorm (dense_conv.Conv2d)
         self.residual = bool(residual) and in_ch == out_ch
         self.with_heads = with_heads
         if with_heads:
@@ -59,13 +62,13 @@ class ConvBlock(nn.Module):
             self.var = conv3x3(out_ch, latent_ch)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        h = self.body(x)
+        h = self.body(x)               # channels-last where its convs ran as small multiplies
         if self.residual:
             h = h + x
         if not self.with_heads:
-            return h, None, None
+            return h.contiguous(), None, None
         # softplus output is a variance (not a std), as in the reference.
-        return h, self.mu(h), softplus(self.var(h))
+        return h.contiguous(), self.mu(h), softplus(self.var(h))
 
 
 class ResBlock(nn.Module):

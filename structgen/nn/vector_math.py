@@ -57,14 +57,8 @@ class _SummedBCE(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_logits = torch.sigmoid(z).sub_(t).mul_(per_pixel).to(logits_dtype)
         if ctx.needs_input_grad[1]:
-            grad_target = _unbroadcast(-(z * per_pixel), t.shape).to(target_dtype)
+            grad_target = (-(z * per_pixel)).sum_to_size(t.shape).to(target_dtype)   # summed over broadcast axes
         return grad_logits, grad_target, None
-
-
-def _unbroadcast(grad: Tensor, shape: torch.Size) -> Tensor:
-    """Sum ``grad`` down to ``shape`` over the dimensions broadcasting stretched."""
-    stretched = [d for d, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1]
-    return grad.sum(stretched, keepdim=True) if stretched else grad
 
 
 def bce_with_logits_summed(logits: Tensor, target: Tensor, pixel_dims: int) -> Tensor:

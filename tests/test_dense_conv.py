@@ -117,6 +117,48 @@ def test_the_small_multiply_takes_and_gives_channels_last_tensors(make, shape, i
     assert all(close(a, b) for a, b in zip(gw, gw_ref))
 
 
+@pytest.mark.parametrize("in_channels_last", [False, True], ids=["chw-in", "hwc-in"])
+@pytest.mark.parametrize("out_channels_last", [False, True], ids=["chw-out", "hwc-out"])
+@pytest.mark.parametrize("make,shape", [(lambda: Conv2d(16, 32, 3, padding=1), (7, 16, 2, 2)),
+                                        (lambda: Conv2d(5, 3, 3, stride=2, padding=1), (7, 5, 5, 4))])
+def test_stacked_small_convolutions_are_each_layers_own(make, shape, in_channels_last, out_channels_last):
+    """k layers of one geometry on k inputs in one batched multiply: each output and gradient
+    is that layer's convolution of its own input, in the flat layout asked for."""
+    torch.manual_seed(0)
+    layers = [make() for _ in range(3)]
+    xs = [torch.randn(*shape) for _ in layers]
+    weights = torch.stack([layer.weight.detach() for layer in layers]).requires_grad_()
+    order = (lambda t: t.permute(0, 2, 3, 1)) if in_channels_last else (lambda t: t)
+    flat_in = torch.stack([order(x).reshape(shape[0], -1) for x in xs]).requires_grad_()
+    assert dense_conv.runs_as_small_multiply(layers[0], xs[0])
+    y, out_shape = dense_conv.stacked_small_conv(layers[0], flat_in, weights, tuple(shape[2:]),
+                                                 in_channels_last, out_channels_last)
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+    for i, (layer, x) in enumerate(zip(layers, xs)):
+        x = x.clone().requires_grad_()
+        ref = torch.nn.functional.conv2d(x, layer.weight, None, layer.stride, layer.padding)
+        assert tuple(ref.shape[1:]) == out_shape
+        ref_flat = (ref.permute(0, 2, 3, 1) if out_channels_last else ref).reshape(shape[0], -1)
+        g = grad_out[i].view(ref_flat.shape)
+        ref_flat.backward(g)
+        assert close(y[i], ref_flat)
+        assert close(flat_in.grad[i], order(x.grad).reshape(shape[0], -1))
+        assert close(weights.grad[i], layer.weight.grad)
+
+
+def test_a_convolution_with_stacked_weights_is_each_layers_own():
+    """Layers that read one input, as one convolution with their weights on the output channels."""
+    torch.manual_seed(0)
+    for shape in ((6, 32, 2, 2), (2, 32, 40, 40)):                   # a small multiply, and native
+        layers = [Conv2d(32, 16, 3, padding=1) for _ in range(4)]
+        x = torch.randn(*shape)
+        y = dense_conv.conv_with_weight(layers[0], x, torch.cat([layer.weight for layer in layers]))
+        for i, layer in enumerate(layers):
+            with native_convolutions():
+                assert close(y[:, 16 * i:16 * (i + 1)], layer._conv_forward(x, layer.weight, None))
+
+
 def test_conv_blocks_run_channels_last_inside_and_hand_on_nchw():
     from structgen.nn import ConvBlock
 

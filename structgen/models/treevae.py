@@ -17,6 +17,7 @@ from structgen.models import gaussian as G
 from structgen.models.likelihood import leaf_nll, to_image
 from structgen.nn.contrastive import Projection
 from structgen.nn.decoders import build_decoder
+from structgen.nn.depth_batched import dense_outputs, router_logits, transformation_outputs
 from structgen.nn.encoders import BottomUp
 from structgen.nn.heads import Dense, Router, Transformation
 from structgen.nn.leaf_decoding import decode_leaves
@@ -193,35 +194,60 @@ class TreeVAE(nn.Module):
         out = TreeOutput(leaves=self.tree.leaves(), leaf_probs=x.new_empty(0), decoder_out=x.new_empty(0),
                          features=feats)
         out.reach[ROOT] = x.new_ones(batch)
-        for path in self.tree.bfs():
-            d = feats[self.level(_depth(path))]
-            mu_hat, var_hat = self.dense[path](d)
-            if path == ROOT:
-                mu, var = mu_hat, var_hat
-                prior_mu, prior_var = torch.zeros_like(mu), torch.ones_like(var) - G.EPS
-                out.node_kl[path] = G.kl_standard_normal(mu, var)
-            else:
-                prior_mu, prior_var = self.transform[path](out.z[path[:-1]])
-                mu, var = G.precision_weighted(mu_hat, var_hat, prior_mu, prior_var)
-                out.node_kl[path] = G.kl_normal(mu, var, prior_mu, prior_var)
-            z = G.sample(mu, var)
-            out.z[path] = z
-            out.log_ratio[path] = G.log_normal(z, prior_mu, prior_var) - G.log_normal(z, mu, var)
-            kind = self.tree.kind(path)
-            if kind == "internal":
-                logit_q = self.router_q[path](d)
-                logit_p = self.router[path](z)
-                q_left = torch.sigmoid(logit_q)
-                out.decision_kl[path] = G.kl_bernoulli_logits(logit_q, logit_p)
-                out.log_prior_decision[path] = logit_p
-                out.logit_q[path] = logit_q
-                out.reach[path + "0"] = out.reach[path] * q_left
-                out.reach[path + "1"] = out.reach[path] * (1 - q_left)
-            elif kind == "passthrough":
-                out.reach[self.tree.children(path)[0]] = out.reach[path]
+        for depth, paths in self._by_depth():
+            d = feats[self.level(depth)]
+            # The heads of one depth run together (structgen.nn.depth_batched). Samples are drawn
+            # node by node in BFS order, so the random draws come in the order they always did.
+            bottom_up = dense_outputs([self.dense[p] for p in paths], d)
+            priors = (transformation_outputs([self.transform[p] for p in paths], [out.z[p[:-1]] for p in paths])
+                      if depth else [None])
+            for path, (mu_hat, var_hat), prior in zip(paths, bottom_up, priors):
+                self._infer_node(out, path, mu_hat, var_hat, prior)
+            internal = [p for p in paths if self.tree.kind(p) == "internal"]
+            if internal:
+                logits_q = router_logits([self.router_q[p] for p in internal], d)
+                logits_p = router_logits([self.router[p] for p in internal], [out.z[p] for p in internal])
+                for path, logit_q, logit_p in zip(internal, logits_q, logits_p):
+                    self._route(out, path, logit_q, logit_p)
+            for path in paths:
+                if self.tree.kind(path) == "passthrough":
+                    out.reach[self.tree.children(path)[0]] = out.reach[path]
         out.leaf_probs = torch.stack([out.reach[p] for p in out.leaves], dim=1)
         out.decoder_out = self.decode(out.leaves, [out.z[p] for p in out.leaves])
         return out
+
+    def _by_depth(self) -> list[tuple[int, list[str]]]:
+        """(depth, its nodes in BFS order), shallowest first."""
+        groups: dict[int, list[str]] = {}
+        for path in self.tree.bfs():
+            groups.setdefault(_depth(path), []).append(path)
+        return list(groups.items())
+
+    def _infer_node(self, out: TreeOutput, path: str, mu_hat: torch.Tensor, var_hat: torch.Tensor,
+                    prior: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """One node's posterior, sample and KL into ``out``, from its bottom-up Gaussian and its
+        prior (None at the root: the standard normal)."""
+        if prior is None:
+            mu, var = mu_hat, var_hat
+            prior_mu, prior_var = torch.zeros_like(mu), torch.ones_like(var) - G.EPS
+            out.node_kl[path] = G.kl_standard_normal(mu, var)
+        else:
+            prior_mu, prior_var = prior
+            mu, var = G.precision_weighted(mu_hat, var_hat, prior_mu, prior_var)
+            out.node_kl[path] = G.kl_normal(mu, var, prior_mu, prior_var)
+        z = G.sample(mu, var)
+        out.z[path] = z
+        out.log_ratio[path] = G.log_normal(z, prior_mu, prior_var) - G.log_normal(z, mu, var)
+
+    @staticmethod
+    def _route(out: TreeOutput, path: str, logit_q: torch.Tensor, logit_p: torch.Tensor) -> None:
+        """An internal node's decision terms and its children's reach into ``out``."""
+        q_left = torch.sigmoid(logit_q)
+        out.decision_kl[path] = G.kl_bernoulli_logits(logit_q, logit_p)
+        out.log_prior_decision[path] = logit_p
+        out.logit_q[path] = logit_q
+        out.reach[path + "0"] = out.reach[path] * q_left
+        out.reach[path + "1"] = out.reach[path] * (1 - q_left)
 
     @torch.no_grad()
     def posterior_latents(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -255,9 +255,10 @@ def _output_hw(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> t
     return sizes[0], sizes[1]
 
 
-def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
+def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool, out_channels: int | None = None) -> str:
     """'native', 'small-matmul', 'transposed-matmul', 'transposed-direct' or 'own-backward'
-    (module docstring)."""
+    (module docstring). ``out_channels``: where the weight is not the layer's own but several
+    layers' stacked on the output channels (``conv_with_weight``)."""
     if (_native_only or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] == 0
             or torch.is_autocast_enabled("cpu") or x.dtype != _stored_weight(layer).dtype
             or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
@@ -265,7 +266,7 @@ def _plan(x: Tensor, layer: nn.modules.conv._ConvNd, transposed: bool) -> str:
             or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
         return "native"
     out_h, out_w = _output_hw(x, layer, transposed)
-    entries = x.shape[1] * x.shape[2] * x.shape[3] * layer.out_channels * out_h * out_w
+    entries = x.shape[1] * x.shape[2] * x.shape[3] * (out_channels or layer.out_channels) * out_h * out_w
     if entries <= SMALL_MATRIX:
         return "small-matmul"
     if not x.is_contiguous():
@@ -340,6 +341,62 @@ def _run(plan: str, x: Tensor, weight: Tensor, bias: Tensor | None, layer: nn.mo
         rows = swap and not transposed and not _cpu_has_avx512() and _band_is_narrow(x.shape[3], layer)
         y = _StrideOneConv.apply(x, weight, tuple(layer.padding), transposed, plan, swap, rows)
     return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def conv_with_weight(layer: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
+    """``layer``'s convolution (stride, padding, and its faster path where one applies) with
+    another weight of its kernel and input channels, e.g. several layers' weights stacked on the
+    output channels: one call for layers that read the same input."""
+    plan = "native" if not isinstance(layer, Conv2d) else _plan(x, layer, False, out_channels=weight.shape[0])
+    if plan == "native":
+        return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return _run(plan, x, weight, None, layer, transposed=False)
+
+
+def runs_as_small_multiply(layer: nn.Module, x: Tensor) -> bool:
+    """Whether ``layer(x)`` would run as the small multiply (``stacked_small_conv`` needs it)."""
+    return isinstance(layer, Conv2d) and _plan(x, layer, transposed=False) == "small-matmul"
+
+
+class _StackedSmallConvAsMatmul(torch.autograd.Function):
+    """k layers of one geometry, each on its own input: ``y[i] = x[i] @ M(weights[i])`` as one
+    batched multiply, (k, N, in) -> (k, N, out); both gradients by batched multiplies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor, index: Tensor) -> Tensor:
+        k = weights.shape[0]
+        with_zero = torch.cat([weights.reshape(k, -1), weights.new_zeros(k, 1)], dim=1)
+        matrices = with_zero.index_select(1, index.view(-1)).view(k, *index.shape)   # (k, in, out)
+        ctx.save_for_backward(x, matrices, index)
+        ctx.weights_shape = weights.shape
+        return torch.bmm(x, matrices)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, matrices, index = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad_out, matrices.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            k, n = ctx.weights_shape[0], ctx.weights_shape[1:].numel()
+            grad_matrices = torch.bmm(x.transpose(1, 2), grad_out)
+            # Layer i's entries fall in bins [i (n + 1), (i + 1)(n + 1)); each layer's last bin holds its zeros.
+            bins = index.unsqueeze(0) + torch.arange(0, k * (n + 1), n + 1, device=index.device).view(k, 1, 1)
+            grad_w = torch.bincount(bins.flatten(), grad_matrices.flatten(), minlength=k * (n + 1))
+            grad_w = grad_w.view(k, n + 1)[:, :n].reshape(ctx.weights_shape).to(matrices.dtype)
+        return grad_x, grad_w, None
+
+
+def stacked_small_conv(layer: nn.Conv2d, x: Tensor, weights: Tensor, in_hw: tuple[int, int],
+                       in_channels_last: bool, out_channels_last: bool) -> tuple[Tensor, tuple[int, int, int]]:
+    """k convolutions of ``layer``'s geometry at once: ``x`` (k, N, C*H*W) holds each one's
+    input flattened ((C, H, W) order, or (H, W, C) with ``in_channels_last``), ``weights`` (k, *
+    the layer's weight shape) their weights. Returns (k, N, out features) in the order that
+    ``out_channels_last`` names, and the output's (C, H, W). Only for layers that
+    ``runs_as_small_multiply``."""
+    index, out_shape = _layout_index(tuple(weights.shape[1:]), False, tuple(layer.stride), tuple(layer.padding),
+                                     (0, 0), in_hw, in_channels_last, out_channels_last)
+    return _StackedSmallConvAsMatmul.apply(x, weights, index), out_shape
 
 
 def runs_natively(layer: nn.Module, x: Tensor) -> bool:

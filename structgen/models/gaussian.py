@@ -39,27 +39,28 @@ def sample(mu, var, generator=None):
     return mu + noise * torch.sqrt(var + EPS)
 
 
-def kl_normal(mu_q, var_q, mu_p, var_p):
-    """KL(N(mu_q, var_q+EPS) || N(mu_p, var_p+EPS)) summed over all but the batch dim."""
+def kl_normal(mu_q, var_q, mu_p, var_p, batch_dims: int = 1):
+    """KL(N(mu_q, var_q+EPS) || N(mu_p, var_p+EPS)) summed over all but the first ``batch_dims``
+    dims (the batch; or nodes and batch, for the nodes of one depth stacked)."""
     mu_q, var_q, mu_p, var_p = _f32(mu_q, var_q, mu_p, var_p)
     vq, vp = var_q + EPS, var_p + EPS
     kl = 0.5 * (torch.log(vp) - torch.log(vq) + (vq + (mu_q - mu_p) ** 2) / vp - 1.0)
-    return kl.flatten(1).sum(1)
+    return kl.flatten(batch_dims).sum(batch_dims)
 
 
-def kl_standard_normal(mu, var):
+def kl_standard_normal(mu, var, batch_dims: int = 1):
     mu, var = _f32(mu, var)
     vq = var + EPS
     kl = 0.5 * (-torch.log(vq) + vq + mu**2 - 1.0)
-    return kl.flatten(1).sum(1)
+    return kl.flatten(batch_dims).sum(batch_dims)
 
 
-def log_normal(x, mu, var):
-    """log N(x; mu, var+EPS) summed over all but the batch dim."""
+def log_normal(x, mu, var, batch_dims: int = 1):
+    """log N(x; mu, var+EPS) summed over all but the first ``batch_dims`` dims."""
     x, mu, var = _f32(x, mu, var)
     v = var + EPS
     lp = -0.5 * (math.log(2 * math.pi) + torch.log(v) + (x - mu) ** 2 / v)
-    return lp.flatten(1).sum(1)
+    return lp.flatten(batch_dims).sum(batch_dims)
 
 
 def kl_bernoulli_logits(logit_q, logit_p):

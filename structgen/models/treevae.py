@@ -195,20 +195,29 @@ class TreeVAE(nn.Module):
                          features=feats)
         out.reach[ROOT] = x.new_ones(batch)
         for depth, paths in self._by_depth():
+            # The nodes of one depth run together: heads (structgen.nn.depth_batched) and ELBO
+            # terms on (nodes, batch, ...) tensors.
             d = feats[self.level(depth)]
-            # The heads of one depth run together (structgen.nn.depth_batched). Samples are drawn
-            # node by node in BFS order, so the random draws come in the order they always did.
-            bottom_up = dense_outputs([self.dense[p] for p in paths], d)
-            priors = (transformation_outputs([self.transform[p] for p in paths], [out.z[p[:-1]] for p in paths])
-                      if depth else [None])
-            for path, (mu_hat, var_hat), prior in zip(paths, bottom_up, priors):
-                self._infer_node(out, path, mu_hat, var_hat, prior)
+            mu_hat, var_hat = dense_outputs([self.dense[p] for p in paths], d)
+            if depth == 0:
+                mu, var = mu_hat, var_hat
+                prior_mu, prior_var = torch.zeros_like(mu), torch.ones_like(var) - G.EPS
+                node_kl = G.kl_standard_normal(mu, var, batch_dims=2)
+            else:
+                parents = torch.stack([out.z[p[:-1]] for p in paths])
+                prior_mu, prior_var = transformation_outputs([self.transform[p] for p in paths], parents)
+                mu, var = G.precision_weighted(mu_hat, var_hat, prior_mu, prior_var)
+                node_kl = G.kl_normal(mu, var, prior_mu, prior_var, batch_dims=2)
+            # Drawn node by node in BFS order, so the random draws come in the order they always did.
+            z = torch.stack([G.sample(m, v) for m, v in zip(mu, var)])
+            log_ratio = G.log_normal(z, prior_mu, prior_var, batch_dims=2) - G.log_normal(z, mu, var, batch_dims=2)
+            for i, path in enumerate(paths):
+                out.z[path], out.node_kl[path], out.log_ratio[path] = z[i], node_kl[i], log_ratio[i]
             internal = [p for p in paths if self.tree.kind(p) == "internal"]
             if internal:
-                logits_q = router_logits([self.router_q[p] for p in internal], d)
-                logits_p = router_logits([self.router[p] for p in internal], [out.z[p] for p in internal])
-                for path, logit_q, logit_p in zip(internal, logits_q, logits_p):
-                    self._route(out, path, logit_q, logit_p)
+                self._route(out, internal, router_logits([self.router_q[p] for p in internal], d, shared=True),
+                            router_logits([self.router[p] for p in internal], torch.stack([out.z[p] for p in internal]),
+                                          shared=False))
             for path in paths:
                 if self.tree.kind(path) == "passthrough":
                     out.reach[self.tree.children(path)[0]] = out.reach[path]
@@ -223,31 +232,18 @@ class TreeVAE(nn.Module):
             groups.setdefault(_depth(path), []).append(path)
         return list(groups.items())
 
-    def _infer_node(self, out: TreeOutput, path: str, mu_hat: torch.Tensor, var_hat: torch.Tensor,
-                    prior: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        """One node's posterior, sample and KL into ``out``, from its bottom-up Gaussian and its
-        prior (None at the root: the standard normal)."""
-        if prior is None:
-            mu, var = mu_hat, var_hat
-            prior_mu, prior_var = torch.zeros_like(mu), torch.ones_like(var) - G.EPS
-            out.node_kl[path] = G.kl_standard_normal(mu, var)
-        else:
-            prior_mu, prior_var = prior
-            mu, var = G.precision_weighted(mu_hat, var_hat, prior_mu, prior_var)
-            out.node_kl[path] = G.kl_normal(mu, var, prior_mu, prior_var)
-        z = G.sample(mu, var)
-        out.z[path] = z
-        out.log_ratio[path] = G.log_normal(z, prior_mu, prior_var) - G.log_normal(z, mu, var)
-
     @staticmethod
-    def _route(out: TreeOutput, path: str, logit_q: torch.Tensor, logit_p: torch.Tensor) -> None:
-        """An internal node's decision terms and its children's reach into ``out``."""
+    def _route(out: TreeOutput, internal: list[str], logit_q: torch.Tensor, logit_p: torch.Tensor) -> None:
+        """The decision terms of internal nodes of one depth and their children's reach into
+        ``out``, from the routers' logits (nodes, batch)."""
         q_left = torch.sigmoid(logit_q)
-        out.decision_kl[path] = G.kl_bernoulli_logits(logit_q, logit_p)
-        out.log_prior_decision[path] = logit_p
-        out.logit_q[path] = logit_q
-        out.reach[path + "0"] = out.reach[path] * q_left
-        out.reach[path + "1"] = out.reach[path] * (1 - q_left)
+        decision_kl = G.kl_bernoulli_logits(logit_q, logit_p)
+        reach = torch.stack([out.reach[p] for p in internal])
+        left, right = reach * q_left, reach * (1 - q_left)
+        for i, path in enumerate(internal):
+            out.decision_kl[path], out.logit_q[path] = decision_kl[i], logit_q[i]
+            out.log_prior_decision[path] = logit_p[i]
+            out.reach[path + "0"], out.reach[path + "1"] = left[i], right[i]
 
     @torch.no_grad()
     def posterior_latents(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -33,32 +33,30 @@ from .heads import Dense, Router, Transformation
 from .vector_math import softplus
 
 
-def dense_outputs(denses: Sequence[Dense], d: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """``[dense(d) for dense in denses]`` as one convolution: (mu, var) per node."""
+def dense_outputs(denses: Sequence[Dense], d: Tensor) -> tuple[Tensor, Tensor]:
+    """``dense(d)`` of every node as one convolution: (mu, var), each (k, B, C_z, r, r)."""
     if len(denses) == 1:
-        return [denses[0](d)]
+        return tuple(t.unsqueeze(0) for t in denses[0](d))
     # Reading `.weight` runs a spectral-normalised layer's power iteration, once per forward as
     # calling the layer would.
     weight = torch.cat([dense.mu.weight for dense in denses] + [dense.var.weight for dense in denses])
     out = conv_with_weight(denses[0].mu, d, weight)
-    mu, var = out.unflatten(1, (2, len(denses), -1)).unbind(1)       # each (B, k, C_z, r, r)
-    var = softplus(var)
-    return [(mu[:, i], var[:, i]) for i in range(len(denses))]
+    mu, var = out.unflatten(1, (2, len(denses), -1)).transpose(0, 2).unbind(1)
+    return mu, softplus(var)
 
 
-def transformation_outputs(transforms: Sequence[Transformation],
-                           parents: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """``[t(z) for t, z in zip(transforms, parents)]``: (mu_p, var_p) per node, batched where
-    the blocks allow it."""
+def transformation_outputs(transforms: Sequence[Transformation], parents: Tensor) -> tuple[Tensor, Tensor]:
+    """``t(z)`` of every node, ``parents`` (k, B, C_z, r, r) holding each node's parent sample:
+    the priors (mu_p, var_p), each (k, B, C_z, r, r); batched where the blocks allow it."""
     blocks = [t.block for t in transforms]
     if len(blocks) == 1 or not _stackable(blocks, parents[0]):
-        return [t(z) for t, z in zip(transforms, parents)]
+        return _stacked_pairs([t(z) for t, z in zip(transforms, parents)])
     k = len(blocks)
     convs = [list(_layers(block, nn.Conv2d)) for block in blocks]
     norms = [list(_layers(block, nn.BatchNorm2d)) for block in blocks]
     act = blocks[0].body[2]                   # a ConvBlock's body: (conv, BatchNorm, activation) x 3
-    hw = tuple(parents[0].shape[2:])
-    h, channels_last = torch.stack(list(parents)).flatten(2), False     # (k, B, C*H*W)
+    hw = tuple(parents.shape[3:])
+    h, channels_last = parents.flatten(2), False                         # (k, B, C*H*W)
     for stage in range(len(norms[0])):
         layer = convs[0][stage]
         weights = torch.stack([c[stage].weight for c in convs])
@@ -67,30 +65,29 @@ def transformation_outputs(transforms: Sequence[Transformation],
         channels_last = True
     heads = torch.stack([torch.cat([block.mu.weight, block.var.weight]) for block in blocks])
     out, (c, _, _) = stacked_small_conv(blocks[0].mu, h, heads, hw, channels_last, out_channels_last=False)
-    mu, var = out.view(k, -1, c, *hw).chunk(2, dim=2)                  # each (k, B, C_z, r, r)
-    var = softplus(var)
-    return [(mu[i], var[i]) for i in range(k)]
+    mu, var = out.view(k, -1, c, *hw).chunk(2, dim=2)
+    return mu, softplus(var)
 
 
-def router_logits(routers: Sequence[Router], inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """``[router(x) ...]``: the (B,) logit of each router, batched where they allow it. ``inputs``
-    is one tensor that every router reads (the posterior routers of one depth read the same
-    bottom-up feature) or one per router (the prior routers read their own node's sample)."""
-    shared = isinstance(inputs, Tensor)
-    each = [inputs] * len(routers) if shared else list(inputs)
+def router_logits(routers: Sequence[Router], inputs: Tensor, shared: bool) -> Tensor:
+    """Each router's logit, (k, B), batched where the routers allow it. ``inputs`` is what every
+    router reads, (B, C, r, r), when ``shared`` (the posterior routers of one depth read the same
+    bottom-up feature); else one input per router, (k, B, C, r, r) (the prior routers read their
+    own node's sample)."""
+    each = [inputs] * len(routers) if shared else inputs
     stages = [_mlp_stages(router.mlp) for router in routers]
     if (len(routers) == 1 or any(s is None for s in stages) or len({type(s[2]) for s in stages}) > 1
             or not _same_parameter_shapes(routers)
             or routers[0].squeeze.bias is not None or not _norms_alike([bn for s in stages for bn in s[1]])
             or not (shared or runs_as_small_multiply(routers[0].squeeze, each[0]))):
-        return [router(x) for router, x in zip(routers, each)]
+        return torch.stack([router(x) for router, x in zip(routers, each)])
     linears, norms = [s[0] for s in stages], [s[1] for s in stages]
     squeeze = routers[0].squeeze
     weights = torch.stack([router.squeeze.weight for router in routers])          # (k, 1, C, 3, 3)
     if shared:
         h = conv_with_weight(squeeze, inputs, weights.flatten(0, 1)).flatten(2).transpose(0, 1)
     else:
-        h, _ = stacked_small_conv(squeeze, torch.stack(each).flatten(2), weights, tuple(each[0].shape[2:]),
+        h, _ = stacked_small_conv(squeeze, inputs.flatten(2), weights, tuple(inputs.shape[3:]),
                                   False, out_channels_last=False)
     act = stages[0][2]                                                             # (k, B, r*r) from here
     for stage in range(len(norms[0])):
@@ -99,7 +96,11 @@ def router_logits(routers: Sequence[Router], inputs: Tensor | Sequence[Tensor]) 
     last = [lin[-1] for lin in linears]
     logits = torch.baddbmm(torch.stack([lin.bias for lin in last]).unsqueeze(1), h,
                            torch.stack([lin.weight for lin in last]).transpose(1, 2))  # (k, B, 1)
-    return list(logits.squeeze(2).unbind(0))
+    return logits.squeeze(2)
+
+
+def _stacked_pairs(pairs: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
 
 def _mlp_stages(mlp: nn.Sequential) -> tuple[list[nn.Linear], list[nn.BatchNorm1d], nn.Module] | None:

@@ -1,23 +1,27 @@
 """The heads of all tree nodes at one depth, one call per layer instead of one per node.
 
-A 10-leaf tree has 19 nodes, each with its own dense and (below the root) transformation, all
-on 2x2 maps: about 190 tiny convolutions, BatchNorms and activations per forward, each a few
-microseconds of arithmetic and a fixed cost of dispatch and autograd. On 2 CPU threads these
-heads took 60-75 ms of a 450 ms training step and ran no faster than on one thread. The nodes
-of one depth share their layer shapes, so their layers run together:
+A 10-leaf tree has 19 nodes: each has a dense and (below the root) a transformation, each of the
+9 internal ones two routers, all on 2x2 maps. That is some 250 tiny convolutions, BatchNorms,
+activations and matrix products per forward, each a few microseconds of arithmetic and a fixed
+cost of dispatch and autograd; on 2 CPU threads the heads took 60-75 ms of a 450 ms training
+step and ran no faster than on one thread. The nodes of one depth share their layer shapes, so
+their layers run together, on tensors (k nodes, B, ...):
 
-* denses: the nodes of one depth all read the same bottom-up feature, so their mu and var
-  convolutions are one convolution with the weights stacked on the output channels;
-* transformations: each reads its own parent's sample, so every layer of their ConvBlocks is
-  one batched multiply of k small matrices (``dense_conv.stacked_small_conv``), and every
-  BatchNorm one BatchNorm over the k blocks' channels side by side.
+* what reads the depth's bottom-up feature (every node's dense, every internal node's posterior
+  router's first conv) is one convolution, the nodes' weights stacked on the output channels;
+* what reads a node's own input (transformations read the parent's sample, prior routers the
+  node's) is one batched multiply of k small matrices per layer
+  (``dense_conv.stacked_small_conv``; the routers' linear layers: ``bmm``);
+* every BatchNorm is one BatchNorm over the k nodes' channels side by side.
 
-The arithmetic is the same per node (sums in another order only); BatchNorm statistics are
-per node and channel as before, and running statistics are written back to each node's own
-module. Nodes keep their own modules and parameters (``attach``, ``prune`` and checkpoints are
+The arithmetic is the same per node (sums in another order only); BatchNorm statistics are per
+node and channel as before, and running statistics are written back to each node's own module.
+Nodes keep their own modules and parameters (``attach``, ``prune`` and checkpoints are
 untouched); the stacking happens at call time, and gradients flow back through it to each
-node's weights. Where a transformation's layers would not run as small multiplies (CUDA,
-autocast, ``dense_conv.native_convolutions()``) or the blocks differ, they run node by node.
+node's weights. Node by node, as before, where the batched form would differ: the layers would
+not run as small multiplies (CUDA, autocast, ``dense_conv.native_convolutions()``), the modules
+differ, a BatchNorm keeps a cumulative average (momentum None), or router dropout draws noise
+(its draws would come in another order).
 """
 from __future__ import annotations
 

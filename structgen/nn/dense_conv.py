@@ -35,7 +35,10 @@ autocast, non-contiguous input, groups and dilation take the native path, and so
 inside ``native_convolutions()``, which benchmarks and tests use for the plain procedure. The
 small multiply also takes and gives channels-last tensors (``Conv2d.channels_last_output``):
 the ConvBlocks on the 2x2 latents keep their conv -> BatchNorm -> act chains channels-last,
-where torch's CPU BatchNorm is 3-4x faster, with no copy between the layers.
+where torch's CPU BatchNorm is 3-4x faster, with no copy between the layers. Several layers of
+one geometry run as one call (``depth_batched.py``): ``conv_with_weight`` (layers that read one
+input, their weights stacked on the output channels) and ``stacked_small_conv`` (k small
+convolutions, each on its own input, as one batched multiply).
 """
 from __future__ import annotations
 
@@ -349,7 +352,7 @@ def conv_with_weight(layer: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
     output channels: one call for layers that read the same input."""
     plan = "native" if not isinstance(layer, Conv2d) else _plan(x, layer, False, out_channels=weight.shape[0])
     if plan == "native":
-        return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return nn.Conv2d._conv_forward(layer, x, weight, None)
     return _run(plan, x, weight, None, layer, transposed=False)
 
 

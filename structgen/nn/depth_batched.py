@@ -154,7 +154,7 @@ def _norms_alike(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> bool:
     """Whether these BatchNorms update alike, so that one call over their channels side by side
     is each of them: the same mode, eps and momentum (not None: a cumulative average would
     differ per node with its age), with affine parameters and running statistics."""
-    first = norms[0]
+    first = norms[0] if norms else None
     return all(bn.momentum is not None and bn.affine and bn.track_running_stats and bn.training == first.training
                and (bn.momentum, bn.eps) == (first.momentum, first.eps) for bn in norms)
 

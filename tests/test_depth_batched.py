@@ -18,14 +18,15 @@ from structgen.nn import depth_batched
 from structgen.nn.dense_conv import native_convolutions
 from structgen.nn.heads import Dense, Router, Transformation
 from structgen.nn.spectral import add_spectral_norm
+from structgen.runtime.global_batchnorm import use_global_batchnorm
 
 
 def per_node_denses(denses, d):
-    return tuple(torch.stack(t) for t in zip(*[dense(d) for dense in denses]))
+    return tuple(torch.stack(column) for column in zip(*[dense(d) for dense in denses]))
 
 
 def per_node_transformations(transforms, parents):
-    return tuple(torch.stack(t) for t in zip(*[t(z) for t, z in zip(transforms, parents)]))
+    return tuple(torch.stack(column) for column in zip(*[t(z) for t, z in zip(transforms, parents)]))
 
 
 def per_node_routers(routers, inputs, shared):
@@ -124,8 +125,8 @@ def test_batched_forms_are_the_ones_that_ran(monkeypatch):
 
 def test_where_batching_does_not_apply_each_node_runs_alone(monkeypatch):
     """Router dropout (random draws per node), a cumulative BatchNorm average (momentum None:
-    the average differs with each node's age) and torch's own convolutions run node by node,
-    with the per-node results."""
+    the average differs with each node's age), global-batch BatchNorm statistics and torch's own
+    convolutions run node by node, with the per-node results."""
     monkeypatch.setattr(depth_batched, "stacked_small_conv", lambda *a, **k: pytest.fail("batched"))
     monkeypatch.setattr(depth_batched, "_stacked_batch_norm", lambda *a, **k: pytest.fail("batched"))
     torch.manual_seed(0)
@@ -142,6 +143,12 @@ def test_where_batching_does_not_apply_each_node_runs_alone(monkeypatch):
     outs = depth_batched.transformation_outputs(transforms, parents)
     assert torch.equal(flat(outs), flat(per_node_transformations(copy.deepcopy(transforms), parents)))
     transforms[1].block.body[1].momentum = 0.1
+    # Under multi-worker training a BatchNorm's statistics come from every worker's shard, which
+    # only its own (replaced) forward computes (the multi-worker tests check the real thing).
+    use_global_batchnorm(transforms[0])
+    assert torch.equal(flat(depth_batched.transformation_outputs(transforms, parents)),
+                       flat(per_node_transformations(copy.deepcopy(transforms), parents)))
+    transforms = [Transformation(16, 32, "swish", False) for _ in range(2)]
     with native_convolutions():
         assert depth_batched.transformation_outputs(transforms, parents)[0].shape == (2, 8, 16, 2, 2)
 

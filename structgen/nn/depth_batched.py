@@ -20,8 +20,9 @@ Nodes keep their own modules and parameters (``attach``, ``prune`` and checkpoin
 untouched); the stacking happens at call time, and gradients flow back through it to each
 node's weights. Node by node, as before, where the batched form would differ: the layers would
 not run as small multiplies (CUDA, autocast, ``dense_conv.native_convolutions()``), the modules
-differ, a BatchNorm keeps a cumulative average (momentum None), or router dropout draws noise
-(its draws would come in another order).
+differ, a BatchNorm keeps a cumulative average (momentum None) or takes its statistics over all
+workers (a multi-worker run: ``runtime.global_batchnorm``), or router dropout draws noise (its
+draws would come in another order).
 """
 from __future__ import annotations
 
@@ -152,10 +153,13 @@ def _same_parameter_shapes(modules: Sequence[nn.Module]) -> bool:
 
 def _norms_alike(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> bool:
     """Whether these BatchNorms update alike, so that one call over their channels side by side
-    is each of them: the same mode, eps and momentum (not None: a cumulative average would
-    differ per node with its age), with affine parameters and running statistics."""
+    is each of them: plain BatchNorms running their class's own forward (not SyncBatchNorm, not
+    the global-batch statistics of a multi-worker run, `runtime.global_batchnorm`, which only
+    their own forward computes), the same mode, eps and momentum (not None: a cumulative average
+    would differ per node with its age), with affine parameters and running statistics."""
     first = norms[0] if norms else None
-    return all(bn.momentum is not None and bn.affine and bn.track_running_stats and bn.training == first.training
+    return all(type(bn) in (nn.BatchNorm1d, nn.BatchNorm2d) and "forward" not in vars(bn)
+               and bn.momentum is not None and bn.affine and bn.track_running_stats and bn.training == first.training
                and (bn.momentum, bn.eps) == (first.momentum, first.eps) for bn in norms)
 
 

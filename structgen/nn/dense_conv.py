@@ -156,11 +156,21 @@ class _SmallConvAsMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _unflat(flat_grad @ matrix.t(), x.shape[1:], in_channels_last)
         if ctx.needs_input_grad[1]:
-            grad_matrix = _flat(x, in_channels_last).t() @ flat_grad
-            # A weight's gradient is the sum over the matrix entries that hold it (the last bin: zeros).
-            grad_w = torch.bincount(index.flatten(), grad_matrix.flatten(), minlength=ctx.weight_shape.numel() + 1)
-            grad_w = grad_w[:-1].view(ctx.weight_shape).to(matrix.dtype)
+            grad_w = _weight_grad(index, _flat(x, in_channels_last).t() @ flat_grad, ctx.weight_shape)
         return grad_x, grad_w, None, None, None, None
+
+
+def _weight_grad(index: Tensor, grad_matrices: Tensor, weight_shape: torch.Size) -> Tensor:
+    """The gradient of the weight(s) that ``index`` gathered into matrices, from the matrices'
+    gradient ((in, out), or (k, in, out) for k stacked layers): each weight's is the sum over
+    the entries that hold it; each layer's last bin collects its zeros' and is dropped."""
+    layers = grad_matrices.numel() // index.numel()
+    n = weight_shape.numel() // layers
+    bins = index
+    if layers > 1:      # layer i's entries fall in bins [i (n + 1), (i + 1)(n + 1))
+        bins = index.unsqueeze(0) + torch.arange(0, layers * (n + 1), n + 1, device=index.device).view(-1, 1, 1)
+    grad = torch.bincount(bins.flatten(), grad_matrices.flatten(), minlength=layers * (n + 1))
+    return grad.view(layers, n + 1)[:, :n].reshape(weight_shape).to(grad_matrices.dtype)
 
 
 def _transposed_matmul(x: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
@@ -350,10 +360,7 @@ def conv_with_weight(layer: nn.Conv2d, x: Tensor, weight: Tensor) -> Tensor:
     """``layer``'s convolution (stride, padding, and its faster path where one applies) with
     another weight of its kernel and input channels, e.g. several layers' weights stacked on the
     output channels: one call for layers that read the same input."""
-    plan = "native" if not isinstance(layer, Conv2d) else _plan(x, layer, False, out_channels=weight.shape[0])
-    if plan == "native":
-        return nn.Conv2d._conv_forward(layer, x, weight, None)
-    return _run(plan, x, weight, None, layer, transposed=False)
+    return layer._conv_forward(x, weight, None)
 
 
 def runs_as_small_multiply(layer: nn.Module, x: Tensor) -> bool:
@@ -381,12 +388,7 @@ class _StackedSmallConvAsMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.bmm(grad_out, matrices.transpose(1, 2))
         if ctx.needs_input_grad[1]:
-            k, n = ctx.weights_shape[0], ctx.weights_shape[1:].numel()
-            grad_matrices = torch.bmm(x.transpose(1, 2), grad_out)
-            # Layer i's entries fall in bins [i (n + 1), (i + 1)(n + 1)); each layer's last bin holds its zeros.
-            bins = index.unsqueeze(0) + torch.arange(0, k * (n + 1), n + 1, device=index.device).view(k, 1, 1)
-            grad_w = torch.bincount(bins.flatten(), grad_matrices.flatten(), minlength=k * (n + 1))
-            grad_w = grad_w.view(k, n + 1)[:, :n].reshape(ctx.weights_shape).to(matrices.dtype)
+            grad_w = _weight_grad(index, torch.bmm(x.transpose(1, 2), grad_out), ctx.weights_shape)
         return grad_x, grad_w, None
 
 
@@ -419,7 +421,8 @@ class Conv2d(nn.Conv2d):
     channels_last_output = False
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        plan = _plan(input, self, transposed=False)
+        # Planned by the weight it is given: `conv_with_weight` passes several layers' stacked.
+        plan = _plan(input, self, transposed=False, out_channels=weight.shape[0])
         if plan == "native":
             return super()._conv_forward(input, weight, bias)
         return _run(plan, input, weight, bias, self, transposed=False)

@@ -38,9 +38,10 @@ class RunConfig:
     runs_dir: str = option("runs", "root folder of run folders")
     device: str = option("auto", "auto picks cuda when present, else cpu", choices=("auto", "cpu", "cuda"))
     threads: int = option(0, "torch CPU threads; 0 = torch's default", min=0)
-    precision: str = option("fp32", "training arithmetic: fp32; bf16 = autocast to bfloat16 (A100+ GPUs; slower "
-                                    "than fp32 on CPUs, AVX-512 BF16 ones too); fp16 = autocast to float16 with loss scaling (older GPUs). "
-                                    "Evaluation and sampling always run in fp32", choices=PRECISIONS)
+    precision: str = option("fp32", "training arithmetic: fp32; bf16 = autocast to bfloat16 (A100+ GPUs; on "
+                                    "CPUs, AVX-512 BF16 ones included, no faster than fp32); fp16 = autocast to "
+                                    "float16 with loss scaling (older GPUs). Evaluation and sampling always run "
+                                    "in fp32", choices=PRECISIONS)
     channels_last: bool = option(False, "train convs on NHWC (channels-last) tensors: faster on tensor-core GPUs, "
                                         "no faster on CPU")
     progress: str = option("auto", "progress bars: auto (only on a terminal), bar or plain lines",

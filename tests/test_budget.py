@@ -139,6 +139,29 @@ def test_a_budgeted_run_trains_its_plan_exactly_as_the_same_epochs_set_by_hand(t
         assert torch.equal(a, b), name
 
 
+def test_a_budget_that_scales_the_kl_ramp_trains_as_that_ramp_given_by_hand(tmp_path, monkeypatch, one_torch_thread):
+    """training.budget_scales_kl: decay_kl is divided by the budget's epoch factor (the plan
+    records both), every growth phase raises alpha at that rate, and the run is the same run as
+    its epochs and that decay_kl set by hand."""
+    clock_hooks_off(monkeypatch)
+    run_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=scaled", f"training.budget_minutes={BUDGET}",
+                                       "training.budget_scales_kl=true"), evaluate=False)
+    plan, epochs = planned(run_dir)
+    decay = plan["decay_kl"]
+    assert plan["factor"] > 0 and decay == pytest.approx(0.1 / plan["factor"]) and decay != 0.1
+    growth = [r for r in read_metrics(run_dir) if r["event"] == "epoch" and r["phase"] != "finetune"]
+    assert {r["phase"].split("-")[0] for r in growth} >= {"initial", "subtree"}
+    for r in growth:
+        assert r["alpha"] == pytest.approx(min(1.0, 0.1 + (r["epoch"] - 1) * decay)), r
+
+    by_hand = [f"training.{k}={v}" for k, v in epochs.items()] + [f"training.decay_kl={decay!r}"]
+    hand_dir, _ = train_tree(budget_cfg(tmp_path, "run.name=hand", *by_hand), evaluate=False)
+    scaled, manual = load_model(run_dir)[0], load_model(hand_dir)[0]
+    assert scaled.tree == manual.tree
+    for (name, a), b in zip(scaled.state_dict().items(), manual.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_growth_ends_when_its_next_step_would_take_the_finetunings_share(tmp_path, monkeypatch, one_torch_thread):
     real = TreeTrainer._count_time
 

@@ -122,6 +122,11 @@ class TrainingConfig:
                                         "predicted from a few timed steps (evaluation not included); growth ends early "
                                         "rather than take the finetuning's share; the finetuning's length follows its "
                                         "measured pace to fill the budget without running past it", min=0.0)
+    budget_scales_kl: bool = option(False, "with budget_minutes: divide decay_kl by the budget's epoch factor, so "
+                                           "each growth phase (initial, sub-tree, intermediate, settle) ends at the "
+                                           "alpha its configured length would reach; false = decay_kl per epoch as "
+                                           "given (a shorter schedule then trains its growth at a lower alpha); the "
+                                           "finetuning's ramp reaches 1 either way")
     intermediate_fulltrain: bool = option(True, "retrain the full tree every 3 splits")
     settle_rounds: int = option(0, "when growth is over with splits made since the last intermediate full-train: "
                                     "retrain the full tree (num_epochs_intermediate_fulltrain epochs) and grow again "

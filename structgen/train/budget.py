@@ -112,8 +112,14 @@ def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
 
 def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
                  where: str = "training.budget_minutes") -> dict[str, int]:
-    """The epochs of the largest scale factor whose predicted time fits ``budget_s``; ``where``
-    names the budget in the error when not even one epoch per phase fits."""
+    """The epochs of the largest scale factor whose predicted time fits ``budget_s``."""
+    return scale_epochs(configured, fit_factor(configured, budget_s, costs, shape, where))
+
+
+def fit_factor(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
+               where: str = "training.budget_minutes") -> float:
+    """The largest scale factor of the configured epochs whose predicted time fits ``budget_s``;
+    ``where`` names the budget in the error when not even one epoch per phase fits."""
     def seconds(factor: float) -> float:
         return sum(predicted_seconds(scale_epochs(configured, factor), costs, shape).values())
 
@@ -128,7 +134,7 @@ def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, 
     for _ in range(50):          # the time is a step function of the factor: bisect to its last step
         middle = (low + high) / 2
         low, high = (middle, high) if seconds(middle) <= budget_s else (low, middle)
-    return scale_epochs(configured, low)
+    return low
 
 
 def _grown_tree(first_depth: int, leaves: int, depth_limit: int) -> Tree:
@@ -235,12 +241,14 @@ def plan_schedule(cfg, ctx, spec, train_images, train_labels, loaders) -> dict:
     shape = GrowthShape.of_run(t, len(train_images), ctx.world_size)
     probe_s = time.perf_counter() - start
     configured = {k: getattr(t, k) for k in EPOCH_KEYS}
-    epochs = fit_schedule(configured, t.budget_minutes * 60 - probe_s, costs, shape,
-                          where=f"training.budget_minutes = {t.budget_minutes:g}, less {probe_s:.0f} s of timed steps")
+    factor = fit_factor(configured, t.budget_minutes * 60 - probe_s, costs, shape,
+                        where=f"training.budget_minutes = {t.budget_minutes:g}, less {probe_s:.0f} s of timed steps")
+    epochs = scale_epochs(configured, factor)
     predicted = predicted_seconds(epochs, costs, shape)
     # counted from the trainer's start, probe included, as GrowthState.seconds_trained is
     growth_deadline_s = t.budget_minutes * 60 - predicted["finetuning"]
-    return {"epochs": epochs, "configured": configured, "budget_minutes": t.budget_minutes,
+    return {"epochs": epochs, "configured": configured, "budget_minutes": t.budget_minutes, "factor": factor,
+            "decay_kl": t.decay_kl / factor if t.budget_scales_kl else t.decay_kl,
             "probe_minutes": round(probe_s / 60, 3), "seconds_per_image": asdict(costs),
             "growth_deadline_minutes": round(growth_deadline_s / 60, 3),
             "predicted_minutes": {k: round(v / 60, 2) for k, v in predicted.items()},

@@ -50,6 +50,7 @@ class GrowthState:
     before_finetuning: dict = field(default_factory=dict)   # leaf -> {"share", "mass"} when finetuning began
     round: list[dict] | None = None    # parallel growth: the sub-tree phases of the round under way
     epochs: dict | None = None         # training.budget_minutes: the planned epoch counts by key
+    decay_kl: float | None = None      # ... and the growth phases' alpha per epoch (budget_scales_kl)
     growth_deadline: float | None = None   # ... and the seconds_trained at which growth must be over
     step_costs: dict | None = None         # ... and the measured StepCosts it predicts growth with
     seconds_trained: float = 0.0       # wall seconds of this run so far, counted at every checkpoint
@@ -101,8 +102,11 @@ class TreeTrainer:
             self.progress.line(
                 f"budget {plan['budget_minutes']:g} min: epochs {e['num_epochs']}/{e['num_epochs_smalltree']}/"
                 f"{e['num_epochs_intermediate_fulltrain']}/{e['num_epochs_finetuning']} (initial/sub-tree/"
-                f"intermediate/finetuning), predicted {plan['predicted_total_minutes']:.1f} min of training")
+                f"intermediate/finetuning), predicted {plan['predicted_total_minutes']:.1f} min of training"
+                + (f"; decay_kl {plan['decay_kl']:.4g} per epoch, scaled with them"
+                   if self.cfg.training.budget_scales_kl else ""))
         self.state.epochs = plan["epochs"]
+        self.state.decay_kl = plan["decay_kl"]
         self.state.growth_deadline = plan["growth_deadline_minutes"] * 60
         self.state.step_costs = plan["seconds_per_image"]
 
@@ -189,6 +193,12 @@ class TreeTrainer:
         """Epochs of the phase behind training.<key>: the budget's plan, else the config's."""
         return self.state.epochs[key] if self.state.epochs else getattr(self.cfg.training, key)
 
+    @property
+    def decay_kl(self) -> float:
+        """The growth phases' alpha per epoch: the budget's plan (a plan from before
+        budget_scales_kl has none), else training.decay_kl."""
+        return self.cfg.training.decay_kl if self.state.decay_kl is None else self.state.decay_kl
+
     # ---- the schedule ----------------------------------------------------------------------
     def run(self) -> TreeVAE:
         t = self.cfg.training
@@ -200,7 +210,7 @@ class TreeTrainer:
             elif self.state.round is not None:
                 self._run_round()
             elif self.state.stage == "initial":
-                self._start(Phase("initial", "full", 0, self.epochs("num_epochs"), t.kl_start, t.decay_kl),
+                self._start(Phase("initial", "full", 0, self.epochs("num_epochs"), t.kl_start, self.decay_kl),
                             next_stage="grow")
             elif self.state.stage == "grow":
                 self._grow_step()
@@ -279,7 +289,7 @@ class TreeTrainer:
                 return
             s.intermediate_done_at.append(s.splits)
             self._start_retrain(Phase(f"intermediate-{len(s.intermediate_done_at)}", "full", 0,
-                                      self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
+                                      self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, self.decay_kl,
                                       warmup_epochs=t.retrain_warmup_epochs))
             return
         chosen = self.ctx.broadcast_object(self._choose_leaves())
@@ -297,7 +307,7 @@ class TreeTrainer:
             s.grow_iterations += 1
             phases.append(Phase(f"subtree-{s.splits + len(phases) + 1}", "subtree", 0,
                                 self.epochs("num_epochs_smalltree"),
-                                t.kl_start, t.decay_kl, leaf=leaf, subset=subset))
+                                t.kl_start, self.decay_kl, leaf=leaf, subset=subset))
         if len(phases) == 1:        # one leaf to split: every worker trains it, resumable by the epoch
             self._start(phases[0])
         else:
@@ -322,7 +332,7 @@ class TreeTrainer:
                                f"again if it empties leaves")
         t = self.cfg.training
         self._start_retrain(Phase(f"settle-{s.settles}", "full", 0,
-                                  self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, t.decay_kl,
+                                  self.epochs("num_epochs_intermediate_fulltrain"), t.kl_start, self.decay_kl,
                                   warmup_epochs=t.retrain_warmup_epochs))
 
     # ---- splits the full tree undoes ---------------------------------------------------------

@@ -15,7 +15,7 @@ from structgen.runtime.metrics_log import read_metrics
 from structgen.runtime.part_minutes import INSIDE_A_PHASE, part_minutes
 from structgen.runtime.tree_checkpoint import load_model
 from structgen.train.annealing import finetune_decay
-from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_schedule, intermediate_seconds,
+from structgen.train.budget import (EPOCH_KEYS, GrowthShape, StepCosts, fit_factor, intermediate_seconds,
                                     predicted_seconds, scale_epochs, split_seconds)
 from structgen.train.growth import TreeTrainer
 
@@ -65,7 +65,7 @@ def test_a_growth_steps_prediction_is_its_sub_trees_or_its_intermediate_full_tra
 @pytest.mark.parametrize("minutes", [20, 45, 300])
 def test_the_fitted_schedule_is_the_largest_of_its_proportions_that_fits(minutes):
     budget = minutes * 60
-    epochs = fit_schedule(REFERENCE, budget, COSTS, SHAPE)
+    epochs = scale_epochs(REFERENCE, fit_factor(REFERENCE, budget, COSTS, SHAPE))
     # walking the factor up in small steps, the fitted schedule is the last one that fits
     fitting = [e for e in (scale_epochs(REFERENCE, i / 10_000) for i in range(5000)) if total(e) <= budget]
     assert epochs == fitting[-1]
@@ -75,7 +75,7 @@ def test_the_fitted_schedule_is_the_largest_of_its_proportions_that_fits(minutes
 def test_a_budget_below_one_epoch_per_phase_is_refused_before_training():
     with pytest.raises(ConfigError, match=r"training.budget_minutes: 0.50 min to train in, and one epoch of every "
                                           r"phase is predicted to take \d+\.\d min"):
-        fit_schedule(REFERENCE, 30, COSTS, SHAPE)
+        fit_factor(REFERENCE, 30, COSTS, SHAPE)
 
 
 def test_a_run_whose_budget_fits_no_schedule_stops_before_training(tmp_path, one_torch_thread):

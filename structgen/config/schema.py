@@ -51,7 +51,8 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dataset: str = option("mnist", "dataset name", choices=DATASETS)
-    data_dir: Optional[str] = option(None, "folder holding the dataset folders; default ../shared/data if present, else ./data")
+    data_dir: Optional[str] = option(None, "folder holding the dataset folders; default ../shared/data if present, "
+                                           "else ./data")
     loader: str = option("memory", "memory = in-RAM uint8 tensors (fastest without augmentation); ffcv = .beton "
                                    "files from `structgen prepare-data --format ffcv` (faster two-view augmentation "
                                    "on CPU)", choices=("memory", "ffcv"))

@@ -110,12 +110,6 @@ def scale_epochs(configured: dict[str, int], factor: float) -> dict[str, int]:
     return {k: max(1, round(v * factor)) if v > 0 else 0 for k, v in configured.items()}
 
 
-def fit_schedule(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
-                 where: str = "training.budget_minutes") -> dict[str, int]:
-    """The epochs of the largest scale factor whose predicted time fits ``budget_s``."""
-    return scale_epochs(configured, fit_factor(configured, budget_s, costs, shape, where))
-
-
 def fit_factor(configured: dict[str, int], budget_s: float, costs: StepCosts, shape: GrowthShape,
                where: str = "training.budget_minutes") -> float:
     """The largest scale factor of the configured epochs whose predicted time fits ``budget_s``;

@@ -21,17 +21,18 @@ PROFILES = {
     "mnist": ("MNIST, reference values of algorithm.md §3.3 (DTV-mnist) and §5 (DTV DDPM), except how the DDPM\n"
               "samples: from the leaf's VAE image noised to 0.5*T, with guidance w = 4 (trained with cfg_rate 0.1),\n"
               "the best purity/CFD measured on MNIST (README \"Where sampling starts\"); strength 1, cfg_rate 0 and\n"
-              "guidance_weight 0 are the reference; and a finished growth settles (retrains the full tree, grows\n"
-              "again where that empties leaves) once or twice before the finetuning (README \"Settling\")", [
+              "guidance_weight 0 are the reference; a finished growth settles (retrains the full tree, grows\n"
+              "again where that empties leaves) once or twice before the finetuning (README \"Settling\"); and an\n"
+              "epoch of a small set passes over it until it has 20 batches (README \"Small training sets\")", [
         "data.dataset=mnist", "model.encoder=cnn1", "model.act_function=swish", "model.spectral_norm=reference",
         "model.res_connections=false", "training.kl_start=0.0", "training.decay_kl=0.001",
-        "training.settle_rounds=2",
+        "training.settle_rounds=2", "training.min_batches_per_epoch=20",
         "diffusion.strength=0.5", "diffusion.cfg_rate=0.1", "diffusion.guidance_weight=4"]),
     "fmnist": ("Fashion-MNIST, reference values of algorithm.md §3.3 (DTV-fmnist) and §5, except spectral norm:\n"
                "the reference placement of the MNIST profile (the reference's FMNIST config has it off), and\n"
-               "settling as the MNIST profile", [
+               "settling and small-set epochs as the MNIST profile", [
         "data.dataset=fmnist", "model.act_function=leaky_relu", "model.res_connections=true",
-        "model.spectral_norm=reference", "training.settle_rounds=2",
+        "model.spectral_norm=reference", "training.settle_rounds=2", "training.min_batches_per_epoch=20",
         "training.kl_start=0.5", "training.decay_kl=0.001"]),
     "cifar10": ("CIFAR-10, reference values of algorithm.md §3.3 (DTV-cifar10) and §5", [
         "data.dataset=cifar10", "model.encoder=cnn2", "model.representation_dim=4",

@@ -51,15 +51,29 @@ def test_the_prediction_follows_the_growth_schedule():
 
 def test_a_growth_steps_prediction_is_its_sub_trees_or_its_intermediate_full_train():
     epochs = dict(zip(EPOCH_KEYS, (1, 2, 3, 4)))
-    assert split_seconds(epochs, COSTS, [6001], world_size=2) == pytest.approx(2 * 3001 * 5e-4)   # the ranks share it
+    assert split_seconds(epochs, COSTS, [6001], 2, SHAPE) == pytest.approx(2 * 3001 * 5e-4)   # the ranks share it
     # a round: sub-tree j trained alone by rank j mod 2, so the slower rank holds subsets 0 and 2
-    assert split_seconds(epochs, COSTS, [4000, 3000, 1000], world_size=2) == pytest.approx(2 * 5000 * 5e-4)
+    assert split_seconds(epochs, COSTS, [4000, 3000, 1000], 2, SHAPE) == pytest.approx(2 * 5000 * 5e-4)
     assert intermediate_seconds(epochs, COSTS, SHAPE, 6) == pytest.approx(3 * 60000 * (1e-3 + 4 / 8 * 2e-3))
     # the schedule's prediction is the sum of its steps
     parts = predicted_seconds(epochs, COSTS, SHAPE)
     assert parts["subtrees"] == pytest.approx(
-        sum(split_seconds(epochs, COSTS, [round(min(1, 1.5 / m) * 60000)], 1) for m in range(2, 10)))
+        sum(split_seconds(epochs, COSTS, [round(min(1, 1.5 / m) * 60000)], 1, SHAPE) for m in range(2, 10)))
     assert parts["intermediate"] == pytest.approx(sum(intermediate_seconds(epochs, COSTS, SHAPE, m) for m in (5, 8)))
+
+
+def test_the_prediction_counts_the_passes_min_batches_per_epoch_adds_to_a_small_set():
+    one = dict.fromkeys(EPOCH_KEYS, 1)
+    small = GrowthShape(images=300, first_leaves=2, last_leaves=4, splits=2, intermediates=True, batch=64,
+                        min_batches=6)
+    plain = GrowthShape(images=300, first_leaves=2, last_leaves=4, splits=2, intermediates=True, batch=64)
+    assert (small.epoch_images(300), plain.epoch_images(300), small.epoch_images(384)) == (600, 300, 384)
+    with_passes, one_pass = predicted_seconds(one, COSTS, small), predicted_seconds(one, COSTS, plain)
+    assert with_passes["initial"] == pytest.approx(2 * one_pass["initial"])
+    assert with_passes["finetuning"] == pytest.approx(2 * one_pass["finetuning"])
+    # the sub-trees' subsets of 225 and 150 images: two and three passes
+    assert with_passes["subtrees"] == pytest.approx((2 * 225 + 3 * 150) * 5e-4)
+    assert one_pass["subtrees"] == pytest.approx((225 + 150) * 5e-4)
 
 
 @pytest.mark.parametrize("minutes", [20, 45, 300])

@@ -87,6 +87,15 @@ def test_order_is_tensor_loaders_and_changes_per_epoch(files):
     assert ffcv.epoch == 2 and not torch.equal(epochs[0], epochs[1])
 
 
+def test_several_passes_per_epoch_are_tensor_loaders_too(files):
+    ds, subset = files["grey"], np.arange(0, 90)          # 90 images: 2 batches of 32 in one pass
+    ffcv = _loader(files["grey_path"], seed=3, indices=subset, min_batches=7)
+    mem = TensorLoader(ds.images, ds.labels, BS, seed=3, indices=subset, min_batches=7)
+    (xf, _, idf), (xm, _, idm) = _all(ffcv), _all(mem)
+    assert len(ffcv) == len(mem) >= 7 and len(idf) == len(ffcv) * BS
+    assert torch.equal(idf, idm) and torch.equal(xf, xm)
+
+
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_rank_shards_are_disjoint_complete_and_equal_length(files, drop_last):
     subset = np.arange(3, 400, 2)                      # 199 samples: not a multiple of 3 ranks

@@ -123,6 +123,30 @@ def test_bad_sizes_are_explained(data):
         TensorLoader(data[0].astype(np.float32), data[1], 8)
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_set_too_small_for_min_batches_is_passed_over_again_each_pass_reshuffled(data, world_size):
+    subset = np.arange(0, N, 3)                       # 35 indices
+    plain = _all_ranks(data, world_size, batch_size=4, seed=6, epoch=2, indices=subset)
+    longer = _all_ranks(data, world_size, batch_size=4, seed=6, epoch=2, indices=subset, min_batches=10)
+    share = len(subset) // world_size                 # a rank's samples in one pass (drop_last)
+    passes = longer[0].passes
+    assert passes == -(-10 * 4 // share) > 1
+    runs = []                                         # runs[rank][pass]: that rank's indices in that pass
+    for one, more in zip(plain, longer):
+        order, served = more.epoch_indices().tolist(), _served(more)
+        assert len(one) < 10 <= len(more) and len(served) == len(more) * 4 and served == order[:len(served)]
+        assert len(order) == passes * share
+        runs.append([order[p * share:(p + 1) * share] for p in range(passes)])
+        assert runs[-1][0] == one.epoch_indices().tolist()   # the first pass is the one-pass order
+    for p in range(passes):                           # every pass deals the subset out to the ranks once
+        dealt = sum((r[p] for r in runs), [])
+        assert len(dealt) == len(set(dealt)) == share * world_size and set(dealt) <= set(subset.tolist())
+    assert len({tuple(runs[0][p]) for p in range(passes)}) == passes   # each pass in an order of its own
+    # a set big enough for min_batches is served as without it
+    big = TensorLoader(*data, 4, seed=6, min_batches=10)
+    assert big.passes == 1 and _served(big) == _served(TensorLoader(*data, 4, seed=6))
+
+
 def test_more_ranks_than_samples_still_pads(data):
     images, labels = data
     loaders = [TensorLoader(images[:2], labels[:2], 1, rank=r, world_size=5, drop_last=False)

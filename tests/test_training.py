@@ -1,5 +1,6 @@
 """Growth end to end on `synthetic`, the artefacts of a run, and failure handling."""
 import json
+import re
 import threading
 
 import numpy as np
@@ -117,6 +118,22 @@ def small_cfg(tmp_path, *extra):
                                                "training.num_epochs=2", "training.num_epochs_smalltree=1",
                                                "training.num_epochs_finetuning=1", "evaluation.baselines=false",
                                                f"run.runs_dir={tmp_path}", *extra])
+
+
+def test_min_batches_per_epoch_gives_a_small_set_and_every_sub_tree_that_many_steps(tmp_path, one_torch_thread,
+                                                                                     capsys):
+    def epoch_images(*extra) -> list[int]:
+        run_dir, _ = train_tree(small_cfg(tmp_path, "training.num_clusters_tree=3", *extra), evaluate=False)
+        epochs = [r for r in read_metrics(run_dir) if r["event"] == "epoch"]
+        assert {r["kind"] for r in epochs} == {"full", "subtree"}
+        return [r["images"] for r in epochs]
+
+    # 300 training images at batch 64: 4 steps a pass, fewer for a sub-tree's share
+    assert all(images < 6 * 64 for images in epoch_images("run.name=one-pass"))
+    assert "passes over its images" not in capsys.readouterr().out
+    assert all(images >= 6 * 64 and images % 64 == 0
+               for images in epoch_images("run.name=six", "training.min_batches_per_epoch=6"))
+    assert re.search(r"subtree-1: [2-9] passes over its images an epoch, \d+ batches", capsys.readouterr().out)
 
 
 def test_non_finite_loss_names_phase_epoch_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):

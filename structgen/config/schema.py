@@ -118,6 +118,11 @@ class TrainingConfig:
     num_epochs_smalltree: int = option(150, "epochs per sub-tree while growing", min=0)
     num_epochs_intermediate_fulltrain: int = option(80, "full-tree epochs every 3 splits", min=0)
     num_epochs_finetuning: int = option(200, "final full-tree epochs after pruning", min=0)
+    min_batches_per_epoch: int = option(0, "an epoch over images too few for this many batches passes over them "
+                                           "again (each pass reshuffled) until it has them, so a small dataset or "
+                                           "a small leaf's sub-tree still gets this many optimiser steps per epoch "
+                                           "(the KL ramp and the learning-rate steps stay per epoch); 0 = one pass "
+                                           "(the reference)", min=0)
     budget_minutes: float = option(0.0, "0 = train the epochs above; > 0 = scale the four epoch counts by one factor "
                                         "(proportions kept, each >= 1) to fit this many minutes of training, "
                                         "predicted from a few timed steps (evaluation not included); growth ends early "

@@ -37,12 +37,12 @@ class FFCVLoader(ShardedOrder):
     def __init__(self, beton, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, indices=None, device="cpu",
                  num_workers: int | None = None, two_views: bool = False, expect: dict | None = None,
-                 stream: bool = False):
+                 stream: bool = False, min_batches: int = 0):
         self.beton = Path(beton)
         self.meta = check_beton(self.beton, expect)
         self.rebuild = (expect or {}).get("rebuild") or self.meta.get("rebuild", "")
         super().__init__(self.meta["count"], batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                         world_size=world_size, drop_last=drop_last, indices=indices)
+                         world_size=world_size, drop_last=drop_last, indices=indices, min_batches=min_batches)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"FFCVLoader: device {self.device} requested but CUDA is not available")

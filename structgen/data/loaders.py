@@ -86,7 +86,7 @@ class _WithViews:
 
 def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shuffle: bool = True,
                 seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
-                device="cpu", two_views: bool = False, split_seed: int = 0):
+                device="cpu", two_views: bool = False, split_seed: int = 0, min_batches: int = 0):
     """TensorLoader or FFCVLoader per the data section ``d`` (``d.loader``), over
     ``images``/``labels`` of ``split``; ``seed`` orders the batches.
 
@@ -101,7 +101,8 @@ def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shu
         if isinstance(images, BetonImages):       # read into memory, if it fits (memory_fit)
             images = np.asarray(images)
         loader = TensorLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                              world_size=world_size, drop_last=drop_last, indices=indices, device=device)
+                              world_size=world_size, drop_last=drop_last, indices=indices, device=device,
+                              min_batches=min_batches)
         return _WithViews(loader) if two_views else loader
     if kind != "ffcv":
         raise ValueError(f"make_loader: data.loader must be memory or ffcv, got {kind!r}")
@@ -120,4 +121,5 @@ def make_loader(d, images, labels, batch_size: int, *, split: str = "train", shu
                   "rebuild": rebuild_command(d, split_seed)}
     return FFCVLoader(path, batch_size, shuffle=shuffle, seed=seed,
                       rank=rank, world_size=world_size, drop_last=drop_last, indices=indices, device=device,
-                      num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect, stream=stream)
+                      num_workers=d.ffcv_workers or None, two_views=two_views, expect=expect, stream=stream,
+                      min_batches=min_batches)

@@ -12,6 +12,11 @@ least once, and every rank always runs the same number of batches (DDP needs tha
 
 Epochs: ``set_epoch(e)`` picks the order; a pass that runs to its end moves on to the next epoch
 by itself, so ``state_dict()`` taken between epochs names the epoch that comes next.
+
+``min_batches``: a set too small to give that many batches in one pass is passed over several
+times in one epoch, each pass a permutation of its own (the first is the one-pass order), so
+that a phase's length in epochs buys a small set (or a small leaf's sub-tree) enough optimiser
+steps. The passes are joined before batching: a batch may straddle two of them.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 
 _EPOCH_STRIDE = 100003  # generator seed = seed * stride + epoch: distinct per (seed, epoch)
+_PASS_STRIDE = 1009     # later passes of one epoch: (seed * stride + epoch) * 1009 + pass
 
 
 def _as_tensor(a, dtype: torch.dtype, what: str) -> torch.Tensor:
@@ -57,6 +63,14 @@ def to_device_float(batch_uint8: torch.Tensor, device) -> torch.Tensor:
     return as_float_nchw(batch_uint8)
 
 
+def passes_per_epoch(num_samples: int, batch_size: int, min_batches: int, drop_last: bool = True) -> int:
+    """Passes over ``num_samples`` (one rank's) that one epoch makes to serve ``min_batches``."""
+    one_pass = num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+    if num_samples == 0 or min_batches <= one_pass:
+        return 1
+    return math.ceil(min_batches * batch_size / num_samples)
+
+
 class ShardedOrder:
     """The order a loader serves its samples in: per rank, per epoch (see the module docstring).
 
@@ -66,7 +80,7 @@ class ShardedOrder:
     """
 
     def __init__(self, n_total: int, batch_size: int, *, shuffle: bool, seed: int, rank: int,
-                 world_size: int, drop_last: bool, indices=None):
+                 world_size: int, drop_last: bool, indices=None, min_batches: int = 0):
         name = type(self).__name__
         if not 0 <= rank < world_size:
             raise ValueError(f"{name}: rank {rank} is outside 0..{world_size - 1} "
@@ -90,8 +104,9 @@ class ShardedOrder:
         # Samples per rank, equal on every rank (DistributedSampler's rule).
         self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
         self.total_size = self.num_samples * world_size
-        n_batches = (self.num_samples // batch_size if drop_last
-                     else math.ceil(self.num_samples / batch_size))
+        self.passes = passes_per_epoch(self.num_samples, batch_size, min_batches, drop_last)
+        n_batches = ((self.passes * self.num_samples) // batch_size if drop_last
+                     else math.ceil(self.passes * self.num_samples / batch_size))
         if n_batches == 0:
             raise ValueError(
                 f"{name}: batch_size {batch_size} is larger than this rank's shard of "
@@ -108,9 +123,16 @@ class ShardedOrder:
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's dataset indices for an epoch, in serving order (before batching)."""
         epoch = self.epoch if epoch is None else epoch
+        return torch.cat([self._pass_indices(epoch, p) for p in range(self.passes)])
+
+    def _pass_indices(self, epoch: int, pass_: int) -> torch.Tensor:
+        """This rank's indices for one pass over the set: pass 0 is the plain epoch's order."""
         order = self.indices
         if self.shuffle:
-            g = torch.Generator().manual_seed((self.seed * _EPOCH_STRIDE + epoch) % 2**63)
+            key = self.seed * _EPOCH_STRIDE + epoch
+            if pass_:
+                key = key * _PASS_STRIDE + pass_
+            g = torch.Generator().manual_seed(key % 2**63)
             order = order[torch.randperm(len(order), generator=g)]
         if self.total_size <= len(order):
             order = order[: self.total_size]
@@ -144,7 +166,7 @@ class TensorLoader(ShardedOrder):
 
     def __init__(self, images, labels, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, indices=None,
-                 device="cpu"):
+                 device="cpu", min_batches: int = 0):
         self.device = torch.device(device)
         self.images = _as_tensor(images, torch.uint8, "images").to(self.device)
         self.labels = _as_tensor(labels, torch.int64, "labels").to(self.device)
@@ -155,7 +177,7 @@ class TensorLoader(ShardedOrder):
         if self.labels.shape != (n_total,):
             raise ValueError(f"TensorLoader: {n_total} images but labels of shape {tuple(self.labels.shape)}")
         super().__init__(n_total, batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                         world_size=world_size, drop_last=drop_last, indices=indices)
+                         world_size=world_size, drop_last=drop_last, indices=indices, min_batches=min_batches)
 
     def __iter__(self):
         shard = self.epoch_indices().to(self.device)

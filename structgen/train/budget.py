@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from structgen.data.memory_loader import passes_per_epoch
 from structgen.errors import ConfigError
 from structgen.models.treevae import SubTree, TreeVAE
 from structgen.runtime.checkpoint_io import rng_state, set_rng_state
@@ -61,13 +62,20 @@ class GrowthShape:
     last_leaves: int        # num_clusters_tree
     splits: int             # sub-trees trained
     intermediates: bool     # training.intermediate_fulltrain
+    batch: int = 1          # images per rank and step
+    min_batches: int = 0    # training.min_batches_per_epoch
 
     @classmethod
     def of_run(cls, t, images: int, world_size: int) -> "GrowthShape":
         first = 2 ** t.initial_depth
         splits = min(max(t.num_clusters_tree - first, 0), t.max_grow_iterations) if t.grow else 0
         return cls(images=-(-images // world_size), first_leaves=first, last_leaves=max(first + splits, first),
-                   splits=splits, intermediates=t.intermediate_fulltrain)
+                   splits=splits, intermediates=t.intermediate_fulltrain, batch=_batch_per_rank(t, world_size),
+                   min_batches=t.min_batches_per_epoch)
+
+    def epoch_images(self, images: int) -> int:
+        """Images one epoch trains on when a rank holds ``images`` (several passes over a small set)."""
+        return images * passes_per_epoch(images, self.batch, self.min_batches)
 
 
 def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape) -> dict[str, float]:
@@ -78,29 +86,30 @@ def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthSha
     # the grow loop retrains the full tree after every third split (growth.py _grow_step)
     retrain_leaves = [first + 3 * j for j in range(1, shape.splits // 3 + 1)] if shape.intermediates else []
     return {
-        "initial": epochs["num_epochs"] * n * costs.full(first, first, last),
-        "subtrees": sum(split_seconds(epochs, costs, [size], 1) for size in subsets),
+        "initial": epochs["num_epochs"] * shape.epoch_images(n) * costs.full(first, first, last),
+        "subtrees": sum(split_seconds(epochs, costs, [size], 1, shape) for size in subsets),
         "split selection": (shape.splits + 1) * n * costs.routing if shape.splits else 0.0,
         "intermediate": sum(intermediate_seconds(epochs, costs, shape, m) for m in retrain_leaves),
-        "finetuning": epochs["num_epochs_finetuning"] * n * costs.full_last,
+        "finetuning": epochs["num_epochs_finetuning"] * shape.epoch_images(n) * costs.full_last,
     }
 
 
 def intermediate_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape, leaves: int) -> float:
     """An intermediate full-train of a tree of ``leaves`` leaves."""
-    return (epochs["num_epochs_intermediate_fulltrain"] * shape.images
+    return (epochs["num_epochs_intermediate_fulltrain"] * shape.epoch_images(shape.images)
             * costs.full(leaves, shape.first_leaves, shape.last_leaves))
 
 
-def split_seconds(epochs: dict[str, int], costs: StepCosts, subsets: list[int], world_size: int) -> float:
+def split_seconds(epochs: dict[str, int], costs: StepCosts, subsets: list[int], world_size: int,
+                  shape: GrowthShape) -> float:
     """Training the sub-trees of one growth step on subsets of these sizes: one sub-tree is
     trained by every rank on its share; a round's sub-tree j by rank j mod world_size alone."""
     if len(subsets) == 1:
-        per_rank = -(-subsets[0] // world_size)
+        per_rank = shape.epoch_images(-(-subsets[0] // world_size))
     else:
         loads = [0] * world_size
         for j, size in enumerate(subsets):
-            loads[j % world_size] += size
+            loads[j % world_size] += shape.epoch_images(size)
         per_rank = max(loads)
     return epochs["num_epochs_smalltree"] * per_rank * costs.subtree
 
@@ -150,6 +159,8 @@ def _seconds_per_image(runner: PhaseRunner, phase: Phase, subtree: SubTree | Non
     runner.train_mode(phase, state)
     images, start = 0, time.perf_counter()
     for step, (x, _, _) in enumerate(runner.loader(phase)):
+        if step == WARMUP_STEPS + TIMED_STEPS:      # min_batches_per_epoch may serve the probe more
+            break
         if step == WARMUP_STEPS:
             images, start = 0, time.perf_counter()
         runner.train_step(phase, state, objective, x, alpha=0.5)
@@ -166,9 +177,12 @@ def _routing_seconds_per_image(model: TreeVAE, train_images, batch_size: int, ct
     return (time.perf_counter() - start) / (TIMED_STEPS * len(images))
 
 
+def _batch_per_rank(t, world_size: int) -> int:
+    return max(1, t.batch_size // world_size // (2 if t.augment else 1))
+
+
 def _probe_subset(t, world_size: int, n_images: int) -> list[int]:
-    per_rank = t.batch_size // world_size // (2 if t.augment else 1)
-    return list(range(min(n_images, per_rank * (WARMUP_STEPS + TIMED_STEPS))))
+    return list(range(min(n_images, _batch_per_rank(t, world_size) * (WARMUP_STEPS + TIMED_STEPS))))
 
 
 def measure_step_costs(cfg, ctx, spec, train_images, train_labels, loaders) -> StepCosts:
@@ -211,7 +225,8 @@ def finetuning_epochs(cfg, ctx, model: TreeVAE, train_images, train_labels, load
         per_image = _seconds_per_image(runner, Phase("probe", "full", 0, 1, 0.0, 0.0, subset=probe))
     finally:
         set_rng_state(saved)
-    epoch_s = per_image * -(-len(train_images) // ctx.world_size)
+    shape = GrowthShape.of_run(cfg.training, len(train_images), ctx.world_size)
+    epoch_s = per_image * shape.epoch_images(shape.images)
     return {"epochs": max(1, int(seconds_left // epoch_s)), "minutes_left": round(seconds_left / 60, 2),
             "epoch_seconds": round(epoch_s, 3), "leaves": len(model.tree.leaves())}
 

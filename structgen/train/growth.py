@@ -120,11 +120,11 @@ class TreeTrainer:
             return False
         self._count_time()
         costs, leaves = StepCosts(**s.step_costs), len(self.model.tree.leaves())
+        shape = GrowthShape.of_run(self.cfg.training, len(self.data.train.images), self.ctx.world_size)
         if subsets is None:
-            shape = GrowthShape.of_run(self.cfg.training, len(self.data.train.images), self.ctx.world_size)
             step, needed = "intermediate full-train", intermediate_seconds(s.epochs, costs, shape, leaves)
         else:
-            step, needed = "split", split_seconds(s.epochs, costs, subsets, self.ctx.world_size)
+            step, needed = "split", split_seconds(s.epochs, costs, subsets, self.ctx.world_size, shape)
         late = self.ctx.broadcast_object(s.seconds_trained + needed > s.growth_deadline)
         if late:
             self.log_event("budget_stop", minutes_trained=round(s.seconds_trained / 60, 2), next_step=step,

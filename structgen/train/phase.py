@@ -124,7 +124,8 @@ class PhaseRunner:
             per_rank //= 2        # the batch holds two views of each image
         return self.loaders(self.train_images, self.train_labels, per_rank, split="train", shuffle=True,
                             seed=self.seed * 1000 + phase.index, rank=ctx.rank, world_size=ctx.world_size,
-                            drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment)
+                            drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment,
+                            min_batches=t.min_batches_per_epoch)
 
     # ---- training ------------------------------------------------------------------------
     def run(self, phase: Phase, state: PhaseState, on_epoch: Callable[[], int],
@@ -134,6 +135,9 @@ class PhaseRunner:
         below the epochs done) and its KL ramp before the epoch is logged and checkpointed, so the
         logs and the checkpoint say what was trained and what is still to come."""
         loader = self.loader(phase)
+        if loader.passes > 1 and self.ctx.is_main:
+            self.progress.line(f"   {phase.name}: {loader.passes} passes over its images an epoch, {len(loader)} "
+                               f"batches (training.min_batches_per_epoch {self.t.min_batches_per_epoch})")
         objective = self.objective(phase, state)
         step_fn = self.ctx.wrap(objective)
         while phase.epoch < phase.epochs:

@@ -74,6 +74,12 @@ def test_the_prediction_counts_the_passes_min_batches_per_epoch_adds_to_a_small_
     # the sub-trees' subsets of 225 and 150 images: two and three passes
     assert with_passes["subtrees"] == pytest.approx((2 * 225 + 3 * 150) * 5e-4)
     assert one_pass["subtrees"] == pytest.approx((225 + 150) * 5e-4)
+    # a parallel round's sub-tree is trained by one rank alone, at the whole batch: 384 images a pass
+    # serve 3 batches of 128, so 6 batches take two passes
+    round_shape = GrowthShape(images=150, first_leaves=2, last_leaves=4, splits=2, intermediates=True, batch=64,
+                              alone_batch=128, min_batches=6)
+    assert split_seconds(one, COSTS, [384, 384], 2, round_shape) == pytest.approx(2 * 384 * 5e-4)
+    assert split_seconds(one, COSTS, [768], 2, round_shape) == pytest.approx(384 * 5e-4)
 
 
 @pytest.mark.parametrize("minutes", [20, 45, 300])

@@ -63,6 +63,7 @@ class GrowthShape:
     splits: int             # sub-trees trained
     intermediates: bool     # training.intermediate_fulltrain
     batch: int = 1          # images per rank and step
+    alone_batch: int = 1    # images per step of a sub-tree one rank trains alone (a parallel round's)
     min_batches: int = 0    # training.min_batches_per_epoch
 
     @classmethod
@@ -71,11 +72,11 @@ class GrowthShape:
         splits = min(max(t.num_clusters_tree - first, 0), t.max_grow_iterations) if t.grow else 0
         return cls(images=-(-images // world_size), first_leaves=first, last_leaves=max(first + splits, first),
                    splits=splits, intermediates=t.intermediate_fulltrain, batch=_batch_per_rank(t, world_size),
-                   min_batches=t.min_batches_per_epoch)
+                   alone_batch=_batch_per_rank(t, 1), min_batches=t.min_batches_per_epoch)
 
-    def epoch_images(self, images: int) -> int:
+    def epoch_images(self, images: int, alone: bool = False) -> int:
         """Images one epoch trains on when a rank holds ``images`` (several passes over a small set)."""
-        return images * passes_per_epoch(images, self.batch, self.min_batches)
+        return images * passes_per_epoch(images, self.alone_batch if alone else self.batch, self.min_batches)
 
 
 def predicted_seconds(epochs: dict[str, int], costs: StepCosts, shape: GrowthShape) -> dict[str, float]:
@@ -109,7 +110,7 @@ def split_seconds(epochs: dict[str, int], costs: StepCosts, subsets: list[int], 
     else:
         loads = [0] * world_size
         for j, size in enumerate(subsets):
-            loads[j % world_size] += shape.epoch_images(size)
+            loads[j % world_size] += shape.epoch_images(size, alone=True)
         per_rank = max(loads)
     return epochs["num_epochs_smalltree"] * per_rank * costs.subtree
 

@@ -30,7 +30,7 @@ from structgen.models.treevae import SubTree, TreeVAE
 from structgen.runtime.checkpoint_io import rng_state, set_rng_state
 from structgen.runtime.leaf_probabilities import leaf_probabilities
 from structgen.train.optimizer import adam
-from structgen.train.phase import Phase, PhaseRunner, PhaseState
+from structgen.train.phase import Phase, PhaseRunner, PhaseState, batch_per_rank
 from structgen.tree.topology import Tree
 
 EPOCH_KEYS = ("num_epochs", "num_epochs_smalltree", "num_epochs_intermediate_fulltrain", "num_epochs_finetuning")
@@ -71,8 +71,8 @@ class GrowthShape:
         first = 2 ** t.initial_depth
         splits = min(max(t.num_clusters_tree - first, 0), t.max_grow_iterations) if t.grow else 0
         return cls(images=-(-images // world_size), first_leaves=first, last_leaves=max(first + splits, first),
-                   splits=splits, intermediates=t.intermediate_fulltrain, batch=_batch_per_rank(t, world_size),
-                   alone_batch=_batch_per_rank(t, 1), min_batches=t.min_batches_per_epoch)
+                   splits=splits, intermediates=t.intermediate_fulltrain, batch=max(1, batch_per_rank(t, world_size)),
+                   alone_batch=max(1, batch_per_rank(t, 1)), min_batches=t.min_batches_per_epoch)
 
     def epoch_images(self, images: int, alone: bool = False) -> int:
         """Images one epoch trains on when a rank holds ``images`` (several passes over a small set)."""
@@ -178,12 +178,8 @@ def _routing_seconds_per_image(model: TreeVAE, train_images, batch_size: int, ct
     return (time.perf_counter() - start) / (TIMED_STEPS * len(images))
 
 
-def _batch_per_rank(t, world_size: int) -> int:
-    return max(1, t.batch_size // world_size // (2 if t.augment else 1))
-
-
 def _probe_subset(t, world_size: int, n_images: int) -> list[int]:
-    return list(range(min(n_images, _batch_per_rank(t, world_size) * (WARMUP_STEPS + TIMED_STEPS))))
+    return list(range(min(n_images, batch_per_rank(t, world_size) * (WARMUP_STEPS + TIMED_STEPS))))
 
 
 def measure_step_costs(cfg, ctx, spec, train_images, train_labels, loaders) -> StepCosts:

@@ -63,6 +63,12 @@ class PhaseState:
     subtree: SubTree | None
 
 
+def batch_per_rank(training, world_size: int) -> int:
+    """Dataset images in one rank's batch: training.batch_size shared by the ranks, halved when
+    the batch holds two augmented views of each image."""
+    return training.batch_size // world_size // (2 if training.augment else 1)
+
+
 class PhaseRunner:
     """Trains phases with the ``training`` and ``run`` config sections; batches come from
     ``loaders`` (`data.loaders.make_loader` bound to the run's data section)."""
@@ -119,10 +125,8 @@ class PhaseRunner:
     def loader(self, phase: Phase):
         """In-memory or FFCV batches per `data.loader`, sharded for this rank, seeded per phase."""
         t, ctx = self.t, self.ctx
-        per_rank = t.batch_size // ctx.world_size
-        if t.augment:
-            per_rank //= 2        # the batch holds two views of each image
-        return self.loaders(self.train_images, self.train_labels, per_rank, split="train", shuffle=True,
+        return self.loaders(self.train_images, self.train_labels, batch_per_rank(t, ctx.world_size),
+                            split="train", shuffle=True,
                             seed=self.seed * 1000 + phase.index, rank=ctx.rank, world_size=ctx.world_size,
                             drop_last=True, indices=phase.subset, device=ctx.device, two_views=t.augment,
                             min_batches=t.min_batches_per_epoch)
